@@ -1,0 +1,99 @@
+//! The trait every backend implements, and the enum that dispatches to them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use enum_dispatch::enum_dispatch;
+
+use super::{Capabilities, Envelope, Result, SubscribeOptions, Subscription};
+#[cfg(doc)]
+use crate::ErrorKind;
+
+/// Which broker carries a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum BrokerKind {
+    /// The embedded in-memory broker.
+    Memory,
+    /// Apache Kafka (and Kafka-protocol brokers).
+    Kafka,
+    /// Redis Streams or pub/sub.
+    Redis,
+    /// RabbitMQ (AMQP 0-9-1).
+    RabbitMq,
+    /// NATS JetStream or core NATS.
+    Nats,
+}
+
+impl BrokerKind {
+    /// Every kind.
+    pub const ALL: [BrokerKind; 5] = [
+        BrokerKind::Memory,
+        BrokerKind::Kafka,
+        BrokerKind::Redis,
+        BrokerKind::RabbitMq,
+        BrokerKind::Nats,
+    ];
+
+    /// The name used in config (`kind = "..."`) and in cargo features.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Memory => "memory",
+            BrokerKind::Kafka => "kafka",
+            BrokerKind::Redis => "redis",
+            BrokerKind::RabbitMq => "rabbitmq",
+            BrokerKind::Nats => "nats",
+        }
+    }
+
+    /// Whether this build includes the backend (its cargo feature is on).
+    pub fn is_built(self) -> bool {
+        match self {
+            BrokerKind::Memory => true,
+            BrokerKind::Kafka => cfg!(feature = "kafka"),
+            BrokerKind::Redis => cfg!(feature = "redis"),
+            BrokerKind::RabbitMq => cfg!(feature = "rabbitmq"),
+            BrokerKind::Nats => cfg!(feature = "nats"),
+        }
+    }
+}
+
+impl std::fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Publishing and consuming on one broker. Backends implement the few required
+/// methods; anything a mode lacks answers [`ErrorKind::Unsupported`].
+#[async_trait]
+#[enum_dispatch]
+pub trait MessagePublisher: Send + Sync {
+    /// Which broker this is.
+    fn kind(&self) -> BrokerKind;
+
+    /// What this backend, in its configured mode, guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes and returns once the broker accepted the message.
+    async fn publish(&self, envelope: Envelope) -> Result<()>;
+
+    /// Publishes so the message is delivered no earlier than `delay` from now.
+    async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()>;
+
+    /// Starts consuming `options.channel` as a member of `options.group`.
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>>;
+
+    /// Reads up to `limit` dead letters of `channel`, oldest first, without removing them.
+    async fn dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<Envelope>>;
+
+    /// Moves up to `limit` dead letters of `channel` back to the channel, oldest first,
+    /// as fresh messages (attempt 1); returns how many moved.
+    async fn replay_dead_letters(&self, channel: &str, limit: usize) -> Result<usize>;
+
+    /// Sends a request and waits up to `timeout` for the reply of a handler.
+    async fn request(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope>;
+
+    /// Closes connections; later calls fail with `Closed`.
+    async fn shutdown(&self) -> Result<()>;
+}

@@ -1,0 +1,101 @@
+//! Consuming: a subscription hands out deliveries and takes their settlements.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{DeadLetter, Envelope, Result, RetryPolicy};
+
+/// Identifies one delivery within its subscription; only the backend reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryTag(pub(crate) u64, pub(crate) u64);
+
+/// A message handed to a consumer, to be settled exactly once.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The message, with `attempt` set to this delivery's attempt number.
+    pub envelope: Envelope,
+    /// What to pass back to [`Subscription::settle`].
+    pub tag: DeliveryTag,
+}
+
+impl Delivery {
+    /// A delivery of `envelope` known to its backend by `tag`.
+    pub fn new(envelope: Envelope, tag: DeliveryTag) -> Self {
+        Delivery { envelope, tag }
+    }
+}
+
+/// How a delivery ends.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Handled: acknowledge (commit) it.
+    Ack,
+    /// Failed, try again: redeliver with attempt + 1 no earlier than `delay`.
+    Retry {
+        /// The backoff before the next attempt.
+        delay: Duration,
+        /// The error text of the failed attempt.
+        error: String,
+    },
+    /// Give up: write it to the dead-letter destination, then acknowledge it.
+    DeadLetter(DeadLetter),
+    /// Not handled: give it back to the group unchanged (same attempt), e.g. at shutdown.
+    Release,
+}
+
+/// Who subscribes: channel, group and how failed messages come back.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// The channel's wire name.
+    pub channel: String,
+    /// Consumers in one group share messages; each group gets all.
+    pub group: String,
+    /// The channel's retry policy (some backends build their retry topology from it).
+    pub retry: RetryPolicy,
+    /// Deliveries the consumer may hold unsettled at once.
+    pub prefetch: usize,
+}
+
+impl SubscribeOptions {
+    /// Options for `channel` in `group` with the default policy and a prefetch of 256.
+    pub fn new(channel: impl Into<String>, group: impl Into<String>) -> Self {
+        SubscribeOptions {
+            channel: channel.into(),
+            group: group.into(),
+            retry: RetryPolicy::default(),
+            prefetch: 256,
+        }
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the prefetch window.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+}
+
+/// One consumer's view of a channel within a group. Deliveries not settled when the
+/// subscription closes are released to other members of the group: never lost.
+#[async_trait]
+pub trait Subscription: Send + Sync {
+    /// Waits for at least one delivery and returns up to `max`. Returns an empty vector
+    /// once the subscription is closed.
+    async fn recv(&self, max: usize) -> Result<Vec<Delivery>>;
+
+    /// Settles deliveries. Each tag must be settled once.
+    async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()>;
+
+    /// Stops delivering: a pending `recv` returns empty; unsettled deliveries are
+    /// released to the group.
+    async fn close(&self) -> Result<()>;
+}

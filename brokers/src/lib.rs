@@ -1,0 +1,21 @@
+//! Broker backends of [anybroker](https://docs.rs/anybroker): the core contract
+//! every backend implements ([`MessagePublisher`], [`Subscription`], [`Envelope`],
+//! [`Capabilities`], [`Error`]) and one module per broker. Applications use the
+//! `anybroker` crate, which re-exports what they need from here.
+#![deny(missing_docs)]
+
+// `core` (the trait) must come before `broker` (the enum): enum_dispatch writes the
+// dispatching impl where it meets the second of the two, which needs every backend
+// type in scope.
+pub mod core;
+mod broker;
+pub mod kafka;
+pub mod memory;
+pub mod nats;
+pub mod rabbitmq;
+mod redact;
+pub mod redis;
+
+pub use broker::{Broker, BrokerConfig};
+pub use core::*;
+pub use redact::{Secret, SecretUrl};

@@ -1,0 +1,156 @@
+//! A member of a group consuming one channel of the embedded broker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::topic::{Timed, Topic};
+use super::MemoryBroker;
+use crate::core::{Delivery, DeliveryTag, Error, Result, Settlement, Subscription};
+
+pub(crate) struct MemorySubscription {
+    broker: MemoryBroker,
+    topic: Arc<Topic>,
+    group: String,
+    member: u64,
+    closed: AtomicBool,
+}
+
+impl MemorySubscription {
+    pub(crate) fn new(broker: MemoryBroker, topic: Arc<Topic>, group: String, member: u64) -> Self {
+        MemorySubscription {
+            broker,
+            topic,
+            group,
+            member,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn release_all(&self) {
+        let released = {
+            let mut state = self.topic.lock();
+            state
+                .groups
+                .get_mut(&self.group)
+                .map(|g| g.release_member(self.member))
+                .unwrap_or(0)
+        };
+        if released > 0 {
+            self.topic.notify.notify_waiters();
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
+        let max = max.max(1);
+        loop {
+            let notified = self.topic.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) || self.broker.is_closed() {
+                return Ok(Vec::new());
+            }
+            let now = Instant::now();
+            let deadline = {
+                let mut state = self.topic.lock();
+                let out = state.take(&self.group, self.member, max, now);
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+                state.next_deadline(&self.group)
+            };
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
+        let mut wake = false;
+        let mut unknown = 0usize;
+        {
+            let mut guard = self.topic.lock();
+            let state = &mut *guard;
+            let group = state.groups.get_mut(&self.group).expect("group exists");
+            for (tag, settlement) in settlements {
+                let Some(in_flight) = group.in_flight.remove(&tag.0) else {
+                    unknown += 1;
+                    continue;
+                };
+                let mut envelope = in_flight.envelope;
+                match settlement {
+                    Settlement::Ack => {
+                        if let Some(key) = &envelope.key {
+                            wake |= group.key_queues.get(key).is_some_and(|q| !q.is_empty());
+                            group.release_key(key);
+                        }
+                    }
+                    Settlement::Retry { delay, error } => {
+                        // The key stays held: later messages of the key wait for this one.
+                        envelope.record_failure(&error);
+                        state.seq += 1;
+                        group.waiting.push(std::cmp::Reverse(Timed {
+                            due: Instant::now() + delay,
+                            seq: state.seq,
+                            envelope,
+                        }));
+                        wake = true;
+                    }
+                    Settlement::DeadLetter(dead_letter) => {
+                        if let Some(key) = &envelope.key {
+                            wake |= group.key_queues.get(key).is_some_and(|q| !q.is_empty());
+                            group.release_key(key);
+                        }
+                        state.dead.push_back(envelope.into_dead_letter(&dead_letter));
+                    }
+                    Settlement::Release => {
+                        group.ready.push_front(envelope);
+                        wake = true;
+                    }
+                    #[allow(unreachable_patterns)]
+                    _ => {
+                        return Err(Error::unsupported("unknown settlement").with_broker("memory"))
+                    }
+                }
+            }
+        }
+        if wake {
+            self.topic.notify.notify_waiters();
+        }
+        if unknown > 0 {
+            return Err(Error::new(
+                crate::ErrorKind::Broker,
+                format!("{unknown} deliveries settled twice or not from this subscription"),
+            )
+            .with_broker("memory")
+            .with_operation("settle"));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.release_all();
+        self.topic.notify.notify_waiters();
+        Ok(())
+    }
+}
+
+impl Drop for MemorySubscription {
+    /// A member that goes away without closing (a crashed consumer) gives its
+    /// unsettled deliveries back to the group.
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}

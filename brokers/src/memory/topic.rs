@@ -1,0 +1,228 @@
+//! State of one channel in the embedded broker, guarded by one mutex.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::core::{Delivery, DeliveryTag, Envelope};
+
+/// One channel: its log, its groups, delayed messages and dead letters.
+pub(crate) struct Topic {
+    pub(crate) state: Mutex<TopicState>,
+    /// Woken whenever something may have become deliverable or a deadline moved.
+    pub(crate) notify: Notify,
+}
+
+impl Topic {
+    pub(crate) fn new() -> Self {
+        Topic {
+            state: Mutex::new(TopicState::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, TopicState> {
+        // A panic while holding the lock leaves consistent state (no partial updates
+        // span an unwind point), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A message waiting for a time: a delayed publish or a retry's backoff.
+pub(crate) struct Timed {
+    pub(crate) due: Instant,
+    pub(crate) seq: u64,
+    pub(crate) envelope: Envelope,
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct TopicState {
+    /// `log[i]` has offset `base + i`.
+    pub(crate) log: VecDeque<Envelope>,
+    pub(crate) base: u64,
+    pub(crate) groups: HashMap<String, Group>,
+    /// Delayed publishes, appended to the log when due.
+    pub(crate) delayed: BinaryHeap<Reverse<Timed>>,
+    pub(crate) dead: VecDeque<Envelope>,
+    pub(crate) seq: u64,
+}
+
+pub(crate) struct InFlight {
+    pub(crate) envelope: Envelope,
+    pub(crate) member: u64,
+}
+
+/// A consumer group's position and the messages it owes its members.
+#[derive(Default)]
+pub(crate) struct Group {
+    pub(crate) cursor: u64,
+    /// Released messages and retries that came due; served before the log.
+    pub(crate) ready: VecDeque<Envelope>,
+    /// Retries waiting for their backoff.
+    pub(crate) waiting: BinaryHeap<Reverse<Timed>>,
+    pub(crate) in_flight: HashMap<u64, InFlight>,
+    /// Keys currently held by a message of this group, with the messages of that key
+    /// that arrived meanwhile, in log order.
+    pub(crate) key_queues: HashMap<Arc<str>, VecDeque<Envelope>>,
+    pub(crate) next_tag: u64,
+}
+
+impl TopicState {
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Appends delayed messages whose time has come to the log.
+    pub(crate) fn promote_due(&mut self, now: Instant) {
+        while self.delayed.peek().is_some_and(|t| t.0.due <= now) {
+            let Reverse(timed) = self.delayed.pop().expect("peeked");
+            self.log.push_back(timed.envelope);
+        }
+    }
+
+    /// The earliest time something timed becomes deliverable for `group`.
+    pub(crate) fn next_deadline(&self, group: &str) -> Option<Instant> {
+        let delayed = self.delayed.peek().map(|t| t.0.due);
+        let retry = self
+            .groups
+            .get(group)
+            .and_then(|g| g.waiting.peek().map(|t| t.0.due));
+        match (delayed, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes up to `max` deliveries for `member` of `group`.
+    pub(crate) fn take(
+        &mut self,
+        group_name: &str,
+        member: u64,
+        max: usize,
+        now: Instant,
+    ) -> Vec<Delivery> {
+        self.promote_due(now);
+        let only_group = self.groups.len() == 1;
+        let group = self.groups.get_mut(group_name).expect("group exists");
+        while group.waiting.peek().is_some_and(|t| t.0.due <= now) {
+            let Reverse(timed) = group.waiting.pop().expect("peeked");
+            group.ready.push_back(timed.envelope);
+        }
+        let mut out = Vec::with_capacity(max.min(group.ready.len() + 64));
+        // Ready messages already hold their key.
+        while out.len() < max {
+            let Some(envelope) = group.ready.pop_front() else {
+                break;
+            };
+            out.push(group.hand_out(envelope, member));
+        }
+        let mut taken_from_log = false;
+        while out.len() < max && group.cursor < self.base + self.log.len() as u64 {
+            let envelope = if only_group {
+                // The sole group's cursor is always at the log's start: move, not copy.
+                debug_assert_eq!(group.cursor, self.base);
+                self.base += 1;
+                self.log.pop_front().expect("cursor inside the log")
+            } else {
+                taken_from_log = true;
+                self.log[(group.cursor - self.base) as usize].clone()
+            };
+            group.cursor += 1;
+            if let Some(key) = &envelope.key {
+                if let Some(queue) = group.key_queues.get_mut(key) {
+                    queue.push_back(envelope);
+                    continue;
+                }
+                group.key_queues.insert(key.clone(), VecDeque::new());
+            }
+            out.push(group.hand_out(envelope, member));
+        }
+        if taken_from_log {
+            self.trim();
+        }
+        out
+    }
+
+    /// Drops log entries every group has taken.
+    pub(crate) fn trim(&mut self) {
+        let Some(min) = self.groups.values().map(|g| g.cursor).min() else {
+            return;
+        };
+        while self.base < min {
+            self.log.pop_front();
+            self.base += 1;
+        }
+    }
+}
+
+impl Group {
+    pub(crate) fn starting_at(cursor: u64) -> Self {
+        Group {
+            cursor,
+            ..Default::default()
+        }
+    }
+
+    fn hand_out(&mut self, envelope: Envelope, member: u64) -> Delivery {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        self.in_flight.insert(
+            tag,
+            InFlight {
+                envelope: envelope.clone(),
+                member,
+            },
+        );
+        Delivery::new(envelope, DeliveryTag(tag, member))
+    }
+
+    /// A keyed message is done (acked or dead-lettered): its key passes to the next
+    /// message of that key, or is freed.
+    pub(crate) fn release_key(&mut self, key: &Arc<str>) {
+        if let Some(queue) = self.key_queues.get_mut(key) {
+            match queue.pop_front() {
+                Some(next) => self.ready.push_back(next),
+                None => {
+                    self.key_queues.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Gives every in-flight delivery of `member` back to the group, in order.
+    pub(crate) fn release_member(&mut self, member: u64) -> usize {
+        let mut tags: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.member == member)
+            .map(|(t, _)| *t)
+            .collect();
+        tags.sort_unstable();
+        for tag in tags.iter().rev() {
+            let f = self.in_flight.remove(tag).expect("listed");
+            self.ready.push_front(f.envelope);
+        }
+        tags.len()
+    }
+}

@@ -1,0 +1,5 @@
+//! The nats backend. Its config is always compiled, so a config file naming this
+//! broker is validated even in builds without the `nats` feature; the client
+//! itself is built only with that feature.
+
+pub mod config;

@@ -1,0 +1,5 @@
+//! The rabbitmq backend. Its config is always compiled, so a config file naming this
+//! broker is validated even in builds without the `rabbitmq` feature; the client
+//! itself is built only with that feature.
+
+pub mod config;
