@@ -1,1 +1,21 @@
-//! x
+#![doc = include_str!("../../README.md")]
+#![deny(missing_docs)]
+
+mod channel;
+pub mod config;
+mod consumer;
+mod handler;
+mod router;
+
+pub use anybroker_brokers::{
+    header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, Envelope, Error,
+    ErrorKind, Headers, MessagePublisher, Result, RetryPolicy,
+};
+/// The embedded broker, to share one instance between routers with
+/// [`RouterBuilder::with_broker`].
+pub use anybroker_brokers::memory::MemoryBroker;
+pub use async_trait::async_trait;
+pub use channel::{Channel, ChannelSet, Message};
+pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
+pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};
+pub use router::{HandlerOptions, MessageRouter, PublishOptions, RouterBuilder};

@@ -79,6 +79,7 @@ impl Subscription for MemorySubscription {
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         let mut wake = false;
         let mut unknown = 0usize;
+        let mut released = Vec::new();
         {
             let mut guard = self.topic.lock();
             let state = &mut *guard;
@@ -114,15 +115,17 @@ impl Subscription for MemorySubscription {
                         }
                         state.dead.push_back(envelope.into_dead_letter(&dead_letter));
                     }
-                    Settlement::Release => {
-                        group.ready.push_front(envelope);
-                        wake = true;
-                    }
+                    Settlement::Release => released.push(envelope),
                     #[allow(unreachable_patterns)]
                     _ => {
                         return Err(Error::unsupported("unknown settlement").with_broker("memory"))
                     }
                 }
+            }
+            // Released messages go back to the front of the group's queue in their order.
+            wake |= !released.is_empty();
+            for envelope in released.into_iter().rev() {
+                group.ready.push_front(envelope);
             }
         }
         if wake {

@@ -1,0 +1,108 @@
+//! Typed channels: a wire name bound at compile time to one payload type.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A payload type that can travel on a channel: anything serde can encode and decode.
+pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Message for T {}
+
+/// A channel carrying messages of type `M`, known on the wire by its name.
+///
+/// Usually declared with [`channels!`](crate::channels), which makes each channel an
+/// associated constant of the application's `BrokerChannel` type, so a payload of the
+/// wrong type on a channel does not compile.
+pub struct Channel<M> {
+    name: &'static str,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M> Channel<M> {
+    /// A channel named `name` (e.g. `"alarm.to.bot"`) carrying `M`.
+    pub const fn new(name: &'static str) -> Self {
+        Channel {
+            name,
+            _message: PhantomData,
+        }
+    }
+
+    /// The wire name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<M> Clone for Channel<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for Channel<M> {}
+
+impl<M> fmt::Debug for Channel<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Channel({:?}: {})", self.name, std::any::type_name::<M>())
+    }
+}
+
+impl<M> fmt::Display for Channel<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The set of channels an application declares; lets the router check at start that
+/// every channel has a route and that the config names no unknown channel.
+pub trait ChannelSet {
+    /// Every channel's wire name.
+    const NAMES: &'static [&'static str];
+}
+
+/// Declares an application's channels: one associated constant per channel, each
+/// bound to its payload type, plus [`ChannelSet`] for config checks.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// pub struct AlarmToBot { pub message: String }
+/// #[derive(Serialize, Deserialize)]
+/// pub struct AlarmToLog { pub message: String, pub extra: Option<String> }
+///
+/// anybroker::channels! {
+///     /// The demo's channels.
+///     pub BrokerChannel {
+///         AlarmToBot: AlarmToBot = "alarm.to.bot",
+///         AlarmToLog: AlarmToLog = "alarm.to.log",
+///     }
+/// }
+/// assert_eq!(BrokerChannel::AlarmToLog.name(), "alarm.to.log");
+/// ```
+#[macro_export]
+macro_rules! channels {
+    (
+        $(#[$meta:meta])*
+        $vis:vis $set:ident {
+            $( $(#[$cmeta:meta])* $channel:ident : $message:ty = $name:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis struct $set;
+
+        #[allow(non_upper_case_globals)]
+        impl $set {
+            $(
+                $(#[$cmeta])*
+                #[doc = concat!("Channel `", $name, "`, carrying `", stringify!($message), "`.")]
+                pub const $channel: $crate::Channel<$message> = $crate::Channel::new($name);
+            )+
+        }
+
+        impl $crate::ChannelSet for $set {
+            const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+    };
+}

@@ -1,0 +1,421 @@
+//! The router's configuration: a TOML file plus `ANYBROKER_*` environment overrides.
+//!
+//! Every problem is reported at load time as one `ConfigInvalid` error naming the key
+//! and what was expected.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anybroker_brokers::{BrokerConfig, BrokerKind, Error, Result, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides; `__` separates keys, e.g.
+/// `ANYBROKER_CHANNELS__ALARM_TO_LOG__BROKER=redis`.
+pub const ENV_PREFIX: &str = "ANYBROKER_";
+
+/// The whole file. See the README's config reference.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct RouterConfig {
+    /// Broker for channels without their own `broker`. Optional.
+    pub default_broker: Option<String>,
+    /// Defaults for every channel.
+    pub defaults: ChannelDefaults,
+    /// Brokers by name.
+    pub brokers: BTreeMap<String, BrokerConfig>,
+    /// Per-channel settings by wire name.
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+/// `[defaults]`: settings every channel inherits unless it sets its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ChannelDefaults {
+    /// Retry policy. Default: 3 attempts, 2 s, ×2, at most 10 s.
+    pub retry: RetryPolicy,
+    /// Deliveries a consumer holds unsettled at once (its in-flight window). Default 256.
+    pub prefetch: usize,
+    /// Consumer group of handlers that name none. Default `"default"`.
+    pub group: String,
+    /// Consumers (group members) each handler registration runs. Default 1.
+    pub consumers: usize,
+}
+
+impl Default for ChannelDefaults {
+    fn default() -> Self {
+        ChannelDefaults {
+            retry: RetryPolicy::default(),
+            prefetch: 256,
+            group: "default".into(),
+            consumers: 1,
+        }
+    }
+}
+
+/// `[channels."<name>"]`: one channel's route and settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ChannelConfig {
+    /// Name of the broker (a key of `[brokers]`) carrying this channel. Default:
+    /// `default_broker`.
+    pub broker: Option<String>,
+    /// Retry policy. Default: `[defaults].retry`.
+    pub retry: Option<RetryPolicy>,
+    /// In-flight window. Default: `[defaults].prefetch`.
+    pub prefetch: Option<usize>,
+    /// Consumer group of handlers that name none. Default: `[defaults].group`.
+    pub group: Option<String>,
+    /// Consumers per handler registration. Default: `[defaults].consumers`.
+    pub consumers: Option<usize>,
+}
+
+/// The file as written, before brokers are interpreted by kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    default_broker: Option<String>,
+    #[serde(default)]
+    defaults: ChannelDefaults,
+    #[serde(default)]
+    brokers: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    channels: BTreeMap<String, ChannelConfig>,
+}
+
+/// Channel names match config keys ignoring case and `.`/`-`/`_` differences, so
+/// environment variables (which cannot hold dots) can name them.
+pub(crate) fn normalize_channel(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '.' | '-' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+impl RouterConfig {
+    /// Reads `path` and applies the process's `ANYBROKER_*` environment overrides.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::from_toml_with_env(&text, std::env::vars()).map_err(|e| {
+            Error::config(format!("config file {}: {}", path.display(), e.message()))
+        })
+    }
+
+    /// Parses TOML text, without environment overrides.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        Self::from_toml_with_env(text, std::iter::empty())
+    }
+
+    /// Parses TOML text and applies the `ANYBROKER_*` variables among `vars`.
+    pub fn from_toml_with_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::config(format!("not valid TOML: {e}")))?;
+        for (name, value) in vars {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, &name, rest, &value)?;
+            }
+        }
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self> {
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                Error::config(format!("{}: {}", display_path(e.path()), e.inner()))
+            })?;
+        let mut brokers = BTreeMap::new();
+        for (name, table) in raw.brokers {
+            let broker = parse_broker(&name, table)?;
+            brokers.insert(name, broker);
+        }
+        let config = RouterConfig {
+            default_broker: raw.default_broker,
+            defaults: raw.defaults,
+            brokers,
+            channels: raw.channels,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks routes and values; every error names its key.
+    fn validate(&self) -> Result<()> {
+        if let Some(name) = &self.default_broker {
+            self.check_route("default_broker", name)?;
+        }
+        check_channel_settings("defaults", Some(&self.defaults.retry), Some(self.defaults.prefetch), Some(self.defaults.consumers))?;
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for (channel, c) in &self.channels {
+            let key = format!("channels.{}", quote_key(channel));
+            if let Some(other) = seen.insert(normalize_channel(channel), channel) {
+                return Err(Error::config(format!(
+                    "{key}: same channel as channels.{} (names match ignoring case, '.', '-' and '_'); keep one",
+                    quote_key(other)
+                )));
+            }
+            match &c.broker {
+                Some(b) => self.check_route(&format!("{key}.broker"), b)?,
+                None if self.default_broker.is_none() => {
+                    return Err(Error::config(format!(
+                        "{key}.broker: missing, and there is no default_broker; expected the name of one of the configured brokers ({})",
+                        self.broker_names()
+                    )))
+                }
+                None => {}
+            }
+            check_channel_settings(&key, c.retry.as_ref(), c.prefetch, c.consumers)?;
+        }
+        Ok(())
+    }
+
+    fn check_route(&self, key: &str, broker: &str) -> Result<()> {
+        let Some(config) = self.brokers.get(broker) else {
+            return Err(Error::config(format!(
+                "{key}: unknown broker {broker:?}; expected one of the configured brokers ({})",
+                self.broker_names()
+            )));
+        };
+        let kind = config.kind();
+        if !kind.is_built() {
+            return Err(Error::config(format!(
+                "{key}: broker {broker:?} has kind \"{kind}\", which needs the cargo feature \"{kind}\" of anybroker; this build does not have it"
+            )));
+        }
+        Ok(())
+    }
+
+    fn broker_names(&self) -> String {
+        if self.brokers.is_empty() {
+            return "none configured under [brokers]".into();
+        }
+        self.brokers
+            .keys()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The settings of `channel`, found ignoring case and `.`/`-`/`_` differences.
+    pub fn channel(&self, channel: &str) -> Option<&ChannelConfig> {
+        self.channels.get(channel).or_else(|| {
+            let wanted = normalize_channel(channel);
+            self.channels
+                .iter()
+                .find(|(k, _)| normalize_channel(k) == wanted)
+                .map(|(_, c)| c)
+        })
+    }
+
+    /// The broker name carrying `channel`: its own route, else `default_broker`.
+    pub fn broker_for(&self, channel: &str) -> Result<&str> {
+        match self.channel(channel).and_then(|c| c.broker.as_deref()) {
+            Some(b) => Ok(b),
+            None => self.default_broker.as_deref().ok_or_else(|| {
+                Error::config(format!(
+                    "channels.{}: channel has no route and there is no default_broker; add [channels.{}] broker = \"...\" or default_broker",
+                    quote_key(channel),
+                    quote_key(channel)
+                ))
+                .with_channel(channel)
+            }),
+        }
+    }
+
+    /// The retry policy of `channel`.
+    pub fn retry_for(&self, channel: &str) -> RetryPolicy {
+        self.channel(channel)
+            .and_then(|c| c.retry)
+            .unwrap_or(self.defaults.retry)
+    }
+
+    /// The in-flight window of `channel`.
+    pub fn prefetch_for(&self, channel: &str) -> usize {
+        self.channel(channel)
+            .and_then(|c| c.prefetch)
+            .unwrap_or(self.defaults.prefetch)
+    }
+
+    /// The default group of `channel`'s handlers.
+    pub fn group_for(&self, channel: &str) -> &str {
+        self.channel(channel)
+            .and_then(|c| c.group.as_deref())
+            .unwrap_or(&self.defaults.group)
+    }
+
+    /// Consumers per handler registration on `channel`.
+    pub fn consumers_for(&self, channel: &str) -> usize {
+        self.channel(channel)
+            .and_then(|c| c.consumers)
+            .unwrap_or(self.defaults.consumers)
+    }
+
+    /// The first broker (by name) of `kind`, preferring the one `channel` routes to.
+    pub fn broker_of_kind(&self, kind: BrokerKind, channel: &str) -> Result<&str> {
+        if let Ok(name) = self.broker_for(channel) {
+            if self.brokers.get(name).map(|b| b.kind()) == Some(kind) {
+                return Ok(name);
+            }
+        }
+        self.brokers
+            .iter()
+            .find(|(_, b)| b.kind() == kind)
+            .map(|(n, _)| n.as_str())
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "brokers: no broker of kind \"{kind}\" is configured; configured: {}",
+                    self.broker_names()
+                ))
+            })
+    }
+}
+
+fn check_channel_settings(
+    key: &str,
+    retry: Option<&RetryPolicy>,
+    prefetch: Option<usize>,
+    consumers: Option<usize>,
+) -> Result<()> {
+    if let Some(r) = retry {
+        r.validate()
+            .map_err(|e| Error::config(format!("{key}.{e}")))?;
+    }
+    if prefetch == Some(0) {
+        return Err(Error::config(format!("{key}.prefetch: expected at least 1")));
+    }
+    if consumers == Some(0) {
+        return Err(Error::config(format!("{key}.consumers: expected at least 1")));
+    }
+    Ok(())
+}
+
+fn parse_broker(name: &str, mut table: toml::Table) -> Result<BrokerConfig> {
+    let key = format!("brokers.{}", quote_key(name));
+    let kinds = BrokerKind::ALL.map(|k| k.as_str()).join(", ");
+    let kind = match table.remove("kind") {
+        Some(toml::Value::String(k)) => k,
+        Some(other) => {
+            return Err(Error::config(format!(
+                "{key}.kind: expected a string, one of: {kinds}; got {}",
+                other.type_str()
+            )))
+        }
+        None => {
+            return Err(Error::config(format!(
+                "{key}.kind: missing; expected one of: {kinds}"
+            )))
+        }
+    };
+    let value = toml::Value::Table(table);
+    let parsed = match kind.as_str() {
+        "memory" => de(&key, value).map(BrokerConfig::Memory),
+        "kafka" => de(&key, value).map(BrokerConfig::Kafka),
+        "redis" => de(&key, value).map(BrokerConfig::Redis),
+        "rabbitmq" => de(&key, value).map(BrokerConfig::RabbitMq),
+        "nats" => de(&key, value).map(BrokerConfig::Nats),
+        other => {
+            return Err(Error::config(format!(
+                "{key}.kind: unknown kind {other:?}; expected one of: {kinds}"
+            )))
+        }
+    }?;
+    parsed
+        .validate()
+        .map_err(|e| Error::config(format!("{key}.{e}")))?;
+    Ok(parsed)
+}
+
+fn de<T: serde::de::DeserializeOwned>(key: &str, value: toml::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = display_path(e.path());
+        let at = if inner == "." {
+            key.to_string()
+        } else {
+            format!("{key}.{inner}")
+        };
+        Error::config(format!("{at}: {}", e.inner()))
+    })
+}
+
+fn quote_key(k: &str) -> String {
+    if !k.is_empty()
+        && k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let parts: Vec<String> = path
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(quote_key(key)),
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Enum { variant } => Some(quote_key(variant)),
+            Segment::Unknown => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join(".")
+    }
+}
+
+/// Applies `ANYBROKER_A__B__C=value`: walks the table by keys matched ignoring case and
+/// `.`/`-`/`_`, creating tables where missing. The value is read as a TOML value when it
+/// is one (number, boolean, inline table), else as a string.
+fn apply_override(table: &mut toml::Table, var: &str, path: &str, value: &str) -> Result<()> {
+    let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if segments.iter().any(String::is_empty) {
+        return Err(Error::config(format!(
+            "environment variable {var}: empty key segment; expected ANYBROKER_KEY__SUBKEY"
+        )));
+    }
+    let mut current = table;
+    for (i, segment) in segments.iter().enumerate() {
+        let existing = current
+            .keys()
+            .find(|k| normalize_channel(k) == *segment)
+            .cloned()
+            .unwrap_or_else(|| segment.clone());
+        if i + 1 == segments.len() {
+            current.insert(existing, parse_env_value(value));
+            return Ok(());
+        }
+        let entry = current
+            .entry(existing.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(Error::config(format!(
+                    "environment variable {var}: key {existing:?} holds a value, not a table"
+                )))
+            }
+        };
+    }
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}

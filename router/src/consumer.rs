@@ -1,0 +1,284 @@
+//! The consumer runtime: turns a subscription's deliveries into handler calls and
+//! handler outcomes into settlements, with a bounded in-flight window, per-key order,
+//! panic capture and a draining shutdown. Broker-independent: backends only fetch
+//! and settle.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use anybroker_brokers::{
+    DeadLetter, DeadLetterReason, Delivery, DeliveryTag, Envelope, RetryPolicy, Settlement,
+    Subscription,
+};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::channel::Message;
+use crate::handler::{HandlerError, MessageContext, MessageHandler};
+
+/// What running a handler on one envelope came to.
+pub(crate) enum HandleResult {
+    Handled,
+    Failed(HandlerError),
+    Undecodable(String),
+}
+
+/// A handler with its payload type erased: decodes, then calls.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn call(&self, envelope: Envelope, broker: Arc<str>) -> BoxFuture<'_, HandleResult>;
+}
+
+pub(crate) struct TypedHandler<M, H> {
+    pub(crate) handler: H,
+    pub(crate) _message: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M: Message, H: MessageHandler<M>> ErasedHandler for TypedHandler<M, H> {
+    fn call(&self, envelope: Envelope, broker: Arc<str>) -> BoxFuture<'_, HandleResult> {
+        Box::pin(async move {
+            let message: M = match serde_json::from_slice(&envelope.payload) {
+                Ok(m) => m,
+                Err(e) => {
+                    return HandleResult::Undecodable(format!(
+                        "payload is not a valid {}: {e}",
+                        std::any::type_name::<M>()
+                    ))
+                }
+            };
+            let context = MessageContext::new(Arc::new(envelope), broker);
+            match self.handler.handle(message, &context).await {
+                Ok(()) => HandleResult::Handled,
+                Err(e) => HandleResult::Failed(e),
+            }
+        })
+    }
+}
+
+/// Maps a handler's result to what the broker should do with the message.
+pub(crate) fn settlement_for(
+    result: Result<HandleResult, String>,
+    attempt: u32,
+    policy: &RetryPolicy,
+) -> Settlement {
+    let retryable = |error: String, delay: Option<std::time::Duration>| {
+        if policy.allows_retry_after(attempt) {
+            Settlement::Retry {
+                delay: delay.unwrap_or_else(|| policy.backoff(attempt)),
+                error,
+            }
+        } else {
+            Settlement::DeadLetter(DeadLetter::new(DeadLetterReason::AttemptsExhausted, error))
+        }
+    };
+    match result {
+        Ok(HandleResult::Handled) => Settlement::Ack,
+        Ok(HandleResult::Undecodable(e)) => {
+            Settlement::DeadLetter(DeadLetter::new(DeadLetterReason::Undecodable, e))
+        }
+        Ok(HandleResult::Failed(e)) if e.is_permanent() => Settlement::DeadLetter(
+            DeadLetter::new(DeadLetterReason::PermanentError, e.message()),
+        ),
+        Ok(HandleResult::Failed(e)) => retryable(e.message().to_string(), e.requested_delay()),
+        Err(panic) => retryable(format!("handler panicked: {panic}"), None),
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Everything one consumer needs.
+pub(crate) struct ConsumerSpec {
+    pub(crate) subscription: Arc<dyn Subscription>,
+    pub(crate) handler: Arc<dyn ErasedHandler>,
+    pub(crate) broker: Arc<str>,
+    pub(crate) channel: Arc<str>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) prefetch: usize,
+}
+
+type Finished = (DeliveryTag, Option<Arc<str>>, Settlement);
+
+/// Runs until `stop` turns true, then drains: in-flight handlers finish and are settled,
+/// deliveries not yet started are released to the group.
+pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<bool>) {
+    let window = Arc::new(Semaphore::new(spec.prefetch));
+    // Unbounded on purpose: the window's permits bound what is in it, and the fetcher
+    // must never block on it while the runtime drains at shutdown.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
+    let fetcher = tokio::spawn(fetch_loop(
+        spec.subscription.clone(),
+        window.clone(),
+        tx,
+        stop.clone(),
+        spec.channel.clone(),
+    ));
+
+    let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+    // Keys with a message being handled, and the messages of that key waiting behind it.
+    let mut busy_keys: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
+    let mut finished: Vec<(DeliveryTag, Settlement)> = Vec::new();
+    let start = |delivery: Delivery| -> BoxFuture<'static, Finished> {
+        let handler = spec.handler.clone();
+        let broker = spec.broker.clone();
+        let policy = spec.policy;
+        async move {
+            let tag = delivery.tag;
+            let key = delivery.envelope.key.clone();
+            let attempt = delivery.envelope.attempt;
+            let result = AssertUnwindSafe(handler.call(delivery.envelope, broker))
+                .catch_unwind()
+                .await
+                .map_err(panic_text);
+            (tag, key, settlement_for(result, attempt, &policy))
+        }
+        .boxed()
+    };
+
+    let mut stopping = false;
+    while !stopping {
+        tokio::select! {
+            Some(done) = running.next(), if !running.is_empty() => {
+                let mut next = Some(done);
+                while let Some((tag, key, settlement)) = next.take() {
+                    if let Some(key) = key {
+                        if let Some(queue) = busy_keys.get_mut(&key) {
+                            match queue.pop_front() {
+                                Some(d) => running.push(start(d)),
+                                None => { busy_keys.remove(&key); }
+                            }
+                        }
+                    }
+                    finished.push((tag, settlement));
+                    next = running.next().now_or_never().flatten();
+                }
+                settle(&spec, &window, std::mem::take(&mut finished)).await;
+            }
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    for delivery in batch {
+                        match &delivery.envelope.key {
+                            Some(key) => match busy_keys.get_mut(key) {
+                                Some(queue) => queue.push_back(delivery),
+                                None => {
+                                    busy_keys.insert(key.clone(), VecDeque::new());
+                                    running.push(start(delivery));
+                                }
+                            },
+                            None => running.push(start(delivery)),
+                        }
+                    }
+                }
+                None => stopping = true,
+            },
+            _ = stop_requested(&mut stop) => stopping = true,
+        }
+    }
+
+    // Drain: stop fetching, give back what was not started, finish what was.
+    let _ = fetcher.await;
+    let mut release: Vec<(DeliveryTag, Settlement)> = Vec::new();
+    while let Ok(batch) = rx.try_recv() {
+        release.extend(batch.into_iter().map(|d| (d.tag, Settlement::Release)));
+    }
+    for (_, queue) in busy_keys.drain() {
+        release.extend(queue.into_iter().map(|d| (d.tag, Settlement::Release)));
+    }
+    if !release.is_empty() {
+        settle(&spec, &window, release).await;
+    }
+    while let Some((tag, _, settlement)) = running.next().await {
+        finished.push((tag, settlement));
+    }
+    if !finished.is_empty() {
+        settle(&spec, &window, finished).await;
+    }
+    if let Err(e) = spec.subscription.close().await {
+        tracing::warn!(channel = %spec.channel, broker = %spec.broker, error = %e, "closing subscription failed");
+    }
+}
+
+async fn settle(spec: &ConsumerSpec, window: &Semaphore, settlements: Vec<(DeliveryTag, Settlement)>) {
+    let n = settlements.len();
+    for (_, s) in &settlements {
+        match s {
+            Settlement::Retry { delay, error } => tracing::debug!(channel = %spec.channel, broker = %spec.broker, ?delay, %error, "handler failed, retrying"),
+            Settlement::DeadLetter(d) => tracing::warn!(channel = %spec.channel, broker = %spec.broker, reason = d.reason.as_str(), error = %d.error, "message dead-lettered"),
+            _ => {}
+        }
+    }
+    if let Err(e) = spec.subscription.settle(settlements).await {
+        // The broker redelivers what it did not record as settled: at-least-once holds.
+        tracing::error!(channel = %spec.channel, broker = %spec.broker, error = %e, "settling deliveries failed");
+    }
+    window.add_permits(n);
+}
+
+/// Fetches as many deliveries as the window allows and hands them to the runtime.
+async fn fetch_loop(
+    subscription: Arc<dyn Subscription>,
+    window: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Vec<Delivery>>,
+    mut stop: watch::Receiver<bool>,
+    channel: Arc<str>,
+) {
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop_requested(&mut stop) => return,
+            p = window.acquire() => match p { Ok(p) => p, Err(_) => return },
+        };
+        permit.forget();
+        let extra = window.available_permits();
+        let extra = match window.try_acquire_many(extra as u32) {
+            Ok(p) => {
+                p.forget();
+                extra
+            }
+            Err(_) => 0,
+        };
+        let want = 1 + extra;
+        // recv is cancel-safe (a backend contract), so stopping mid-wait loses nothing.
+        let result = tokio::select! {
+            r = subscription.recv(want) => r,
+            _ = stop_requested(&mut stop) => { window.add_permits(want); return; }
+        };
+        match result {
+            Ok(batch) if batch.is_empty() => {
+                window.add_permits(want);
+                return;
+            }
+            Ok(batch) => {
+                backoff = std::time::Duration::from_millis(50);
+                window.add_permits(want - batch.len());
+                if tx.send(batch).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                window.add_permits(want);
+                tracing::warn!(channel = %channel, error = %e, "fetching failed; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop_requested(&mut stop) => return,
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Resolves once stopping was asked for, or the router that could ask is gone.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}

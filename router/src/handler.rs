@@ -1,0 +1,193 @@
+//! What applications implement to handle messages, and what a handler can return.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anybroker_brokers::{Envelope, Headers};
+use async_trait::async_trait;
+
+/// Handles the messages of one channel. Returning `Ok` acknowledges the message;
+/// an error is retried after the channel's backoff unless it is
+/// [permanent](HandlerError::permanent); a panic counts as a retryable error.
+///
+/// ```
+/// use anybroker::{async_trait, HandlerError, MessageContext, MessageHandler};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct AlarmToBot { message: String }
+/// struct Bot;
+/// #[async_trait]
+/// impl MessageHandler<AlarmToBot> for Bot {
+///     async fn handle(&self, alarm: AlarmToBot, cx: &MessageContext) -> Result<(), HandlerError> {
+///         println!("{} (attempt {})", alarm.message, cx.attempt());
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait MessageHandler<M>: Send + Sync + 'static {
+    /// Handles one message; `context` carries its metadata.
+    async fn handle(&self, message: M, context: &MessageContext) -> Result<(), HandlerError>;
+}
+
+/// A handler made of an async closure; see [`handler_fn`].
+pub struct FnHandler<F>(F);
+
+/// Wraps `f(message, context)` as a [`MessageHandler`].
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct AlarmToBot { message: String }
+/// let handler = anybroker::handler_fn(|alarm: AlarmToBot, _cx| async move {
+///     println!("{}", alarm.message);
+///     Ok(())
+/// });
+/// ```
+pub fn handler_fn<M, F, Fut>(f: F) -> FnHandler<F>
+where
+    F: Fn(M, MessageContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    FnHandler(f)
+}
+
+#[async_trait]
+impl<M, F, Fut> MessageHandler<M> for FnHandler<F>
+where
+    M: Send + 'static,
+    F: Fn(M, MessageContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    async fn handle(&self, message: M, context: &MessageContext) -> Result<(), HandlerError> {
+        (self.0)(message, context.clone()).await
+    }
+}
+
+/// Metadata of the message being handled.
+#[derive(Clone)]
+pub struct MessageContext {
+    envelope: Arc<Envelope>,
+    broker: Arc<str>,
+}
+
+impl MessageContext {
+    pub(crate) fn new(envelope: Arc<Envelope>, broker: Arc<str>) -> Self {
+        MessageContext { envelope, broker }
+    }
+
+    /// The message id, unique per publish.
+    pub fn id(&self) -> &str {
+        &self.envelope.id
+    }
+    /// The channel's wire name.
+    pub fn channel(&self) -> &str {
+        &self.envelope.channel
+    }
+    /// The name of the broker (its key under `[brokers]`) that delivered it.
+    pub fn broker(&self) -> &str {
+        &self.broker
+    }
+    /// The ordering key, if the message has one.
+    pub fn key(&self) -> Option<&str> {
+        self.envelope.key.as_deref()
+    }
+    /// Headers, the application's and anybroker's.
+    pub fn headers(&self) -> &Headers {
+        &self.envelope.headers
+    }
+    /// This delivery's attempt number, 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.envelope.attempt
+    }
+    /// When the message was published.
+    pub fn published_at(&self) -> SystemTime {
+        self.envelope.published_at
+    }
+    /// The whole envelope, payload included.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+impl fmt::Debug for MessageContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageContext")
+            .field("id", &self.id())
+            .field("channel", &self.channel())
+            .field("broker", &self.broker())
+            .field("attempt", &self.attempt())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a handler failed: retryable (the default) or permanent.
+///
+/// Any `std::error::Error` converts into a retryable `HandlerError`, so `?` works in
+/// handlers.
+pub struct HandlerError {
+    permanent: bool,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
+impl HandlerError {
+    /// A failure worth retrying after the channel's backoff.
+    pub fn retryable(error: impl fmt::Display) -> Self {
+        HandlerError {
+            permanent: false,
+            retry_after: None,
+            message: error.to_string(),
+        }
+    }
+
+    /// A failure no retry can fix: the message goes to the dead-letter destination now.
+    pub fn permanent(error: impl fmt::Display) -> Self {
+        HandlerError {
+            permanent: true,
+            retry_after: None,
+            message: error.to_string(),
+        }
+    }
+
+    /// Retry after `delay` instead of the policy's backoff (attempts still count).
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// Whether this failure skips the remaining attempts.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The delay the handler asked for, if any.
+    pub fn requested_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The error text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        HandlerError::retryable(e)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("permanent", &self.permanent)
+            .field("retry_after", &self.retry_after)
+            .field("message", &self.message)
+            .finish()
+    }
+}

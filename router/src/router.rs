@@ -1,0 +1,507 @@
+//! `MessageRouter`: routes each channel to its configured broker, publishes, and runs
+//! the registered handlers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anybroker_brokers::{
+    Broker, BrokerKind, Capabilities, Envelope, Error, ErrorKind, Headers, MessagePublisher,
+    Result, SubscribeOptions,
+};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{watch, OnceCell};
+use tokio::task::JoinHandle;
+
+use crate::channel::{Channel, ChannelSet, Message};
+use crate::config::{normalize_channel, RouterConfig};
+use crate::consumer::{run_consumer, ConsumerSpec, ErasedHandler, TypedHandler};
+use crate::handler::MessageHandler;
+
+/// Per-call publish settings: key, headers, delay.
+///
+/// ```
+/// # use std::time::Duration;
+/// let options = anybroker::PublishOptions::new()
+///     .key("sensor-7")
+///     .header("tenant", "acme")
+///     .delay(Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Ordering key: same-key messages are handled in publish order within a group.
+    pub key: Option<Arc<str>>,
+    /// Headers to send with the message.
+    pub headers: Headers,
+    /// Deliver no earlier than this from now.
+    pub delay: Option<Duration>,
+}
+
+impl PublishOptions {
+    /// No key, no headers, no delay.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the ordering key.
+    pub fn key(mut self, key: impl Into<Arc<str>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+    /// Sets the delay.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+/// Per-registration handler settings.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct HandlerOptions {
+    /// Consumer group; default: the channel's `group` setting.
+    pub group: Option<String>,
+    /// Consumers (members of the group) to run; default: the channel's setting.
+    pub consumers: Option<usize>,
+}
+
+impl HandlerOptions {
+    /// Defaults from config.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the consumer group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+    /// Sets how many consumers run this handler.
+    pub fn consumers(mut self, consumers: usize) -> Self {
+        self.consumers = Some(consumers.max(1));
+        self
+    }
+}
+
+struct Registration {
+    channel: &'static str,
+    options: HandlerOptions,
+    handler: Arc<dyn ErasedHandler>,
+}
+
+/// A router being set up: add handlers, then [`start`](RouterBuilder::start).
+pub struct RouterBuilder {
+    config: RouterConfig,
+    injected: HashMap<String, Broker>,
+    registrations: Vec<Registration>,
+    declared: Option<&'static [&'static str]>,
+}
+
+impl std::fmt::Debug for RouterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterBuilder")
+            .field("config", &self.config)
+            .field("handlers", &self.registrations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterBuilder {
+    /// Registers `handler` for `channel` with the channel's configured group.
+    pub fn handle<M: Message, H: MessageHandler<M>>(self, channel: Channel<M>, handler: H) -> Self {
+        self.handle_with(channel, handler, HandlerOptions::default())
+    }
+
+    /// Registers `handler` for `channel` with explicit options (group, consumers).
+    pub fn handle_with<M: Message, H: MessageHandler<M>>(
+        mut self,
+        channel: Channel<M>,
+        handler: H,
+        options: HandlerOptions,
+    ) -> Self {
+        self.registrations.push(Registration {
+            channel: channel.name(),
+            options,
+            handler: Arc::new(TypedHandler {
+                handler,
+                _message: std::marker::PhantomData,
+            }),
+        });
+        self
+    }
+
+    /// Declares the application's channels, so `start` checks that each has a route
+    /// and that the config names no channel the application does not have.
+    pub fn channels<S: ChannelSet>(mut self) -> Self {
+        self.declared = Some(S::NAMES);
+        self
+    }
+
+    /// Uses an existing broker instance for the broker named `name` instead of
+    /// connecting a new one (e.g. one embedded broker shared by several routers).
+    /// The router does not shut an injected broker down.
+    pub fn with_broker(mut self, name: impl Into<String>, broker: impl Into<Broker>) -> Self {
+        self.injected.insert(name.into(), broker.into());
+        self
+    }
+
+    /// Checks routes, connects the brokers the routes use and starts every handler.
+    pub async fn start(self) -> Result<MessageRouter> {
+        let config = self.config;
+        if let Some(names) = self.declared {
+            for name in names {
+                config.broker_for(name)?;
+            }
+            for key in config.channels.keys() {
+                let k = normalize_channel(key);
+                if !names.iter().any(|n| normalize_channel(n) == k) {
+                    return Err(Error::config(format!(
+                        "channels.{key:?}: not a channel of this application; expected one of: {}",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+        for r in &self.registrations {
+            config.broker_for(r.channel)?;
+        }
+
+        let mut slots = HashMap::new();
+        for name in config.brokers.keys() {
+            let slot = BrokerSlot {
+                cell: OnceCell::new(),
+                owned: !self.injected.contains_key(name),
+            };
+            if let Some(b) = self.injected.get(name) {
+                let _ = slot.cell.set(b.clone());
+            }
+            slots.insert(name.clone(), slot);
+        }
+        for (name, _) in self.injected.iter() {
+            if !slots.contains_key(name) {
+                return Err(Error::config(format!(
+                    "with_broker({name:?}): no broker of that name under [brokers]"
+                )));
+            }
+        }
+        let (stop, _) = watch::channel(false);
+        let inner = Arc::new(RouterInner {
+            config,
+            slots,
+            routes: RwLock::new(HashMap::new()),
+            consumers: Mutex::new(Vec::new()),
+            stop,
+        });
+        let router = MessageRouter { inner };
+
+        // Connect every routed broker now, so an unreachable one fails start.
+        let mut routed: Vec<String> = router.inner.config.default_broker.iter().cloned().collect();
+        routed.extend(router.inner.config.channels.values().filter_map(|c| c.broker.clone()));
+        routed.sort();
+        routed.dedup();
+        for name in &routed {
+            router.inner.broker(name).await?;
+        }
+
+        for r in self.registrations {
+            router.start_consumers(r).await?;
+        }
+        Ok(router)
+    }
+}
+
+struct BrokerSlot {
+    cell: OnceCell<Broker>,
+    owned: bool,
+}
+
+/// Where one channel goes.
+struct Route {
+    channel: Arc<str>,
+    broker_name: Arc<str>,
+    broker: Broker,
+}
+
+struct RouterInner {
+    config: RouterConfig,
+    slots: HashMap<String, BrokerSlot>,
+    routes: RwLock<HashMap<Arc<str>, Arc<Route>>>,
+    consumers: Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl RouterInner {
+    async fn broker(&self, name: &str) -> Result<&Broker> {
+        let slot = self.slots.get(name).ok_or_else(|| {
+            Error::config(format!("unknown broker {name:?}")).with_broker(name)
+        })?;
+        let config = &self.config.brokers[name];
+        slot.cell
+            .get_or_try_init(|| Broker::connect(name, config))
+            .await
+    }
+
+    async fn route(&self, channel: &str) -> Result<Arc<Route>> {
+        if let Some(r) = self.routes.read().unwrap_or_else(|p| p.into_inner()).get(channel) {
+            return Ok(r.clone());
+        }
+        let name = self.config.broker_for(channel)?;
+        let broker = self.broker(name).await?.clone();
+        let route = Arc::new(Route {
+            channel: Arc::from(channel),
+            broker_name: Arc::from(name),
+            broker,
+        });
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(route.channel.clone(), route.clone());
+        Ok(route)
+    }
+}
+
+/// A running router. Cheap to clone; all clones share brokers and handlers. Dropping
+/// the last clone stops the handlers; call [`shutdown`](MessageRouter::shutdown) to
+/// drain them first.
+#[derive(Clone)]
+pub struct MessageRouter {
+    inner: Arc<RouterInner>,
+}
+
+impl std::fmt::Debug for MessageRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageRouter")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessageRouter {
+    /// Loads `path` plus `ANYBROKER_*` environment overrides; add handlers, then `start`.
+    pub fn from_config(path: impl AsRef<Path>) -> Result<RouterBuilder> {
+        Ok(Self::builder(RouterConfig::load(path)?))
+    }
+
+    /// A router set up from an already loaded config.
+    pub fn builder(config: RouterConfig) -> RouterBuilder {
+        RouterBuilder {
+            config,
+            injected: HashMap::new(),
+            registrations: Vec::new(),
+            declared: None,
+        }
+    }
+
+    /// The config the router runs with.
+    pub fn config(&self) -> &RouterConfig {
+        &self.inner.config
+    }
+
+    /// Publishes on the channel's configured broker; returns once the broker accepted it.
+    pub async fn publish<M: Serialize>(&self, channel: Channel<M>, message: &M) -> Result<()> {
+        self.publish_with(channel, message, PublishOptions::default()).await
+    }
+
+    /// Publishes with a key, headers or a delay.
+    pub async fn publish_with<M: Serialize>(
+        &self,
+        channel: Channel<M>,
+        message: &M,
+        options: PublishOptions,
+    ) -> Result<()> {
+        let route = self.inner.route(channel.name()).await?;
+        let envelope = build_envelope(&route.channel, message, options.key, options.headers)?;
+        send(&route.broker, &route.broker_name, envelope, options.delay).await
+    }
+
+    /// Publishes so the message is delivered no earlier than `delay` from now.
+    pub async fn publish_delayed<M: Serialize>(
+        &self,
+        channel: Channel<M>,
+        message: &M,
+        delay: Duration,
+    ) -> Result<()> {
+        self.publish_with(channel, message, PublishOptions::new().delay(delay))
+            .await
+    }
+
+    /// Publishes on a broker of `kind` chosen explicitly instead of the channel's route
+    /// (the channel's own broker if it has that kind, else the first of that kind).
+    pub async fn publish_via<M: Serialize>(
+        &self,
+        kind: BrokerKind,
+        channel: Channel<M>,
+        message: &M,
+    ) -> Result<()> {
+        let name = self.inner.config.broker_of_kind(kind, channel.name())?;
+        let broker = self.inner.broker(name).await?;
+        let envelope = build_envelope(
+            &Arc::from(channel.name()),
+            message,
+            None,
+            Headers::new(),
+        )?;
+        send(broker, name, envelope, None).await
+    }
+
+    /// Publishes a ready-made envelope on its channel's broker, payload untouched
+    /// (bridging, replaying, tests).
+    pub async fn publish_envelope(&self, envelope: Envelope) -> Result<()> {
+        let route = self.inner.route(&envelope.channel).await?;
+        send(&route.broker, &route.broker_name, envelope, None).await
+    }
+
+    /// Sends a request on `channel` and decodes the reply, waiting up to `timeout`.
+    /// Backends without request/reply return `Unsupported`.
+    pub async fn request<M: Serialize, R: DeserializeOwned>(
+        &self,
+        channel: Channel<M>,
+        message: &M,
+        timeout: Duration,
+    ) -> Result<R> {
+        let route = self.inner.route(channel.name()).await?;
+        let envelope = build_envelope(&route.channel, message, None, Headers::new())?;
+        let reply = route
+            .broker
+            .request(envelope, timeout)
+            .await
+            .map_err(|e| e.with_broker(&*route.broker_name).with_channel(channel.name()))?;
+        serde_json::from_slice(&reply.payload).map_err(|e| {
+            Error::new(ErrorKind::Decode, format!("reply is not a valid {}", std::any::type_name::<R>()))
+                .with_channel(channel.name())
+                .with_source(e)
+        })
+    }
+
+    /// What the broker carrying `channel` guarantees.
+    pub async fn capabilities<M>(&self, channel: Channel<M>) -> Result<Capabilities> {
+        Ok(self.inner.route(channel.name()).await?.broker.capabilities())
+    }
+
+    /// The name and kind of the broker carrying `channel`.
+    pub async fn broker_of<M>(&self, channel: Channel<M>) -> Result<(String, BrokerKind)> {
+        let route = self.inner.route(channel.name()).await?;
+        Ok((route.broker_name.to_string(), route.broker.kind()))
+    }
+
+    /// Reads up to `limit` dead letters of `channel`, oldest first.
+    pub async fn dead_letters<M>(&self, channel: Channel<M>, limit: usize) -> Result<Vec<Envelope>> {
+        let route = self.inner.route(channel.name()).await?;
+        route.broker.dead_letters(channel.name(), limit).await
+    }
+
+    /// Moves up to `limit` dead letters of `channel` back onto it; returns how many.
+    pub async fn replay_dead_letters<M>(&self, channel: Channel<M>, limit: usize) -> Result<usize> {
+        let route = self.inner.route(channel.name()).await?;
+        route.broker.replay_dead_letters(channel.name(), limit).await
+    }
+
+    /// Stops fetching, lets in-flight handlers finish and settles them, gives back
+    /// what was fetched but not started, then closes the brokers this router opened.
+    /// Nothing is handled twice because of shutdown alone.
+    pub async fn shutdown(&self) -> Result<()> {
+        let _ = self.inner.stop.send(true);
+        let handles: Vec<_> = std::mem::take(
+            &mut *self.inner.consumers.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        for h in handles {
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "consumer task failed");
+            }
+        }
+        for (name, slot) in &self.inner.slots {
+            if let (true, Some(b)) = (slot.owned, slot.cell.get()) {
+                b.shutdown().await.map_err(|e| e.with_broker(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_consumers(&self, r: Registration) -> Result<()> {
+        let config = &self.inner.config;
+        let route = self.inner.route(r.channel).await?;
+        let group = r
+            .options
+            .group
+            .clone()
+            .unwrap_or_else(|| config.group_for(r.channel).to_string());
+        let consumers = r.options.consumers.unwrap_or_else(|| config.consumers_for(r.channel));
+        let policy = config.retry_for(r.channel);
+        let prefetch = config.prefetch_for(r.channel);
+        let caps = route.broker.capabilities();
+        if policy.attempts > 1 && !caps.retry {
+            return Err(Error::unsupported(format!(
+                "channels.{:?}.retry: broker {:?} in its configured mode cannot retry; set retry = {{ attempts = 1 }} for this channel or route it to a broker that can",
+                r.channel, &*route.broker_name
+            ))
+            .with_broker(&*route.broker_name)
+            .with_channel(r.channel));
+        }
+        for _ in 0..consumers {
+            let options = SubscribeOptions::new(r.channel, group.clone())
+                .retry(policy)
+                .prefetch(prefetch);
+            let subscription = route
+                .broker
+                .subscribe(options)
+                .await
+                .map_err(|e| e.with_broker(&*route.broker_name).with_channel(r.channel))?;
+            let spec = ConsumerSpec {
+                subscription: Arc::from(subscription),
+                handler: r.handler.clone(),
+                broker: route.broker_name.clone(),
+                channel: route.channel.clone(),
+                policy,
+                prefetch,
+            };
+            let handle = tokio::spawn(run_consumer(spec, self.inner.stop.subscribe()));
+            self.inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handle);
+        }
+        Ok(())
+    }
+}
+
+fn build_envelope<M: Serialize>(
+    channel: &Arc<str>,
+    message: &M,
+    key: Option<Arc<str>>,
+    headers: Headers,
+) -> Result<Envelope> {
+    let payload = serde_json::to_vec(message).map_err(|e| {
+        Error::new(ErrorKind::Encode, format!("cannot encode {} as JSON", std::any::type_name::<M>()))
+            .with_channel(&**channel)
+            .with_source(e)
+    })?;
+    let mut envelope = Envelope::new(channel.clone(), Bytes::from(payload)).with_headers(headers);
+    envelope.key = key;
+    Ok(envelope)
+}
+
+async fn send(broker: &Broker, name: &str, envelope: Envelope, delay: Option<Duration>) -> Result<()> {
+    let channel = envelope.channel.clone();
+    let result = match delay {
+        Some(d) => broker.publish_delayed(envelope, d).await,
+        None => broker.publish(envelope).await,
+    };
+    result.map_err(|e| add_context(e, name, &channel))
+}
+
+fn add_context(e: Error, broker: &str, channel: &str) -> Error {
+    let e = if e.broker().is_none() { e.with_broker(broker) } else { e };
+    if e.channel().is_none() {
+        e.with_channel(channel)
+    } else {
+        e
+    }
+}
