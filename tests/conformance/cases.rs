@@ -1,0 +1,676 @@
+//! The conformance suite: each function is one promise of the API (its doc line),
+//! written once against the public API and run by every backend's module.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anybroker::{
+    handler_fn, header, Envelope, ErrorKind, HandlerError, HandlerOptions, MessageContext,
+    PublishOptions,
+};
+use tokio::time::Instant;
+
+use crate::support::*;
+
+fn seen(m: &TestMessage, cx: &MessageContext, handler: usize) -> Seen {
+    Seen {
+        seq: m.seq,
+        attempt: cx.attempt(),
+        key: cx.key().map(str::to_string),
+        headers: cx.headers().clone(),
+        id: cx.id().to_string(),
+        at: Instant::now(),
+        handler,
+    }
+}
+
+/// A recording handler that succeeds.
+fn recording(rec: &Recorder, handler: usize) -> impl anybroker::MessageHandler<TestMessage> {
+    let rec = rec.clone();
+    handler_fn(move |m: TestMessage, cx: MessageContext| {
+        let rec = rec.clone();
+        async move {
+            rec.record(seen(&m, &cx, handler));
+            Ok(())
+        }
+    })
+}
+
+/// Every published message is delivered, with payload, key and headers intact and a
+/// unique id.
+pub async fn publish_then_subscribe_delivers_all(t: &Target) {
+    const N: u64 = 2000;
+    let ch = unique_channel::<TestMessage>("delivers_all");
+    let rec = Recorder::default();
+    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    for i in 0..N {
+        let options = PublishOptions::new()
+            .key(format!("k{}", i % 7))
+            .header("x-test-seq", i.to_string())
+            .header("tenant", "acme");
+        router.publish_with(ch, &TestMessage::new(i), options).await.unwrap();
+    }
+    wait_until("all delivered", LONG, || rec.distinct() as u64 == N).await;
+    router.shutdown().await.unwrap();
+    let all = rec.all();
+    let mut ids = std::collections::HashSet::new();
+    for s in &all {
+        assert_eq!(s.headers["x-test-seq"], s.seq.to_string(), "headers travel with their message");
+        assert_eq!(s.headers["tenant"], "acme");
+        assert_eq!(s.key.as_deref(), Some(format!("k{}", s.seq % 7).as_str()));
+        assert_eq!(s.attempt, 1);
+        ids.insert(s.id.clone());
+    }
+    assert_eq!(ids.len() as u64, N, "every message has its own id");
+}
+
+/// Many concurrent publishers and several members of one group: every message is
+/// handled (at least once).
+pub async fn many_publishers_and_subscribers_all_delivered(t: &Target) {
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 1000;
+    let ch = unique_channel::<TestMessage>("many");
+    let rec = Recorder::default();
+    let router = t
+        .router("")
+        .handle_with(ch, recording(&rec, 0), HandlerOptions::new().consumers(3))
+        .start()
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let router = router.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                router.publish(ch, &TestMessage::new(p * EACH + i)).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    wait_until("all delivered", LONG, || rec.distinct() as u64 == PUBLISHERS * EACH).await;
+    router.shutdown().await.unwrap();
+    let duplicates = rec.len() as u64 - PUBLISHERS * EACH;
+    println!("{}: {} duplicates", t.name, duplicates);
+}
+
+/// A channel's handlers see only that channel's messages.
+pub async fn channels_are_isolated(t: &Target) {
+    const N: u64 = 500;
+    let a = unique_channel::<TestMessage>("isolated_a");
+    let b = unique_channel::<TestMessage>("isolated_b");
+    let (ra, rb) = (Recorder::default(), Recorder::default());
+    let router = t
+        .router("")
+        .handle(a, recording(&ra, 0))
+        .handle(b, recording(&rb, 1))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..N {
+        router.publish(a, &TestMessage::new(i)).await.unwrap();
+        router.publish(b, &TestMessage::new(10_000 + i)).await.unwrap();
+    }
+    wait_until("both delivered", LONG, || ra.distinct() as u64 == N && rb.distinct() as u64 == N).await;
+    router.shutdown().await.unwrap();
+    assert!(ra.all().iter().all(|s| s.seq < 10_000), "channel a got b's messages");
+    assert!(rb.all().iter().all(|s| s.seq >= 10_000), "channel b got a's messages");
+}
+
+/// A failed handler is retried with the configured backoff: attempt n+1 comes no
+/// earlier than initial × multiplier^(n-1) after attempt n (and not much later).
+pub async fn failed_handler_retried_with_backoff(t: &Target) {
+    let ch = unique_channel::<TestMessage>("backoff");
+    let rec = Recorder::default();
+    let handler = {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                rec.record(seen(&m, &cx, 0));
+                if cx.attempt() < 3 {
+                    return Err(HandlerError::retryable("not yet"));
+                }
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(
+        ch,
+        "retry = { attempts = 3, initial = \"300ms\", multiplier = 2.0, max = \"5s\" }",
+    );
+    let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
+    router.publish(ch, &TestMessage::new(1)).await.unwrap();
+    wait_until("third attempt", LONG, || rec.len() == 3).await;
+    router.shutdown().await.unwrap();
+    let all = rec.all();
+    assert_eq!(all.iter().map(|s| s.attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let gap1 = all[1].at - all[0].at;
+    let gap2 = all[2].at - all[1].at;
+    // Lower bounds are the promise; upper bounds allow a loaded shared machine.
+    assert!(gap1 >= Duration::from_millis(290), "first backoff too short: {gap1:?}");
+    assert!(gap1 < Duration::from_millis(300 + 1500), "first backoff too long: {gap1:?}");
+    assert!(gap2 >= Duration::from_millis(590), "second backoff too short: {gap2:?}");
+    assert!(gap2 < Duration::from_millis(600 + 1500), "second backoff too long: {gap2:?}");
+    assert!(all[1].headers.contains_key(header::FIRST_FAILED_AT));
+    assert_eq!(all[1].headers[header::ERROR], "not yet");
+}
+
+/// A handler's requested delay replaces the policy's backoff for that retry.
+pub async fn handler_requested_delay_overrides_backoff(t: &Target) {
+    let ch = unique_channel::<TestMessage>("retry_after");
+    let rec = Recorder::default();
+    let handler = {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                rec.record(seen(&m, &cx, 0));
+                if cx.attempt() == 1 {
+                    return Err(HandlerError::retryable("later").retry_after(Duration::from_millis(400)));
+                }
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(ch, "retry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }");
+    let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
+    router.publish(ch, &TestMessage::new(1)).await.unwrap();
+    wait_until("second attempt", LONG, || rec.len() == 2).await;
+    router.shutdown().await.unwrap();
+    let all = rec.all();
+    let gap = all[1].at - all[0].at;
+    assert!(gap >= Duration::from_millis(390), "retry came after {gap:?}, asked for 400ms");
+}
+
+/// When every attempt fails, the message lands in the channel's dead-letter
+/// destination with reason, error, attempts, original channel and first-failure time;
+/// the handler was called exactly `attempts` times per message.
+pub async fn dead_letter_after_attempts(t: &Target) {
+    const N: u64 = 100;
+    let ch = unique_channel::<TestMessage>("dead_letter");
+    let rec = Recorder::default();
+    let handler = {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                rec.record(seen(&m, &cx, 0));
+                Err(HandlerError::retryable(format!("cannot store {}", m.seq)))
+            }
+        })
+    };
+    let toml = channel_toml(ch, "retry = { attempts = 2, initial = \"20ms\", max = \"20ms\" }");
+    let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    let r = router.clone();
+    wait_until_async("all dead-lettered", LONG, || {
+        let r = r.clone();
+        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    assert_eq!(rec.len() as u64, 2 * N, "each message tried exactly twice");
+    assert!(rec.counts().values().all(|&c| c == 2));
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
+    let mut seqs: Vec<u64> = dead
+        .iter()
+        .map(|d| serde_json::from_slice::<TestMessage>(&d.payload).unwrap().seq)
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "the original payloads are kept");
+    for d in &dead {
+        let seq = serde_json::from_slice::<TestMessage>(&d.payload).unwrap().seq;
+        assert_eq!(d.headers[header::DEAD_LETTER_REASON], "attempts-exhausted");
+        assert_eq!(d.headers[header::ERROR], format!("cannot store {seq}"));
+        assert_eq!(d.headers[header::ATTEMPTS], "2");
+        assert_eq!(d.headers[header::ORIGINAL_CHANNEL], ch.name());
+        assert!(d.headers[header::FIRST_FAILED_AT].parse::<u64>().is_ok());
+    }
+}
+
+/// A permanent error dead-letters the message at once, without retries.
+pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
+    const N: u64 = 50;
+    let ch = unique_channel::<TestMessage>("permanent");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        handler_fn(move |_m: TestMessage, _cx: MessageContext| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(HandlerError::permanent("schema mismatch"))
+            }
+        })
+    };
+    let router = t.router("").handle(ch, handler).start().await.unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    let r = router.clone();
+    wait_until_async("all dead-lettered", LONG, || {
+        let r = r.clone();
+        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst) as u64, N, "no retries after a permanent error");
+    for d in router.dead_letters(ch, 10_000).await.unwrap() {
+        assert_eq!(d.headers[header::DEAD_LETTER_REASON], "permanent-error");
+        assert_eq!(d.headers[header::ATTEMPTS], "1");
+        assert_eq!(d.headers[header::ERROR], "schema mismatch");
+    }
+}
+
+/// An undecodable payload is dead-lettered and the consumer goes on with the rest.
+pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target) {
+    const N: u64 = 100;
+    let ch = unique_channel::<TestMessage>("undecodable");
+    let rec = Recorder::default();
+    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    for i in 0..N {
+        router
+            .publish_envelope(Envelope::new(ch.name(), format!("not json {i}").into_bytes()))
+            .await
+            .unwrap();
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("valid ones handled", LONG, || rec.distinct() as u64 == N).await;
+    let r = router.clone();
+    wait_until_async("garbage dead-lettered", LONG, || {
+        let r = r.clone();
+        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    for d in router.dead_letters(ch, 10_000).await.unwrap() {
+        assert_eq!(d.headers[header::DEAD_LETTER_REASON], "undecodable");
+        assert!(d.payload.starts_with(b"not json"), "the original bytes are kept");
+        assert_eq!(d.headers[header::ATTEMPTS], "1", "decoding is not retried");
+    }
+}
+
+/// A panicking handler does not kill the consumer: the panic counts as a retryable
+/// failure and the message is handled on a later attempt.
+pub async fn panicking_handler_is_retried(t: &Target) {
+    const N: u64 = 200;
+    let ch = unique_channel::<TestMessage>("panic");
+    let rec = Recorder::default();
+    let handler = {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                if cx.attempt() == 1 {
+                    panic!("handler bug on {}", m.seq);
+                }
+                rec.record(seen(&m, &cx, 0));
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(ch, "retry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }");
+    let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("all handled after the panic", LONG, || rec.distinct() as u64 == N).await;
+    router.shutdown().await.unwrap();
+    assert!(rec.all().iter().all(|s| s.attempt == 2));
+    let s = &rec.all()[0];
+    assert!(s.headers[header::ERROR].starts_with("handler panicked: handler bug on"));
+}
+
+/// Two groups each receive every message; members of one group split them.
+pub async fn two_groups_each_get_all_members_split(t: &Target) {
+    const N: u64 = 2000;
+    let ch = unique_channel::<TestMessage>("groups");
+    let (g1, g2) = (Recorder::default(), Recorder::default());
+    let slow = |rec: &Recorder, handler: usize| {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                rec.record(seen(&m, &cx, handler));
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(ch, "prefetch = 16");
+    let router = t
+        .router(&toml)
+        .handle_with(ch, slow(&g1, 1), HandlerOptions::new().group("g1"))
+        .handle_with(ch, slow(&g1, 2), HandlerOptions::new().group("g1"))
+        .handle_with(ch, recording(&g2, 3), HandlerOptions::new().group("g2"))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("both groups got all", LONG, || {
+        g1.distinct() as u64 == N && g2.distinct() as u64 == N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let first = g1.all().iter().filter(|s| s.handler == 1).count();
+    let second = g1.all().iter().filter(|s| s.handler == 2).count();
+    assert!(first > 0 && second > 0, "members of g1 split the messages: {first} / {second}");
+    println!("{}: g1 members {first} + {second}, g2 {}", t.name, g2.len());
+}
+
+/// Messages with the same key are handled in publish order by a group, while
+/// different keys are handled concurrently.
+pub async fn same_key_order_kept_under_concurrency(t: &Target) {
+    const KEYS: u64 = 20;
+    const PER_KEY: u64 = 100;
+    let ch = unique_channel::<TestMessage>("ordering");
+    let rec = Recorder::default();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (rec, in_flight, max_in_flight) = (rec.clone(), in_flight.clone(), max_in_flight.clone());
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let (rec, in_flight, max_in_flight) = (rec.clone(), in_flight.clone(), max_in_flight.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_in_flight.fetch_max(now, Ordering::SeqCst);
+                // Uneven handling times, so a broken order would show.
+                tokio::time::sleep(Duration::from_micros((m.seq * 7919) % 1500)).await;
+                rec.record(seen(&m, &cx, 0));
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    };
+    let router = t
+        .router("")
+        .handle_with(ch, handler, HandlerOptions::new().consumers(2))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..PER_KEY {
+        for k in 0..KEYS {
+            let seq = i * KEYS + k;
+            router
+                .publish_with(ch, &TestMessage::new(seq), PublishOptions::new().key(format!("key-{k}")))
+                .await
+                .unwrap();
+        }
+    }
+    wait_until("all handled", LONG, || rec.distinct() as u64 == KEYS * PER_KEY).await;
+    router.shutdown().await.unwrap();
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for s in rec.all() {
+        per_key.entry(s.key.clone().unwrap()).or_default().push(s.seq);
+    }
+    for (key, seqs) in &per_key {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {seqs:?}");
+    }
+    assert!(max_in_flight.load(Ordering::SeqCst) > 1, "different keys were handled concurrently");
+}
+
+/// A delayed message is not delivered before its delay.
+pub async fn delayed_publish_not_delivered_early(t: &Target) {
+    const N: u64 = 50;
+    let delay = Duration::from_millis(500);
+    let ch = unique_channel::<TestMessage>("delay");
+    let rec = Recorder::default();
+    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    let caps = router.capabilities(ch).await.unwrap();
+    if !caps.delay {
+        let err = router.publish_delayed(ch, &TestMessage::new(0), delay).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        router.shutdown().await.unwrap();
+        return;
+    }
+    let published = Instant::now();
+    for i in 0..N {
+        router.publish_delayed(ch, &TestMessage::new(i), delay).await.unwrap();
+    }
+    router.publish(ch, &TestMessage::new(1000)).await.unwrap();
+    wait_until("all delivered", LONG, || rec.distinct() as u64 == N + 1).await;
+    router.shutdown().await.unwrap();
+    let all = rec.all();
+    assert_eq!(all[0].seq, 1000, "the undelayed message comes first");
+    for s in all.iter().filter(|s| s.seq < 1000) {
+        assert!(s.at - published >= delay, "message {} came after {:?}", s.seq, s.at - published);
+    }
+}
+
+/// Shutdown while messages are in flight loses none and handles none twice: what was
+/// handled is acknowledged, the rest goes to the next consumer of the group.
+pub async fn shutdown_with_in_flight_loses_none(t: &Target) {
+    const N: u64 = 1000;
+    let ch = unique_channel::<TestMessage>("shutdown");
+    let toml = channel_toml(ch, "prefetch = 64");
+    let slow = |rec: &Recorder, handler: usize| {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                rec.record(seen(&m, &cx, handler));
+                Ok(())
+            }
+        })
+    };
+    let rec = Recorder::default();
+    let first = t.router(&toml).handle(ch, slow(&rec, 1)).start().await.unwrap();
+    for i in 0..N {
+        first.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("some handled", LONG, || rec.len() >= 100).await;
+    first.shutdown().await.unwrap();
+    let by_first = rec.len();
+    assert!((by_first as u64) < N, "shutdown came before the end");
+    let second = t.router(&toml).handle(ch, slow(&rec, 2)).start().await.unwrap();
+    wait_until("the rest handled", LONG, || rec.distinct() as u64 == N).await;
+    second.shutdown().await.unwrap();
+    let caps = first.capabilities(ch).await;
+    let duplicates = rec.len() as u64 - N;
+    println!("{}: first {by_first}, total {}, duplicates {duplicates}", t.name, rec.len());
+    if t.name == "memory" || caps.map(|c| c.persistent).unwrap_or(false) {
+        assert_eq!(duplicates, 0, "nothing handled twice because of shutdown alone");
+    }
+}
+
+/// A consumer (re)started later receives what was published while it was away.
+pub async fn restarted_consumer_receives_published_meanwhile(t: &Target) {
+    const N: u64 = 500;
+    let ch = unique_channel::<TestMessage>("restart_consumer");
+    let rec = Recorder::default();
+    let consumer = t.router("").handle(ch, recording(&rec, 1)).start().await.unwrap();
+    if !consumer.capabilities(ch).await.unwrap().persistent {
+        consumer.shutdown().await.unwrap();
+        return; // Declared: a non-persistent mode keeps nothing for absent consumers.
+    }
+    for i in 0..N {
+        consumer.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("first batch handled", LONG, || rec.distinct() as u64 == N).await;
+    consumer.shutdown().await.unwrap();
+
+    let publisher = t.router("").start().await.unwrap();
+    for i in N..2 * N {
+        publisher.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    let restarted = t.router("").handle(ch, recording(&rec, 2)).start().await.unwrap();
+    wait_until("published-meanwhile handled", LONG, || rec.distinct() as u64 == 2 * N).await;
+    restarted.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    let late: Vec<u64> = rec.all().iter().filter(|s| s.handler == 2).map(|s| s.seq).collect();
+    assert!(late.iter().all(|&s| s >= N), "the restarted consumer got only new messages");
+    assert_eq!(late.len() as u64, N);
+}
+
+/// Dead letters can be replayed to their channel, where they are handled again as new
+/// messages (attempt 1), leaving the dead-letter destination empty.
+pub async fn dead_letters_can_be_replayed(t: &Target) {
+    const N: u64 = 100;
+    let ch = unique_channel::<TestMessage>("replay");
+    let broken = Arc::new(AtomicBool::new(true));
+    let rec = Recorder::default();
+    let handler = {
+        let (rec, broken) = (rec.clone(), broken.clone());
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let (rec, broken) = (rec.clone(), broken.clone());
+            async move {
+                if broken.load(Ordering::SeqCst) {
+                    return Err(HandlerError::permanent("downstream is down"));
+                }
+                rec.record(seen(&m, &cx, 0));
+                Ok(())
+            }
+        })
+    };
+    let router = t.router("").handle(ch, handler).start().await.unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    let r = router.clone();
+    wait_until_async("all dead-lettered", LONG, || {
+        let r = r.clone();
+        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
+    })
+    .await;
+    broken.store(false, Ordering::SeqCst);
+    assert_eq!(router.replay_dead_letters(ch, 10_000).await.unwrap() as u64, N);
+    wait_until("replayed ones handled", LONG, || rec.distinct() as u64 == N).await;
+    assert!(rec.all().iter().all(|s| s.attempt == 1));
+    assert!(rec.all().iter().all(|s| !s.headers.contains_key(header::DEAD_LETTER_REASON)));
+    assert!(router.dead_letters(ch, 10_000).await.unwrap().is_empty());
+    router.shutdown().await.unwrap();
+}
+
+/// A consumer never holds more unsettled messages than its prefetch window.
+pub async fn in_flight_window_is_bounded(t: &Target) {
+    const N: u64 = 300;
+    const WINDOW: usize = 8;
+    let ch = unique_channel::<TestMessage>("window");
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (in_flight, max_in_flight, done) = (in_flight.clone(), max_in_flight.clone(), done.clone());
+        handler_fn(move |_m: TestMessage, _cx: MessageContext| {
+            let (in_flight, max_in_flight, done) = (in_flight.clone(), max_in_flight.clone(), done.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(ch, &format!("prefetch = {WINDOW}"));
+    let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("all handled", LONG, || done.load(Ordering::SeqCst) as u64 >= N).await;
+    router.shutdown().await.unwrap();
+    let max = max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= WINDOW, "{max} in flight with a window of {WINDOW}");
+    assert!(max >= 2, "the window allows concurrency ({max})");
+}
+
+/// `publish_via` sends on an explicitly chosen broker kind.
+pub async fn publish_via_explicit_broker(t: &Target) {
+    const N: u64 = 200;
+    let ch = unique_channel::<TestMessage>("via");
+    let rec = Recorder::default();
+    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    let (_, kind) = router.broker_of(ch).await.unwrap();
+    for i in 0..N {
+        router.publish_via(kind, ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("all delivered", LONG, || rec.distinct() as u64 == N).await;
+    let other = anybroker::BrokerKind::ALL.into_iter().find(|k| *k != kind).unwrap();
+    let err = router.publish_via(other, ch, &TestMessage::new(0)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+    router.shutdown().await.unwrap();
+}
+
+/// Whatever a mode declares it lacks is refused with `Unsupported`, never silently
+/// done less.
+pub async fn missing_capabilities_are_unsupported(t: &Target) {
+    let ch = unique_channel::<TestMessage>("caps");
+    let router = t.router("").start().await.unwrap();
+    let caps = router.capabilities(ch).await.unwrap();
+    let mut checked = 0;
+    if !caps.request_reply {
+        let err = router
+            .request::<_, TestMessage>(ch, &TestMessage::new(1), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        checked += 1;
+    }
+    if !caps.delay {
+        let err = router.publish_delayed(ch, &TestMessage::new(1), Duration::from_millis(1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        checked += 1;
+    }
+    if !caps.dead_letters {
+        let err = router.dead_letters(ch, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        checked += 1;
+    }
+    if !caps.retry {
+        let ch2 = unique_channel::<TestMessage>("caps_retry");
+        let err = t
+            .router("")
+            .handle(ch2, handler_fn(|_m: TestMessage, _cx| async { Ok(()) }))
+            .start()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        checked += 1;
+    }
+    router.shutdown().await.unwrap();
+    println!("{}: {checked} missing capabilities checked", t.name);
+}
+
+/// Every case, for a backend module to instantiate: `conformance_cases!(target)`.
+macro_rules! conformance_cases {
+    ($target:expr) => {
+        conformance_cases!(@each $target;
+            publish_then_subscribe_delivers_all,
+            many_publishers_and_subscribers_all_delivered,
+            channels_are_isolated,
+            failed_handler_retried_with_backoff,
+            handler_requested_delay_overrides_backoff,
+            dead_letter_after_attempts,
+            permanent_error_dead_lettered_without_retry,
+            undecodable_payload_dead_lettered_and_consumer_continues,
+            panicking_handler_is_retried,
+            two_groups_each_get_all_members_split,
+            same_key_order_kept_under_concurrency,
+            delayed_publish_not_delivered_early,
+            shutdown_with_in_flight_loses_none,
+            restarted_consumer_receives_published_meanwhile,
+            dead_letters_can_be_replayed,
+            in_flight_window_is_bounded,
+            publish_via_explicit_broker,
+            missing_capabilities_are_unsupported,
+        );
+    };
+    (@each $target:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::cases::$case(&$target).await;
+            }
+        )+
+    };
+}

@@ -1,0 +1,160 @@
+//! What every conformance case uses: the backend under test, unique channels, a
+//! recorder of what handlers saw, and waiting on conditions with a deadline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anybroker::{Channel, MessageRouter, RouterBuilder, RouterConfig};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// The payload of most cases.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TestMessage {
+    pub seq: u64,
+    pub text: String,
+}
+
+impl TestMessage {
+    pub fn new(seq: u64) -> Self {
+        TestMessage {
+            seq,
+            text: format!("message {seq}"),
+        }
+    }
+}
+
+/// The backend a case runs against: its `[brokers.<name>]` table and, for the embedded
+/// broker, the one instance every router of the case shares.
+pub struct Target {
+    pub name: &'static str,
+    broker_toml: String,
+    memory: Option<anybroker::MemoryBroker>,
+}
+
+impl Target {
+    pub fn memory() -> Self {
+        Target {
+            name: "memory",
+            broker_toml: "kind = \"memory\"".into(),
+            memory: Some(anybroker::MemoryBroker::default()),
+        }
+    }
+
+    /// A broker reached by config alone (a server); `table` is its `[brokers.x]` body.
+    #[allow(dead_code)]
+    pub fn server(name: &'static str, table: &str) -> Self {
+        Target {
+            name,
+            broker_toml: table.into(),
+            memory: None,
+        }
+    }
+
+    /// A router on this backend. `channels_toml` adds `[channels."..."]` tables;
+    /// every channel's default retry is 3 attempts with a 50 ms backoff.
+    pub fn router(&self, channels_toml: &str) -> RouterBuilder {
+        let text = format!(
+            "default_broker = \"target\"\n\
+             [defaults]\n\
+             retry = {{ attempts = 3, initial = \"50ms\", multiplier = 2.0, max = \"1s\" }}\n\
+             [brokers.target]\n{}\n{}",
+            self.broker_toml, channels_toml
+        );
+        let config = RouterConfig::from_toml_str(&text).expect("test config is valid");
+        let builder = MessageRouter::builder(config);
+        match &self.memory {
+            Some(m) => builder.with_broker("target", m.clone()),
+            None => builder,
+        }
+    }
+}
+
+/// A channel name no other case or run uses.
+pub fn unique_channel<M>(case: &str) -> Channel<M> {
+    let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
+    Channel::new(Box::leak(name.into_boxed_str()))
+}
+
+/// A `[channels."<name>"]` table with the given body.
+pub fn channel_toml<M>(channel: Channel<M>, body: &str) -> String {
+    format!("[channels.\"{}\"]\n{body}\n", channel.name())
+}
+
+/// One handler call as seen by the handler.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub seq: u64,
+    pub attempt: u32,
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub id: String,
+    pub at: Instant,
+    pub handler: usize,
+}
+
+/// Collects handler calls.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    pub fn record(&self, seen: Seen) {
+        self.seen.lock().unwrap().push(seen);
+    }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Calls per seq.
+    pub fn counts(&self) -> HashMap<u64, usize> {
+        let mut m = HashMap::new();
+        for s in self.seen.lock().unwrap().iter() {
+            *m.entry(s.seq).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Distinct seqs seen.
+    pub fn distinct(&self) -> usize {
+        self.counts().len()
+    }
+}
+
+/// Polls `condition` until it holds; panics with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Like [`wait_until`] for an async condition.
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How long counting cases may take on a slow shared machine.
+pub const LONG: Duration = Duration::from_secs(60);
