@@ -14,7 +14,33 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Message for T {}
 ///
 /// Usually declared with [`channels!`](crate::channels), which makes each channel an
 /// associated constant of the application's `BrokerChannel` type, so a payload of the
-/// wrong type on a channel does not compile.
+/// wrong type on a channel does not compile. This compiles:
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] pub struct AlarmToBot { pub message: String }
+/// # #[derive(Serialize, Deserialize)] pub struct AlarmToLog { pub message: String, pub extra: Option<String> }
+/// # anybroker::channels! { pub BrokerChannel {
+/// #     AlarmToBot: AlarmToBot = "alarm.to.bot", AlarmToLog: AlarmToLog = "alarm.to.log" } }
+/// async fn send(router: &anybroker::MessageRouter) -> anybroker::Result<()> {
+///     let alarm = AlarmToLog { message: "disk full".into(), extra: None };
+///     router.publish(BrokerChannel::AlarmToLog, &alarm).await
+/// }
+/// ```
+///
+/// and the same with an `AlarmToLog` on the `AlarmToBot` channel is a type error (E0308):
+///
+/// ```compile_fail,E0308
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] pub struct AlarmToBot { pub message: String }
+/// # #[derive(Serialize, Deserialize)] pub struct AlarmToLog { pub message: String, pub extra: Option<String> }
+/// # anybroker::channels! { pub BrokerChannel {
+/// #     AlarmToBot: AlarmToBot = "alarm.to.bot", AlarmToLog: AlarmToLog = "alarm.to.log" } }
+/// async fn send(router: &anybroker::MessageRouter) -> anybroker::Result<()> {
+///     let alarm = AlarmToLog { message: "disk full".into(), extra: None };
+///     router.publish(BrokerChannel::AlarmToBot, &alarm).await
+/// }
+/// ```
 pub struct Channel<M> {
     name: &'static str,
     _message: PhantomData<fn() -> M>,

@@ -131,7 +131,7 @@ impl RouterConfig {
     fn from_table(table: toml::Table) -> Result<Self> {
         let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
-                Error::config(format!("{}: {}", display_path(e.path()), e.inner()))
+                Error::config(format!("{}: {}", display_path(e.path()), e.inner().message()))
             })?;
         let mut brokers = BTreeMap::new();
         for (name, table) in raw.brokers {
@@ -342,7 +342,7 @@ fn de<T: serde::de::DeserializeOwned>(key: &str, value: toml::Value) -> Result<T
         } else {
             format!("{key}.{inner}")
         };
-        Error::config(format!("{at}: {}", e.inner()))
+        Error::config(format!("{at}: {}", e.inner().message()))
     })
 }
 

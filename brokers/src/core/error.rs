@@ -176,17 +176,15 @@ impl fmt::Display for Error {
     }
 }
 
+/// One line, like Display plus kind and retryability, so `main` returning an error
+/// prints something readable.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("retryable", &self.retryable)
-            .field("message", &self.message)
-            .field("broker", &self.broker)
-            .field("operation", &self.operation)
-            .field("channel", &self.channel)
-            .field("source", &self.source.as_ref().map(|s| s.to_string()))
-            .finish()
+        write!(
+            f,
+            "{self} [kind: {:?}, retryable: {}]",
+            self.kind, self.retryable
+        )
     }
 }
 

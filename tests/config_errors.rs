@@ -1,0 +1,210 @@
+//! Bad configuration is one `ConfigInvalid` error, at load time, naming the key and
+//! what was expected.
+
+use alarm_domain::{AlarmToBot, BrokerChannel};
+use anybroker::{handler_fn, ErrorKind, MessageRouter, RouterConfig};
+
+fn load_error(toml: &str) -> String {
+    let err = RouterConfig::from_toml_str(toml).expect_err("config must be refused");
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+    err.to_string()
+}
+
+fn assert_mentions(message: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(message.contains(p), "error {message:?} should mention {p:?}");
+    }
+}
+
+const MEMORY: &str = "[brokers.memory]\nkind = \"memory\"\n";
+
+#[test]
+fn unknown_broker_name_in_route() {
+    let e = load_error(&format!(
+        "{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"kafak\"\n"
+    ));
+    assert_mentions(&e, &["channels.\"alarm.to.log\".broker", "unknown broker \"kafak\"", "\"memory\""]);
+}
+
+#[test]
+fn unknown_default_broker() {
+    let e = load_error(&format!("default_broker = \"nope\"\n{MEMORY}"));
+    assert_mentions(&e, &["default_broker", "unknown broker \"nope\""]);
+}
+
+#[test]
+fn unknown_kind() {
+    let e = load_error("[brokers.queue]\nkind = \"zeromq\"\n");
+    assert_mentions(&e, &["brokers.queue.kind", "unknown kind \"zeromq\"", "memory, kafka, redis, rabbitmq, nats"]);
+}
+
+#[test]
+fn missing_kind() {
+    let e = load_error("[brokers.queue]\nurl = \"redis://127.0.0.1\"\n");
+    assert_mentions(&e, &["brokers.queue.kind", "missing"]);
+}
+
+#[test]
+fn route_to_broker_whose_feature_is_off() {
+    // Kafka is never in the default build (librdkafka's C build is opt-in).
+    if anybroker::BrokerKind::Kafka.is_built() {
+        return;
+    }
+    let e = load_error(
+        "[brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         [channels.\"alarm.to.log\"]\nbroker = \"kafka\"\n",
+    );
+    assert_mentions(&e, &["channels.\"alarm.to.log\".broker", "cargo feature \"kafka\""]);
+}
+
+#[test]
+fn broker_whose_feature_is_off_is_fine_when_nothing_routes_to_it() {
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"memory\"\n{MEMORY}[brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.brokers.len(), 2);
+}
+
+#[test]
+fn unparsable_url() {
+    let e = load_error("[brokers.redis]\nkind = \"redis\"\nurl = \"redis://user:hunter2@[::1\"\n");
+    assert_mentions(&e, &["brokers.redis.url", "not a valid URL"]);
+    assert!(!e.contains("hunter2"), "the password must not be echoed: {e}");
+}
+
+#[test]
+fn url_with_wrong_scheme() {
+    let e = load_error("[brokers.rabbit]\nkind = \"rabbitmq\"\nurl = \"http://127.0.0.1:5672\"\n");
+    assert_mentions(&e, &["brokers.rabbit.url", "amqp://"]);
+}
+
+#[test]
+fn bad_kafka_bootstrap_servers() {
+    let e = load_error("[brokers.k]\nkind = \"kafka\"\nbootstrap_servers = \"localhost\"\n");
+    assert_mentions(&e, &["brokers.k.bootstrap_servers", "host:port"]);
+}
+
+#[test]
+fn bad_duration() {
+    let e = load_error(&format!(
+        "{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"memory\"\nretry = {{ initial = \"2 parsecs\" }}\n"
+    ));
+    assert_mentions(&e, &["channels.\"alarm.to.log\".retry.initial", "parsecs"]);
+}
+
+#[test]
+fn bad_retry_values() {
+    let e = load_error(&format!(
+        "{MEMORY}[channels.a]\nbroker = \"memory\"\nretry = {{ attempts = 0 }}\n"
+    ));
+    assert_mentions(&e, &["channels.a.retry.attempts", "at least 1"]);
+}
+
+#[test]
+fn unknown_field_at_top_level() {
+    let e = load_error(&format!("defualt_broker = \"memory\"\n{MEMORY}"));
+    assert_mentions(&e, &["unknown field `defualt_broker`", "default_broker"]);
+}
+
+#[test]
+fn unknown_field_in_channel() {
+    let e = load_error(&format!("{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"memory\"\nretyr = 3\n"));
+    assert_mentions(&e, &["channels.\"alarm.to.log\"", "unknown field `retyr`"]);
+}
+
+#[test]
+fn unknown_field_in_broker() {
+    let e = load_error("[brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\npasword = \"x\"\n");
+    assert_mentions(&e, &["brokers.redis", "unknown field `pasword`"]);
+}
+
+#[test]
+fn channel_with_no_route_and_no_default() {
+    let e = load_error(&format!("{MEMORY}[channels.\"alarm.to.log\"]\nprefetch = 10\n"));
+    assert_mentions(&e, &["channels.\"alarm.to.log\".broker", "no default_broker"]);
+}
+
+#[tokio::test]
+async fn handler_on_channel_with_no_route_and_no_default() {
+    let config = RouterConfig::from_toml_str(MEMORY).unwrap();
+    let err = MessageRouter::builder(config)
+        .handle(BrokerChannel::AlarmToBot, handler_fn(|_m: AlarmToBot, _cx| async { Ok(()) }))
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid);
+    assert_mentions(&err.to_string(), &["alarm.to.bot", "no route", "default_broker"]);
+}
+
+#[tokio::test]
+async fn declared_channels_must_all_be_routable_and_known() {
+    let config = RouterConfig::from_toml_str(&format!(
+        "{MEMORY}[channels.\"alarm.to.bot\"]\nbroker = \"memory\"\n"
+    ))
+    .unwrap();
+    let err = MessageRouter::builder(config).channels::<BrokerChannel>().start().await.unwrap_err();
+    assert_mentions(&err.to_string(), &["alarm.to.log", "no route"]);
+
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"memory\"\n{MEMORY}[channels.\"alarm.to.lgo\"]\nbroker = \"memory\"\n"
+    ))
+    .unwrap();
+    let err = MessageRouter::builder(config).channels::<BrokerChannel>().start().await.unwrap_err();
+    assert_mentions(&err.to_string(), &["alarm.to.lgo", "not a channel of this application", "alarm.to.log"]);
+}
+
+#[test]
+fn not_toml() {
+    let e = load_error("default_broker = ");
+    assert_mentions(&e, &["not valid TOML"]);
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let err = MessageRouter::from_config("/nonexistent/anybroker.toml").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid);
+    assert_mentions(&err.to_string(), &["/nonexistent/anybroker.toml"]);
+}
+
+#[test]
+fn env_overrides_move_a_channel_and_set_values() {
+    let text = format!(
+        "default_broker = \"memory\"\n{MEMORY}[brokers.other]\nkind = \"memory\"\n\
+         [channels.\"alarm.to.log\"]\nbroker = \"memory\"\n"
+    );
+    let vars = [
+        ("ANYBROKER_CHANNELS__ALARM_TO_LOG__BROKER", "other"),
+        ("ANYBROKER_CHANNELS__ALARM_TO_LOG__RETRY__ATTEMPTS", "5"),
+        ("ANYBROKER_CHANNELS__ALARM_TO_BOT__PREFETCH", "32"),
+        ("ANYBROKER_DEFAULTS__RETRY__INITIAL", "250ms"),
+        ("UNRELATED", "x"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let config = RouterConfig::from_toml_with_env(&text, vars).unwrap();
+    assert_eq!(config.broker_for("alarm.to.log").unwrap(), "other");
+    assert_eq!(config.retry_for("alarm.to.log").attempts, 5);
+    assert_eq!(config.prefetch_for("alarm.to.bot"), 32);
+    assert_eq!(config.broker_for("alarm.to.bot").unwrap(), "memory");
+    assert_eq!(config.retry_for("alarm.to.bot").initial, std::time::Duration::from_millis(250));
+}
+
+#[test]
+fn env_override_errors_name_the_variable() {
+    let vars = [("ANYBROKER_CHANNELS__ALARM_TO_LOG__BROKER".to_string(), "nope".to_string())];
+    let err = RouterConfig::from_toml_with_env(MEMORY, vars).unwrap_err();
+    assert_mentions(&err.to_string(), &["alarm_to_log", "unknown broker \"nope\""]);
+}
+
+#[test]
+fn secrets_never_in_debug_output() {
+    let config = RouterConfig::from_toml_str(
+        "[brokers.r]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:s3cr3t@127.0.0.1:5672/%2f\"\n\
+         [brokers.n]\nkind = \"nats\"\nurl = \"nats://u:s3cr3t@127.0.0.1:4222\"\n\
+         [brokers.k]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"sasl.password\" = \"s3cr3t\" }\n",
+    )
+    .unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cr3t"), "{debug}");
+    assert!(debug.contains("sasl.password"), "property names stay visible: {debug}");
+}
