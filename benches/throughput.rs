@@ -47,7 +47,10 @@ fn config(broker_table: &str) -> RouterConfig {
 }
 
 async fn publish_round(broker_table: &str, n: usize, messages: &[AlarmToLog]) -> f64 {
-    let router = MessageRouter::builder(config(broker_table)).start().await.unwrap();
+    let router = MessageRouter::builder(config(broker_table))
+        .start()
+        .await
+        .unwrap();
     let start = Instant::now();
     for m in messages.iter().take(n) {
         router.publish(BrokerChannel::AlarmToLog, m).await.unwrap();
@@ -57,7 +60,11 @@ async fn publish_round(broker_table: &str, n: usize, messages: &[AlarmToLog]) ->
     rate
 }
 
-async fn end_to_end_round(broker_table: &str, n: usize, messages: &[AlarmToLog]) -> (f64, Vec<Duration>) {
+async fn end_to_end_round(
+    broker_table: &str,
+    n: usize,
+    messages: &[AlarmToLog],
+) -> (f64, Vec<Duration>) {
     let handled = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let done = Arc::new(tokio::sync::Notify::new());

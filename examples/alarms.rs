@@ -76,8 +76,7 @@ impl MessageHandler<AlarmToLog> for LogHandler {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = Args::parse();
@@ -85,20 +84,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let log_handled = Arc::new(AtomicUsize::new(0));
     let router = MessageRouter::from_config(&args.config)?
         .channels::<BrokerChannel>()
-        .handle(BrokerChannel::AlarmToBot, BotHandler { handled: bot_handled.clone() })
-        .handle(BrokerChannel::AlarmToLog, LogHandler { handled: log_handled.clone() })
+        .handle(
+            BrokerChannel::AlarmToBot,
+            BotHandler {
+                handled: bot_handled.clone(),
+            },
+        )
+        .handle(
+            BrokerChannel::AlarmToLog,
+            LogHandler {
+                handled: log_handled.clone(),
+            },
+        )
         .start()
         .await?;
-    for ch in [BrokerChannel::AlarmToBot.name(), BrokerChannel::AlarmToLog.name()] {
+    for ch in [
+        BrokerChannel::AlarmToBot.name(),
+        BrokerChannel::AlarmToLog.name(),
+    ] {
         println!("{ch} -> broker {:?}", router.config().broker_for(ch)?);
     }
 
     // Dead letters already there from an earlier run on a persistent broker.
-    let dead_before = router.dead_letters(BrokerChannel::AlarmToLog, 100_000).await?.len();
+    let dead_before = router
+        .dead_letters(BrokerChannel::AlarmToLog, 100_000)
+        .await?
+        .len();
 
     for text in ["reactor temperature high", "door 3 open"] {
         router
-            .publish(BrokerChannel::AlarmToBot, &AlarmToBot { message: text.into() })
+            .publish(
+                BrokerChannel::AlarmToBot,
+                &AlarmToBot {
+                    message: text.into(),
+                },
+            )
             .await?;
     }
     let logs = [
@@ -110,7 +130,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         router
             .publish(
                 BrokerChannel::AlarmToLog,
-                &AlarmToLog { message: message.into(), extra: extra.map(Into::into) },
+                &AlarmToLog {
+                    message: message.into(),
+                    extra: extra.map(Into::into),
+                },
             )
             .await?;
     }
@@ -118,7 +141,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Wait (with a deadline) until everything is handled and the bad alarm is a dead letter.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let dead = loop {
-        let dead = router.dead_letters(BrokerChannel::AlarmToLog, 100_000).await?;
+        let dead = router
+            .dead_letters(BrokerChannel::AlarmToLog, 100_000)
+            .await?;
         if bot_handled.load(Ordering::SeqCst) >= 2
             && log_handled.load(Ordering::SeqCst) >= 2
             && dead.len() > dead_before
@@ -135,9 +160,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "dead letter on {}: {} after {} attempts ({}), payload {}",
             d.channel,
-            d.headers.get(header::DEAD_LETTER_REASON).map(String::as_str).unwrap_or("?"),
-            d.headers.get(header::ATTEMPTS).map(String::as_str).unwrap_or("?"),
-            d.headers.get(header::ERROR).map(String::as_str).unwrap_or("?"),
+            d.headers
+                .get(header::DEAD_LETTER_REASON)
+                .map(String::as_str)
+                .unwrap_or("?"),
+            d.headers
+                .get(header::ATTEMPTS)
+                .map(String::as_str)
+                .unwrap_or("?"),
+            d.headers
+                .get(header::ERROR)
+                .map(String::as_str)
+                .unwrap_or("?"),
             String::from_utf8_lossy(&d.payload)
         );
     }

@@ -12,7 +12,10 @@ fn load_error(toml: &str) -> String {
 
 fn assert_mentions(message: &str, parts: &[&str]) {
     for p in parts {
-        assert!(message.contains(p), "error {message:?} should mention {p:?}");
+        assert!(
+            message.contains(p),
+            "error {message:?} should mention {p:?}"
+        );
     }
 }
 
@@ -23,7 +26,14 @@ fn unknown_broker_name_in_route() {
     let e = load_error(&format!(
         "{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"kafak\"\n"
     ));
-    assert_mentions(&e, &["channels.\"alarm.to.log\".broker", "unknown broker \"kafak\"", "\"memory\""]);
+    assert_mentions(
+        &e,
+        &[
+            "channels.\"alarm.to.log\".broker",
+            "unknown broker \"kafak\"",
+            "\"memory\"",
+        ],
+    );
 }
 
 #[test]
@@ -35,7 +45,14 @@ fn unknown_default_broker() {
 #[test]
 fn unknown_kind() {
     let e = load_error("[brokers.queue]\nkind = \"zeromq\"\n");
-    assert_mentions(&e, &["brokers.queue.kind", "unknown kind \"zeromq\"", "memory, kafka, redis, rabbitmq, nats"]);
+    assert_mentions(
+        &e,
+        &[
+            "brokers.queue.kind",
+            "unknown kind \"zeromq\"",
+            "memory, kafka, redis, rabbitmq, nats",
+        ],
+    );
 }
 
 #[test]
@@ -54,7 +71,13 @@ fn route_to_broker_whose_feature_is_off() {
         "[brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
          [channels.\"alarm.to.log\"]\nbroker = \"kafka\"\n",
     );
-    assert_mentions(&e, &["channels.\"alarm.to.log\".broker", "cargo feature \"kafka\""]);
+    assert_mentions(
+        &e,
+        &[
+            "channels.\"alarm.to.log\".broker",
+            "cargo feature \"kafka\"",
+        ],
+    );
 }
 
 #[test]
@@ -70,7 +93,10 @@ fn broker_whose_feature_is_off_is_fine_when_nothing_routes_to_it() {
 fn unparsable_url() {
     let e = load_error("[brokers.redis]\nkind = \"redis\"\nurl = \"redis://user:hunter2@[::1\"\n");
     assert_mentions(&e, &["brokers.redis.url", "not a valid URL"]);
-    assert!(!e.contains("hunter2"), "the password must not be echoed: {e}");
+    assert!(
+        !e.contains("hunter2"),
+        "the password must not be echoed: {e}"
+    );
 }
 
 #[test]
@@ -109,32 +135,47 @@ fn unknown_field_at_top_level() {
 
 #[test]
 fn unknown_field_in_channel() {
-    let e = load_error(&format!("{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"memory\"\nretyr = 3\n"));
+    let e = load_error(&format!(
+        "{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"memory\"\nretyr = 3\n"
+    ));
     assert_mentions(&e, &["channels.\"alarm.to.log\"", "unknown field `retyr`"]);
 }
 
 #[test]
 fn unknown_field_in_broker() {
-    let e = load_error("[brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\npasword = \"x\"\n");
+    let e = load_error(
+        "[brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\npasword = \"x\"\n",
+    );
     assert_mentions(&e, &["brokers.redis", "unknown field `pasword`"]);
 }
 
 #[test]
 fn channel_with_no_route_and_no_default() {
-    let e = load_error(&format!("{MEMORY}[channels.\"alarm.to.log\"]\nprefetch = 10\n"));
-    assert_mentions(&e, &["channels.\"alarm.to.log\".broker", "no default_broker"]);
+    let e = load_error(&format!(
+        "{MEMORY}[channels.\"alarm.to.log\"]\nprefetch = 10\n"
+    ));
+    assert_mentions(
+        &e,
+        &["channels.\"alarm.to.log\".broker", "no default_broker"],
+    );
 }
 
 #[tokio::test]
 async fn handler_on_channel_with_no_route_and_no_default() {
     let config = RouterConfig::from_toml_str(MEMORY).unwrap();
     let err = MessageRouter::builder(config)
-        .handle(BrokerChannel::AlarmToBot, handler_fn(|_m: AlarmToBot, _cx| async { Ok(()) }))
+        .handle(
+            BrokerChannel::AlarmToBot,
+            handler_fn(|_m: AlarmToBot, _cx| async { Ok(()) }),
+        )
         .start()
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConfigInvalid);
-    assert_mentions(&err.to_string(), &["alarm.to.bot", "no route", "default_broker"]);
+    assert_mentions(
+        &err.to_string(),
+        &["alarm.to.bot", "no route", "default_broker"],
+    );
 }
 
 #[tokio::test]
@@ -143,15 +184,30 @@ async fn declared_channels_must_all_be_routable_and_known() {
         "{MEMORY}[channels.\"alarm.to.bot\"]\nbroker = \"memory\"\n"
     ))
     .unwrap();
-    let err = MessageRouter::builder(config).channels::<BrokerChannel>().start().await.unwrap_err();
+    let err = MessageRouter::builder(config)
+        .channels::<BrokerChannel>()
+        .start()
+        .await
+        .unwrap_err();
     assert_mentions(&err.to_string(), &["alarm.to.log", "no route"]);
 
     let config = RouterConfig::from_toml_str(&format!(
         "default_broker = \"memory\"\n{MEMORY}[channels.\"alarm.to.lgo\"]\nbroker = \"memory\"\n"
     ))
     .unwrap();
-    let err = MessageRouter::builder(config).channels::<BrokerChannel>().start().await.unwrap_err();
-    assert_mentions(&err.to_string(), &["alarm.to.lgo", "not a channel of this application", "alarm.to.log"]);
+    let err = MessageRouter::builder(config)
+        .channels::<BrokerChannel>()
+        .start()
+        .await
+        .unwrap_err();
+    assert_mentions(
+        &err.to_string(),
+        &[
+            "alarm.to.lgo",
+            "not a channel of this application",
+            "alarm.to.log",
+        ],
+    );
 }
 
 #[test]
@@ -186,14 +242,23 @@ fn env_overrides_move_a_channel_and_set_values() {
     assert_eq!(config.retry_for("alarm.to.log").attempts, 5);
     assert_eq!(config.prefetch_for("alarm.to.bot"), 32);
     assert_eq!(config.broker_for("alarm.to.bot").unwrap(), "memory");
-    assert_eq!(config.retry_for("alarm.to.bot").initial, std::time::Duration::from_millis(250));
+    assert_eq!(
+        config.retry_for("alarm.to.bot").initial,
+        std::time::Duration::from_millis(250)
+    );
 }
 
 #[test]
 fn env_override_errors_name_the_variable() {
-    let vars = [("ANYBROKER_CHANNELS__ALARM_TO_LOG__BROKER".to_string(), "nope".to_string())];
+    let vars = [(
+        "ANYBROKER_CHANNELS__ALARM_TO_LOG__BROKER".to_string(),
+        "nope".to_string(),
+    )];
     let err = RouterConfig::from_toml_with_env(MEMORY, vars).unwrap_err();
-    assert_mentions(&err.to_string(), &["alarm_to_log", "unknown broker \"nope\""]);
+    assert_mentions(
+        &err.to_string(),
+        &["alarm_to_log", "unknown broker \"nope\""],
+    );
 }
 
 #[test]
@@ -206,5 +271,8 @@ fn secrets_never_in_debug_output() {
     .unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("s3cr3t"), "{debug}");
-    assert!(debug.contains("sasl.password"), "property names stay visible: {debug}");
+    assert!(
+        debug.contains("sasl.password"),
+        "property names stay visible: {debug}"
+    );
 }

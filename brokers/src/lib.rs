@@ -4,11 +4,7 @@
 //! `anybroker` crate, which re-exports what they need from here.
 #![deny(missing_docs)]
 
-// `core` (the trait) must come before `broker` (the enum): enum_dispatch writes the
-// dispatching impl where it meets the second of the two, which needs every backend
-// type in scope.
 pub mod core;
-mod broker;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
@@ -19,3 +15,8 @@ pub mod redis;
 pub use broker::{Broker, BrokerConfig};
 pub use core::*;
 pub use redact::{Secret, SecretUrl};
+
+// Declared last on purpose: enum_dispatch writes the dispatching impl where it meets
+// the second of trait (`core`) and enum (`broker`), and only `broker` has every
+// backend type in scope.
+mod broker;

@@ -70,7 +70,12 @@ impl<M> Copy for Channel<M> {}
 
 impl<M> fmt::Debug for Channel<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Channel({:?}: {})", self.name, std::any::type_name::<M>())
+        write!(
+            f,
+            "Channel({:?}: {})",
+            self.name,
+            std::any::type_name::<M>()
+        )
     }
 }
 

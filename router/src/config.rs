@@ -102,9 +102,8 @@ impl RouterConfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        Self::from_toml_with_env(&text, std::env::vars()).map_err(|e| {
-            Error::config(format!("config file {}: {}", path.display(), e.message()))
-        })
+        Self::from_toml_with_env(&text, std::env::vars())
+            .map_err(|e| Error::config(format!("config file {}: {}", path.display(), e.message())))
     }
 
     /// Parses TOML text, without environment overrides.
@@ -129,9 +128,13 @@ impl RouterConfig {
     }
 
     fn from_table(table: toml::Table) -> Result<Self> {
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                Error::config(format!("{}: {}", display_path(e.path()), e.inner().message()))
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                Error::config(format!(
+                    "{}: {}",
+                    display_path(e.path()),
+                    e.inner().message()
+                ))
             })?;
         let mut brokers = BTreeMap::new();
         for (name, table) in raw.brokers {
@@ -153,7 +156,12 @@ impl RouterConfig {
         if let Some(name) = &self.default_broker {
             self.check_route("default_broker", name)?;
         }
-        check_channel_settings("defaults", Some(&self.defaults.retry), Some(self.defaults.prefetch), Some(self.defaults.consumers))?;
+        check_channel_settings(
+            "defaults",
+            Some(&self.defaults.retry),
+            Some(self.defaults.prefetch),
+            Some(self.defaults.consumers),
+        )?;
         let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for (channel, c) in &self.channels {
             let key = format!("channels.{}", quote_key(channel));
@@ -290,10 +298,14 @@ fn check_channel_settings(
             .map_err(|e| Error::config(format!("{key}.{e}")))?;
     }
     if prefetch == Some(0) {
-        return Err(Error::config(format!("{key}.prefetch: expected at least 1")));
+        return Err(Error::config(format!(
+            "{key}.prefetch: expected at least 1"
+        )));
     }
     if consumers == Some(0) {
-        return Err(Error::config(format!("{key}.consumers: expected at least 1")));
+        return Err(Error::config(format!(
+            "{key}.consumers: expected at least 1"
+        )));
     }
     Ok(())
 }
@@ -348,8 +360,7 @@ fn de<T: serde::de::DeserializeOwned>(key: &str, value: toml::Value) -> Result<T
 
 fn quote_key(k: &str) -> String {
     if !k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         k.to_string()

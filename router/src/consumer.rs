@@ -78,9 +78,10 @@ pub(crate) fn settlement_for(
         Ok(HandleResult::Undecodable(e)) => {
             Settlement::DeadLetter(DeadLetter::new(DeadLetterReason::Undecodable, e))
         }
-        Ok(HandleResult::Failed(e)) if e.is_permanent() => Settlement::DeadLetter(
-            DeadLetter::new(DeadLetterReason::PermanentError, e.message()),
-        ),
+        Ok(HandleResult::Failed(e)) if e.is_permanent() => Settlement::DeadLetter(DeadLetter::new(
+            DeadLetterReason::PermanentError,
+            e.message(),
+        )),
         Ok(HandleResult::Failed(e)) => retryable(e.message().to_string(), e.requested_delay()),
         Err(panic) => retryable(format!("handler panicked: {panic}"), None),
     }
@@ -207,12 +208,20 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
     }
 }
 
-async fn settle(spec: &ConsumerSpec, window: &Semaphore, settlements: Vec<(DeliveryTag, Settlement)>) {
+async fn settle(
+    spec: &ConsumerSpec,
+    window: &Semaphore,
+    settlements: Vec<(DeliveryTag, Settlement)>,
+) {
     let n = settlements.len();
     for (_, s) in &settlements {
         match s {
-            Settlement::Retry { delay, error } => tracing::debug!(channel = %spec.channel, broker = %spec.broker, ?delay, %error, "handler failed, retrying"),
-            Settlement::DeadLetter(d) => tracing::warn!(channel = %spec.channel, broker = %spec.broker, reason = d.reason.as_str(), error = %d.error, "message dead-lettered"),
+            Settlement::Retry { delay, error } => {
+                tracing::debug!(channel = %spec.channel, broker = %spec.broker, ?delay, %error, "handler failed, retrying")
+            }
+            Settlement::DeadLetter(d) => {
+                tracing::warn!(channel = %spec.channel, broker = %spec.broker, reason = d.reason.as_str(), error = %d.error, "message dead-lettered")
+            }
             _ => {}
         }
     }

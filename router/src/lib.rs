@@ -7,13 +7,13 @@ mod consumer;
 mod handler;
 mod router;
 
+/// The embedded broker, to share one instance between routers with
+/// [`RouterBuilder::with_broker`].
+pub use anybroker_brokers::memory::MemoryBroker;
 pub use anybroker_brokers::{
     header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, Envelope, Error,
     ErrorKind, Headers, MessagePublisher, Result, RetryPolicy,
 };
-/// The embedded broker, to share one instance between routers with
-/// [`RouterBuilder::with_broker`].
-pub use anybroker_brokers::memory::MemoryBroker;
 pub use async_trait::async_trait;
 pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};

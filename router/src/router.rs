@@ -203,7 +203,14 @@ impl RouterBuilder {
 
         // Connect every routed broker now, so an unreachable one fails start.
         let mut routed: Vec<String> = router.inner.config.default_broker.iter().cloned().collect();
-        routed.extend(router.inner.config.channels.values().filter_map(|c| c.broker.clone()));
+        routed.extend(
+            router
+                .inner
+                .config
+                .channels
+                .values()
+                .filter_map(|c| c.broker.clone()),
+        );
         routed.sort();
         routed.dedup();
         for name in &routed {
@@ -239,9 +246,10 @@ struct RouterInner {
 
 impl RouterInner {
     async fn broker(&self, name: &str) -> Result<&Broker> {
-        let slot = self.slots.get(name).ok_or_else(|| {
-            Error::config(format!("unknown broker {name:?}")).with_broker(name)
-        })?;
+        let slot = self
+            .slots
+            .get(name)
+            .ok_or_else(|| Error::config(format!("unknown broker {name:?}")).with_broker(name))?;
         let config = &self.config.brokers[name];
         slot.cell
             .get_or_try_init(|| Broker::connect(name, config))
@@ -249,7 +257,12 @@ impl RouterInner {
     }
 
     async fn route(&self, channel: &str) -> Result<Arc<Route>> {
-        if let Some(r) = self.routes.read().unwrap_or_else(|p| p.into_inner()).get(channel) {
+        if let Some(r) = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(channel)
+        {
             return Ok(r.clone());
         }
         let name = self.config.broker_for(channel)?;
@@ -306,7 +319,8 @@ impl MessageRouter {
 
     /// Publishes on the channel's configured broker; returns once the broker accepted it.
     pub async fn publish<M: Serialize>(&self, channel: Channel<M>, message: &M) -> Result<()> {
-        self.publish_with(channel, message, PublishOptions::default()).await
+        self.publish_with(channel, message, PublishOptions::default())
+            .await
     }
 
     /// Publishes with a key, headers or a delay.
@@ -342,12 +356,7 @@ impl MessageRouter {
     ) -> Result<()> {
         let name = self.inner.config.broker_of_kind(kind, channel.name())?;
         let broker = self.inner.broker(name).await?;
-        let envelope = build_envelope(
-            &Arc::from(channel.name()),
-            message,
-            None,
-            Headers::new(),
-        )?;
+        let envelope = build_envelope(&Arc::from(channel.name()), message, None, Headers::new())?;
         send(broker, name, envelope, None).await
     }
 
@@ -368,21 +377,28 @@ impl MessageRouter {
     ) -> Result<R> {
         let route = self.inner.route(channel.name()).await?;
         let envelope = build_envelope(&route.channel, message, None, Headers::new())?;
-        let reply = route
-            .broker
-            .request(envelope, timeout)
-            .await
-            .map_err(|e| e.with_broker(&*route.broker_name).with_channel(channel.name()))?;
-        serde_json::from_slice(&reply.payload).map_err(|e| {
-            Error::new(ErrorKind::Decode, format!("reply is not a valid {}", std::any::type_name::<R>()))
+        let reply = route.broker.request(envelope, timeout).await.map_err(|e| {
+            e.with_broker(&*route.broker_name)
                 .with_channel(channel.name())
-                .with_source(e)
+        })?;
+        serde_json::from_slice(&reply.payload).map_err(|e| {
+            Error::new(
+                ErrorKind::Decode,
+                format!("reply is not a valid {}", std::any::type_name::<R>()),
+            )
+            .with_channel(channel.name())
+            .with_source(e)
         })
     }
 
     /// What the broker carrying `channel` guarantees.
     pub async fn capabilities<M>(&self, channel: Channel<M>) -> Result<Capabilities> {
-        Ok(self.inner.route(channel.name()).await?.broker.capabilities())
+        Ok(self
+            .inner
+            .route(channel.name())
+            .await?
+            .broker
+            .capabilities())
     }
 
     /// The name and kind of the broker carrying `channel`.
@@ -392,7 +408,11 @@ impl MessageRouter {
     }
 
     /// Reads up to `limit` dead letters of `channel`, oldest first.
-    pub async fn dead_letters<M>(&self, channel: Channel<M>, limit: usize) -> Result<Vec<Envelope>> {
+    pub async fn dead_letters<M>(
+        &self,
+        channel: Channel<M>,
+        limit: usize,
+    ) -> Result<Vec<Envelope>> {
         let route = self.inner.route(channel.name()).await?;
         route.broker.dead_letters(channel.name(), limit).await
     }
@@ -400,7 +420,10 @@ impl MessageRouter {
     /// Moves up to `limit` dead letters of `channel` back onto it; returns how many.
     pub async fn replay_dead_letters<M>(&self, channel: Channel<M>, limit: usize) -> Result<usize> {
         let route = self.inner.route(channel.name()).await?;
-        route.broker.replay_dead_letters(channel.name(), limit).await
+        route
+            .broker
+            .replay_dead_letters(channel.name(), limit)
+            .await
     }
 
     /// Stops fetching, lets in-flight handlers finish and settles them, gives back
@@ -409,7 +432,11 @@ impl MessageRouter {
     pub async fn shutdown(&self) -> Result<()> {
         let _ = self.inner.stop.send(true);
         let handles: Vec<_> = std::mem::take(
-            &mut *self.inner.consumers.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut *self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
         );
         for h in handles {
             if let Err(e) = h.await {
@@ -432,7 +459,10 @@ impl MessageRouter {
             .group
             .clone()
             .unwrap_or_else(|| config.group_for(r.channel).to_string());
-        let consumers = r.options.consumers.unwrap_or_else(|| config.consumers_for(r.channel));
+        let consumers = r
+            .options
+            .consumers
+            .unwrap_or_else(|| config.consumers_for(r.channel));
         let policy = config.retry_for(r.channel);
         let prefetch = config.prefetch_for(r.channel);
         let caps = route.broker.capabilities();
@@ -479,16 +509,24 @@ fn build_envelope<M: Serialize>(
     headers: Headers,
 ) -> Result<Envelope> {
     let payload = serde_json::to_vec(message).map_err(|e| {
-        Error::new(ErrorKind::Encode, format!("cannot encode {} as JSON", std::any::type_name::<M>()))
-            .with_channel(&**channel)
-            .with_source(e)
+        Error::new(
+            ErrorKind::Encode,
+            format!("cannot encode {} as JSON", std::any::type_name::<M>()),
+        )
+        .with_channel(&**channel)
+        .with_source(e)
     })?;
     let mut envelope = Envelope::new(channel.clone(), Bytes::from(payload)).with_headers(headers);
     envelope.key = key;
     Ok(envelope)
 }
 
-async fn send(broker: &Broker, name: &str, envelope: Envelope, delay: Option<Duration>) -> Result<()> {
+async fn send(
+    broker: &Broker,
+    name: &str,
+    envelope: Envelope,
+    delay: Option<Duration>,
+) -> Result<()> {
     let channel = envelope.channel.clone();
     let result = match delay {
         Some(d) => broker.publish_delayed(envelope, d).await,
@@ -498,7 +536,11 @@ async fn send(broker: &Broker, name: &str, envelope: Envelope, delay: Option<Dur
 }
 
 fn add_context(e: Error, broker: &str, channel: &str) -> Error {
-    let e = if e.broker().is_none() { e.with_broker(broker) } else { e };
+    let e = if e.broker().is_none() {
+        e.with_broker(broker)
+    } else {
+        e
+    };
     if e.channel().is_none() {
         e.with_channel(channel)
     } else {

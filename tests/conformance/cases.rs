@@ -44,20 +44,32 @@ pub async fn publish_then_subscribe_delivers_all(t: &Target) {
     const N: u64 = 2000;
     let ch = unique_channel::<TestMessage>("delivers_all");
     let rec = Recorder::default();
-    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
     for i in 0..N {
         let options = PublishOptions::new()
             .key(format!("k{}", i % 7))
             .header("x-test-seq", i.to_string())
             .header("tenant", "acme");
-        router.publish_with(ch, &TestMessage::new(i), options).await.unwrap();
+        router
+            .publish_with(ch, &TestMessage::new(i), options)
+            .await
+            .unwrap();
     }
     wait_until("all delivered", LONG, || rec.distinct() as u64 == N).await;
     router.shutdown().await.unwrap();
     let all = rec.all();
     let mut ids = std::collections::HashSet::new();
     for s in &all {
-        assert_eq!(s.headers["x-test-seq"], s.seq.to_string(), "headers travel with their message");
+        assert_eq!(
+            s.headers["x-test-seq"],
+            s.seq.to_string(),
+            "headers travel with their message"
+        );
         assert_eq!(s.headers["tenant"], "acme");
         assert_eq!(s.key.as_deref(), Some(format!("k{}", s.seq % 7).as_str()));
         assert_eq!(s.attempt, 1);
@@ -84,14 +96,20 @@ pub async fn many_publishers_and_subscribers_all_delivered(t: &Target) {
         let router = router.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..EACH {
-                router.publish(ch, &TestMessage::new(p * EACH + i)).await.unwrap();
+                router
+                    .publish(ch, &TestMessage::new(p * EACH + i))
+                    .await
+                    .unwrap();
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    wait_until("all delivered", LONG, || rec.distinct() as u64 == PUBLISHERS * EACH).await;
+    wait_until("all delivered", LONG, || {
+        rec.distinct() as u64 == PUBLISHERS * EACH
+    })
+    .await;
     router.shutdown().await.unwrap();
     let duplicates = rec.len() as u64 - PUBLISHERS * EACH;
     println!("{}: {} duplicates", t.name, duplicates);
@@ -112,12 +130,24 @@ pub async fn channels_are_isolated(t: &Target) {
         .unwrap();
     for i in 0..N {
         router.publish(a, &TestMessage::new(i)).await.unwrap();
-        router.publish(b, &TestMessage::new(10_000 + i)).await.unwrap();
+        router
+            .publish(b, &TestMessage::new(10_000 + i))
+            .await
+            .unwrap();
     }
-    wait_until("both delivered", LONG, || ra.distinct() as u64 == N && rb.distinct() as u64 == N).await;
+    wait_until("both delivered", LONG, || {
+        ra.distinct() as u64 == N && rb.distinct() as u64 == N
+    })
+    .await;
     router.shutdown().await.unwrap();
-    assert!(ra.all().iter().all(|s| s.seq < 10_000), "channel a got b's messages");
-    assert!(rb.all().iter().all(|s| s.seq >= 10_000), "channel b got a's messages");
+    assert!(
+        ra.all().iter().all(|s| s.seq < 10_000),
+        "channel a got b's messages"
+    );
+    assert!(
+        rb.all().iter().all(|s| s.seq >= 10_000),
+        "channel b got a's messages"
+    );
 }
 
 /// A failed handler is retried with the configured backoff: attempt n+1 comes no
@@ -147,14 +177,29 @@ pub async fn failed_handler_retried_with_backoff(t: &Target) {
     wait_until("third attempt", LONG, || rec.len() == 3).await;
     router.shutdown().await.unwrap();
     let all = rec.all();
-    assert_eq!(all.iter().map(|s| s.attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        all.iter().map(|s| s.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     let gap1 = all[1].at - all[0].at;
     let gap2 = all[2].at - all[1].at;
     // Lower bounds are the promise; upper bounds allow a loaded shared machine.
-    assert!(gap1 >= Duration::from_millis(290), "first backoff too short: {gap1:?}");
-    assert!(gap1 < Duration::from_millis(300 + 1500), "first backoff too long: {gap1:?}");
-    assert!(gap2 >= Duration::from_millis(590), "second backoff too short: {gap2:?}");
-    assert!(gap2 < Duration::from_millis(600 + 1500), "second backoff too long: {gap2:?}");
+    assert!(
+        gap1 >= Duration::from_millis(290),
+        "first backoff too short: {gap1:?}"
+    );
+    assert!(
+        gap1 < Duration::from_millis(300 + 1500),
+        "first backoff too long: {gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(590),
+        "second backoff too short: {gap2:?}"
+    );
+    assert!(
+        gap2 < Duration::from_millis(600 + 1500),
+        "second backoff too long: {gap2:?}"
+    );
     assert!(all[1].headers.contains_key(header::FIRST_FAILED_AT));
     assert_eq!(all[1].headers[header::ERROR], "not yet");
 }
@@ -170,20 +215,28 @@ pub async fn handler_requested_delay_overrides_backoff(t: &Target) {
             async move {
                 rec.record(seen(&m, &cx, 0));
                 if cx.attempt() == 1 {
-                    return Err(HandlerError::retryable("later").retry_after(Duration::from_millis(400)));
+                    return Err(
+                        HandlerError::retryable("later").retry_after(Duration::from_millis(400))
+                    );
                 }
                 Ok(())
             }
         })
     };
-    let toml = channel_toml(ch, "retry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }");
+    let toml = channel_toml(
+        ch,
+        "retry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }",
+    );
     let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
     router.publish(ch, &TestMessage::new(1)).await.unwrap();
     wait_until("second attempt", LONG, || rec.len() == 2).await;
     router.shutdown().await.unwrap();
     let all = rec.all();
     let gap = all[1].at - all[0].at;
-    assert!(gap >= Duration::from_millis(390), "retry came after {gap:?}, asked for 400ms");
+    assert!(
+        gap >= Duration::from_millis(390),
+        "retry came after {gap:?}, asked for 400ms"
+    );
 }
 
 /// When every attempt fails, the message lands in the channel's dead-letter
@@ -203,7 +256,10 @@ pub async fn dead_letter_after_attempts(t: &Target) {
             }
         })
     };
-    let toml = channel_toml(ch, "retry = { attempts = 2, initial = \"20ms\", max = \"20ms\" }");
+    let toml = channel_toml(
+        ch,
+        "retry = { attempts = 2, initial = \"20ms\", max = \"20ms\" }",
+    );
     let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
     for i in 0..N {
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
@@ -220,12 +276,22 @@ pub async fn dead_letter_after_attempts(t: &Target) {
     let dead = router.dead_letters(ch, 10_000).await.unwrap();
     let mut seqs: Vec<u64> = dead
         .iter()
-        .map(|d| serde_json::from_slice::<TestMessage>(&d.payload).unwrap().seq)
+        .map(|d| {
+            serde_json::from_slice::<TestMessage>(&d.payload)
+                .unwrap()
+                .seq
+        })
         .collect();
     seqs.sort();
-    assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "the original payloads are kept");
+    assert_eq!(
+        seqs,
+        (0..N).collect::<Vec<_>>(),
+        "the original payloads are kept"
+    );
     for d in &dead {
-        let seq = serde_json::from_slice::<TestMessage>(&d.payload).unwrap().seq;
+        let seq = serde_json::from_slice::<TestMessage>(&d.payload)
+            .unwrap()
+            .seq;
         assert_eq!(d.headers[header::DEAD_LETTER_REASON], "attempts-exhausted");
         assert_eq!(d.headers[header::ERROR], format!("cannot store {seq}"));
         assert_eq!(d.headers[header::ATTEMPTS], "2");
@@ -260,7 +326,11 @@ pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
     })
     .await;
     router.shutdown().await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst) as u64, N, "no retries after a permanent error");
+    assert_eq!(
+        calls.load(Ordering::SeqCst) as u64,
+        N,
+        "no retries after a permanent error"
+    );
     for d in router.dead_letters(ch, 10_000).await.unwrap() {
         assert_eq!(d.headers[header::DEAD_LETTER_REASON], "permanent-error");
         assert_eq!(d.headers[header::ATTEMPTS], "1");
@@ -273,10 +343,18 @@ pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target
     const N: u64 = 100;
     let ch = unique_channel::<TestMessage>("undecodable");
     let rec = Recorder::default();
-    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
     for i in 0..N {
         router
-            .publish_envelope(Envelope::new(ch.name(), format!("not json {i}").into_bytes()))
+            .publish_envelope(Envelope::new(
+                ch.name(),
+                format!("not json {i}").into_bytes(),
+            ))
             .await
             .unwrap();
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
@@ -291,7 +369,10 @@ pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target
     router.shutdown().await.unwrap();
     for d in router.dead_letters(ch, 10_000).await.unwrap() {
         assert_eq!(d.headers[header::DEAD_LETTER_REASON], "undecodable");
-        assert!(d.payload.starts_with(b"not json"), "the original bytes are kept");
+        assert!(
+            d.payload.starts_with(b"not json"),
+            "the original bytes are kept"
+        );
         assert_eq!(d.headers[header::ATTEMPTS], "1", "decoding is not retried");
     }
 }
@@ -315,12 +396,18 @@ pub async fn panicking_handler_is_retried(t: &Target) {
             }
         })
     };
-    let toml = channel_toml(ch, "retry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }");
+    let toml = channel_toml(
+        ch,
+        "retry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }",
+    );
     let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
     for i in 0..N {
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
-    wait_until("all handled after the panic", LONG, || rec.distinct() as u64 == N).await;
+    wait_until("all handled after the panic", LONG, || {
+        rec.distinct() as u64 == N
+    })
+    .await;
     router.shutdown().await.unwrap();
     assert!(rec.all().iter().all(|s| s.attempt == 2));
     let s = &rec.all()[0];
@@ -362,7 +449,10 @@ pub async fn two_groups_each_get_all_members_split(t: &Target) {
     router.shutdown().await.unwrap();
     let first = g1.all().iter().filter(|s| s.handler == 1).count();
     let second = g1.all().iter().filter(|s| s.handler == 2).count();
-    assert!(first > 0 && second > 0, "members of g1 split the messages: {first} / {second}");
+    assert!(
+        first > 0 && second > 0,
+        "members of g1 split the messages: {first} / {second}"
+    );
     println!("{}: g1 members {first} + {second}, g2 {}", t.name, g2.len());
 }
 
@@ -376,9 +466,11 @@ pub async fn same_key_order_kept_under_concurrency(t: &Target) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let handler = {
-        let (rec, in_flight, max_in_flight) = (rec.clone(), in_flight.clone(), max_in_flight.clone());
+        let (rec, in_flight, max_in_flight) =
+            (rec.clone(), in_flight.clone(), max_in_flight.clone());
         handler_fn(move |m: TestMessage, cx: MessageContext| {
-            let (rec, in_flight, max_in_flight) = (rec.clone(), in_flight.clone(), max_in_flight.clone());
+            let (rec, in_flight, max_in_flight) =
+                (rec.clone(), in_flight.clone(), max_in_flight.clone());
             async move {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -400,21 +492,37 @@ pub async fn same_key_order_kept_under_concurrency(t: &Target) {
         for k in 0..KEYS {
             let seq = i * KEYS + k;
             router
-                .publish_with(ch, &TestMessage::new(seq), PublishOptions::new().key(format!("key-{k}")))
+                .publish_with(
+                    ch,
+                    &TestMessage::new(seq),
+                    PublishOptions::new().key(format!("key-{k}")),
+                )
                 .await
                 .unwrap();
         }
     }
-    wait_until("all handled", LONG, || rec.distinct() as u64 == KEYS * PER_KEY).await;
+    wait_until("all handled", LONG, || {
+        rec.distinct() as u64 == KEYS * PER_KEY
+    })
+    .await;
     router.shutdown().await.unwrap();
     let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
     for s in rec.all() {
-        per_key.entry(s.key.clone().unwrap()).or_default().push(s.seq);
+        per_key
+            .entry(s.key.clone().unwrap())
+            .or_default()
+            .push(s.seq);
     }
     for (key, seqs) in &per_key {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {seqs:?}"
+        );
     }
-    assert!(max_in_flight.load(Ordering::SeqCst) > 1, "different keys were handled concurrently");
+    assert!(
+        max_in_flight.load(Ordering::SeqCst) > 1,
+        "different keys were handled concurrently"
+    );
 }
 
 /// A delayed message is not delivered before its delay.
@@ -423,17 +531,28 @@ pub async fn delayed_publish_not_delivered_early(t: &Target) {
     let delay = Duration::from_millis(500);
     let ch = unique_channel::<TestMessage>("delay");
     let rec = Recorder::default();
-    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
     let caps = router.capabilities(ch).await.unwrap();
     if !caps.delay {
-        let err = router.publish_delayed(ch, &TestMessage::new(0), delay).await.unwrap_err();
+        let err = router
+            .publish_delayed(ch, &TestMessage::new(0), delay)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         router.shutdown().await.unwrap();
         return;
     }
     let published = Instant::now();
     for i in 0..N {
-        router.publish_delayed(ch, &TestMessage::new(i), delay).await.unwrap();
+        router
+            .publish_delayed(ch, &TestMessage::new(i), delay)
+            .await
+            .unwrap();
     }
     router.publish(ch, &TestMessage::new(1000)).await.unwrap();
     wait_until("all delivered", LONG, || rec.distinct() as u64 == N + 1).await;
@@ -441,7 +560,12 @@ pub async fn delayed_publish_not_delivered_early(t: &Target) {
     let all = rec.all();
     assert_eq!(all[0].seq, 1000, "the undelayed message comes first");
     for s in all.iter().filter(|s| s.seq < 1000) {
-        assert!(s.at - published >= delay, "message {} came after {:?}", s.seq, s.at - published);
+        assert!(
+            s.at - published >= delay,
+            "message {} came after {:?}",
+            s.seq,
+            s.at - published
+        );
     }
 }
 
@@ -463,7 +587,12 @@ pub async fn shutdown_with_in_flight_loses_none(t: &Target) {
         })
     };
     let rec = Recorder::default();
-    let first = t.router(&toml).handle(ch, slow(&rec, 1)).start().await.unwrap();
+    let first = t
+        .router(&toml)
+        .handle(ch, slow(&rec, 1))
+        .start()
+        .await
+        .unwrap();
     for i in 0..N {
         first.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
@@ -471,14 +600,26 @@ pub async fn shutdown_with_in_flight_loses_none(t: &Target) {
     first.shutdown().await.unwrap();
     let by_first = rec.len();
     assert!((by_first as u64) < N, "shutdown came before the end");
-    let second = t.router(&toml).handle(ch, slow(&rec, 2)).start().await.unwrap();
+    let second = t
+        .router(&toml)
+        .handle(ch, slow(&rec, 2))
+        .start()
+        .await
+        .unwrap();
     wait_until("the rest handled", LONG, || rec.distinct() as u64 == N).await;
     second.shutdown().await.unwrap();
     let caps = first.capabilities(ch).await;
     let duplicates = rec.len() as u64 - N;
-    println!("{}: first {by_first}, total {}, duplicates {duplicates}", t.name, rec.len());
+    println!(
+        "{}: first {by_first}, total {}, duplicates {duplicates}",
+        t.name,
+        rec.len()
+    );
     if t.name == "memory" || caps.map(|c| c.persistent).unwrap_or(false) {
-        assert_eq!(duplicates, 0, "nothing handled twice because of shutdown alone");
+        assert_eq!(
+            duplicates, 0,
+            "nothing handled twice because of shutdown alone"
+        );
     }
 }
 
@@ -487,7 +628,12 @@ pub async fn restarted_consumer_receives_published_meanwhile(t: &Target) {
     const N: u64 = 500;
     let ch = unique_channel::<TestMessage>("restart_consumer");
     let rec = Recorder::default();
-    let consumer = t.router("").handle(ch, recording(&rec, 1)).start().await.unwrap();
+    let consumer = t
+        .router("")
+        .handle(ch, recording(&rec, 1))
+        .start()
+        .await
+        .unwrap();
     if !consumer.capabilities(ch).await.unwrap().persistent {
         consumer.shutdown().await.unwrap();
         return; // Declared: a non-persistent mode keeps nothing for absent consumers.
@@ -502,12 +648,28 @@ pub async fn restarted_consumer_receives_published_meanwhile(t: &Target) {
     for i in N..2 * N {
         publisher.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
-    let restarted = t.router("").handle(ch, recording(&rec, 2)).start().await.unwrap();
-    wait_until("published-meanwhile handled", LONG, || rec.distinct() as u64 == 2 * N).await;
+    let restarted = t
+        .router("")
+        .handle(ch, recording(&rec, 2))
+        .start()
+        .await
+        .unwrap();
+    wait_until("published-meanwhile handled", LONG, || {
+        rec.distinct() as u64 == 2 * N
+    })
+    .await;
     restarted.shutdown().await.unwrap();
     publisher.shutdown().await.unwrap();
-    let late: Vec<u64> = rec.all().iter().filter(|s| s.handler == 2).map(|s| s.seq).collect();
-    assert!(late.iter().all(|&s| s >= N), "the restarted consumer got only new messages");
+    let late: Vec<u64> = rec
+        .all()
+        .iter()
+        .filter(|s| s.handler == 2)
+        .map(|s| s.seq)
+        .collect();
+    assert!(
+        late.iter().all(|&s| s >= N),
+        "the restarted consumer got only new messages"
+    );
     assert_eq!(late.len() as u64, N);
 }
 
@@ -542,10 +704,16 @@ pub async fn dead_letters_can_be_replayed(t: &Target) {
     })
     .await;
     broken.store(false, Ordering::SeqCst);
-    assert_eq!(router.replay_dead_letters(ch, 10_000).await.unwrap() as u64, N);
+    assert_eq!(
+        router.replay_dead_letters(ch, 10_000).await.unwrap() as u64,
+        N
+    );
     wait_until("replayed ones handled", LONG, || rec.distinct() as u64 == N).await;
     assert!(rec.all().iter().all(|s| s.attempt == 1));
-    assert!(rec.all().iter().all(|s| !s.headers.contains_key(header::DEAD_LETTER_REASON)));
+    assert!(rec
+        .all()
+        .iter()
+        .all(|s| !s.headers.contains_key(header::DEAD_LETTER_REASON)));
     assert!(router.dead_letters(ch, 10_000).await.unwrap().is_empty());
     router.shutdown().await.unwrap();
 }
@@ -559,9 +727,11 @@ pub async fn in_flight_window_is_bounded(t: &Target) {
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let handler = {
-        let (in_flight, max_in_flight, done) = (in_flight.clone(), max_in_flight.clone(), done.clone());
+        let (in_flight, max_in_flight, done) =
+            (in_flight.clone(), max_in_flight.clone(), done.clone());
         handler_fn(move |_m: TestMessage, _cx: MessageContext| {
-            let (in_flight, max_in_flight, done) = (in_flight.clone(), max_in_flight.clone(), done.clone());
+            let (in_flight, max_in_flight, done) =
+                (in_flight.clone(), max_in_flight.clone(), done.clone());
             async move {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -577,7 +747,10 @@ pub async fn in_flight_window_is_bounded(t: &Target) {
     for i in 0..N {
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
-    wait_until("all handled", LONG, || done.load(Ordering::SeqCst) as u64 >= N).await;
+    wait_until("all handled", LONG, || {
+        done.load(Ordering::SeqCst) as u64 >= N
+    })
+    .await;
     router.shutdown().await.unwrap();
     let max = max_in_flight.load(Ordering::SeqCst);
     assert!(max <= WINDOW, "{max} in flight with a window of {WINDOW}");
@@ -589,14 +762,28 @@ pub async fn publish_via_explicit_broker(t: &Target) {
     const N: u64 = 200;
     let ch = unique_channel::<TestMessage>("via");
     let rec = Recorder::default();
-    let router = t.router("").handle(ch, recording(&rec, 0)).start().await.unwrap();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
     let (_, kind) = router.broker_of(ch).await.unwrap();
     for i in 0..N {
-        router.publish_via(kind, ch, &TestMessage::new(i)).await.unwrap();
+        router
+            .publish_via(kind, ch, &TestMessage::new(i))
+            .await
+            .unwrap();
     }
     wait_until("all delivered", LONG, || rec.distinct() as u64 == N).await;
-    let other = anybroker::BrokerKind::ALL.into_iter().find(|k| *k != kind).unwrap();
-    let err = router.publish_via(other, ch, &TestMessage::new(0)).await.unwrap_err();
+    let other = anybroker::BrokerKind::ALL
+        .into_iter()
+        .find(|k| *k != kind)
+        .unwrap();
+    let err = router
+        .publish_via(other, ch, &TestMessage::new(0))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
     router.shutdown().await.unwrap();
 }
@@ -617,7 +804,10 @@ pub async fn missing_capabilities_are_unsupported(t: &Target) {
         checked += 1;
     }
     if !caps.delay {
-        let err = router.publish_delayed(ch, &TestMessage::new(1), Duration::from_millis(1)).await.unwrap_err();
+        let err = router
+            .publish_delayed(ch, &TestMessage::new(1), Duration::from_millis(1))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
         checked += 1;
     }

@@ -121,7 +121,10 @@ impl Envelope {
         );
         h.insert(header::ERROR.to_string(), dead_letter.error.clone());
         h.insert(header::ATTEMPTS.to_string(), self.attempt.to_string());
-        h.insert(header::ORIGINAL_CHANNEL.to_string(), self.channel.to_string());
+        h.insert(
+            header::ORIGINAL_CHANNEL.to_string(),
+            self.channel.to_string(),
+        );
         h.entry(header::FIRST_FAILED_AT.to_string())
             .or_insert_with(|| now.clone());
         h.insert(header::DEAD_LETTERED_AT.to_string(), now);
@@ -212,9 +215,10 @@ mod tests {
         let mut e = Envelope::new("c", &b"{}"[..]).with_header("app", "1");
         e.record_failure("boom");
         assert_eq!(e.attempt, 2);
-        let d = e
-            .clone()
-            .into_dead_letter(&DeadLetter::new(DeadLetterReason::AttemptsExhausted, "boom2"));
+        let d = e.clone().into_dead_letter(&DeadLetter::new(
+            DeadLetterReason::AttemptsExhausted,
+            "boom2",
+        ));
         assert_eq!(d.headers[header::DEAD_LETTER_REASON], "attempts-exhausted");
         assert_eq!(d.headers[header::ERROR], "boom2");
         assert_eq!(d.headers[header::ATTEMPTS], "2");

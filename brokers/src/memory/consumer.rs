@@ -113,13 +113,13 @@ impl Subscription for MemorySubscription {
                             wake |= group.key_queues.get(key).is_some_and(|q| !q.is_empty());
                             group.release_key(key);
                         }
-                        state.dead.push_back(envelope.into_dead_letter(&dead_letter));
+                        state
+                            .dead
+                            .push_back(envelope.into_dead_letter(&dead_letter));
                     }
                     Settlement::Release => released.push(envelope),
                     #[allow(unreachable_patterns)]
-                    _ => {
-                        return Err(Error::unsupported("unknown settlement").with_broker("memory"))
-                    }
+                    _ => return Err(Error::unsupported("unknown settlement").with_broker("memory")),
                 }
             }
             // Released messages go back to the front of the group's queue in their order.

@@ -189,9 +189,11 @@ impl MessagePublisher for MemoryBroker {
     }
 
     async fn request(&self, _envelope: Envelope, _timeout: Duration) -> Result<Envelope> {
-        Err(Error::unsupported("request/reply is not offered by the memory broker")
-            .with_broker("memory")
-            .with_operation("request"))
+        Err(
+            Error::unsupported("request/reply is not offered by the memory broker")
+                .with_broker("memory")
+                .with_operation("request"),
+        )
     }
 
     async fn shutdown(&self) -> Result<()> {
