@@ -63,6 +63,9 @@ impl BrokerConfig {
 pub enum Broker {
     /// The embedded broker.
     Memory(MemoryBroker),
+    /// Redis Streams or pub/sub.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisBroker),
 }
 
 impl Broker {
@@ -78,6 +81,11 @@ impl Broker {
         }
         match config {
             BrokerConfig::Memory(c) => Ok(Broker::Memory(MemoryBroker::new(c))),
+            #[cfg(feature = "redis")]
+            BrokerConfig::Redis(c) => crate::redis::RedisBroker::connect(c)
+                .await
+                .map(Broker::Redis)
+                .map_err(|e| e.with_broker(name)),
             #[allow(unreachable_patterns)]
             _ => Err(Error::unsupported(format!(
                 "brokers.{name}: the {kind} backend is not implemented yet"

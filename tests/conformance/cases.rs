@@ -153,6 +153,7 @@ pub async fn channels_are_isolated(t: &Target) {
 /// A failed handler is retried with the configured backoff: attempt n+1 comes no
 /// earlier than initial × multiplier^(n-1) after attempt n (and not much later).
 pub async fn failed_handler_retried_with_backoff(t: &Target) {
+    require!(t, retry);
     let ch = unique_channel::<TestMessage>("backoff");
     let rec = Recorder::default();
     let handler = {
@@ -206,6 +207,7 @@ pub async fn failed_handler_retried_with_backoff(t: &Target) {
 
 /// A handler's requested delay replaces the policy's backoff for that retry.
 pub async fn handler_requested_delay_overrides_backoff(t: &Target) {
+    require!(t, retry);
     let ch = unique_channel::<TestMessage>("retry_after");
     let rec = Recorder::default();
     let handler = {
@@ -243,6 +245,7 @@ pub async fn handler_requested_delay_overrides_backoff(t: &Target) {
 /// destination with reason, error, attempts, original channel and first-failure time;
 /// the handler was called exactly `attempts` times per message.
 pub async fn dead_letter_after_attempts(t: &Target) {
+    require!(t, retry && dead_letters);
     const N: u64 = 100;
     let ch = unique_channel::<TestMessage>("dead_letter");
     let rec = Recorder::default();
@@ -270,10 +273,10 @@ pub async fn dead_letter_after_attempts(t: &Target) {
         async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
     })
     .await;
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
     router.shutdown().await.unwrap();
     assert_eq!(rec.len() as u64, 2 * N, "each message tried exactly twice");
     assert!(rec.counts().values().all(|&c| c == 2));
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
     let mut seqs: Vec<u64> = dead
         .iter()
         .map(|d| {
@@ -302,6 +305,7 @@ pub async fn dead_letter_after_attempts(t: &Target) {
 
 /// A permanent error dead-letters the message at once, without retries.
 pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
+    require!(t, dead_letters);
     const N: u64 = 50;
     let ch = unique_channel::<TestMessage>("permanent");
     let calls = Arc::new(AtomicUsize::new(0));
@@ -325,13 +329,14 @@ pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
         async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
     })
     .await;
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
     router.shutdown().await.unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst) as u64,
         N,
         "no retries after a permanent error"
     );
-    for d in router.dead_letters(ch, 10_000).await.unwrap() {
+    for d in dead {
         assert_eq!(d.headers[header::DEAD_LETTER_REASON], "permanent-error");
         assert_eq!(d.headers[header::ATTEMPTS], "1");
         assert_eq!(d.headers[header::ERROR], "schema mismatch");
@@ -340,6 +345,7 @@ pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
 
 /// An undecodable payload is dead-lettered and the consumer goes on with the rest.
 pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target) {
+    require!(t, dead_letters);
     const N: u64 = 100;
     let ch = unique_channel::<TestMessage>("undecodable");
     let rec = Recorder::default();
@@ -366,8 +372,9 @@ pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target
         async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
     })
     .await;
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
     router.shutdown().await.unwrap();
-    for d in router.dead_letters(ch, 10_000).await.unwrap() {
+    for d in dead {
         assert_eq!(d.headers[header::DEAD_LETTER_REASON], "undecodable");
         assert!(
             d.payload.starts_with(b"not json"),
@@ -380,6 +387,7 @@ pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target
 /// A panicking handler does not kill the consumer: the panic counts as a retryable
 /// failure and the message is handled on a later attempt.
 pub async fn panicking_handler_is_retried(t: &Target) {
+    require!(t, retry);
     const N: u64 = 200;
     let ch = unique_channel::<TestMessage>("panic");
     let rec = Recorder::default();
@@ -416,6 +424,7 @@ pub async fn panicking_handler_is_retried(t: &Target) {
 
 /// Two groups each receive every message; members of one group split them.
 pub async fn two_groups_each_get_all_members_split(t: &Target) {
+    require!(t, groups);
     const N: u64 = 2000;
     let ch = unique_channel::<TestMessage>("groups");
     let (g1, g2) = (Recorder::default(), Recorder::default());
@@ -459,6 +468,7 @@ pub async fn two_groups_each_get_all_members_split(t: &Target) {
 /// Messages with the same key are handled in publish order by a group, while
 /// different keys are handled concurrently.
 pub async fn same_key_order_kept_under_concurrency(t: &Target) {
+    require!(t, ordering_by_key);
     const KEYS: u64 = 20;
     const PER_KEY: u64 = 100;
     let ch = unique_channel::<TestMessage>("ordering");
@@ -482,12 +492,7 @@ pub async fn same_key_order_kept_under_concurrency(t: &Target) {
             }
         })
     };
-    let router = t
-        .router("")
-        .handle_with(ch, handler, HandlerOptions::new().consumers(2))
-        .start()
-        .await
-        .unwrap();
+    let router = t.router("").handle(ch, handler).start().await.unwrap();
     for i in 0..PER_KEY {
         for k in 0..KEYS {
             let seq = i * KEYS + k;
@@ -523,6 +528,74 @@ pub async fn same_key_order_kept_under_concurrency(t: &Target) {
         max_in_flight.load(Ordering::SeqCst) > 1,
         "different keys were handled concurrently"
     );
+}
+
+/// Where declared, same-key order holds across the members of a group and across
+/// retries: a later message of a key waits until the earlier one is done.
+pub async fn same_key_order_kept_across_members_and_retries(t: &Target) {
+    require!(t, ordering_across_members && retry);
+    const KEYS: u64 = 10;
+    const PER_KEY: u64 = 50;
+    let ch = unique_channel::<TestMessage>("ordering_members");
+    let rec = Recorder::default();
+    let member = |n: usize| {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                tokio::time::sleep(Duration::from_micros((m.seq * 7919) % 700)).await;
+                // Every 7th message fails once: its successors of the key must wait.
+                if m.seq.is_multiple_of(7) && cx.attempt() == 1 {
+                    return Err(HandlerError::retryable("transient"));
+                }
+                rec.record(seen(&m, &cx, n));
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(
+        ch,
+        "retry = { attempts = 3, initial = \"5ms\", max = \"5ms\" }",
+    );
+    let router = t
+        .router(&toml)
+        .handle_with(ch, member(1), HandlerOptions::new().consumers(2))
+        .handle(ch, member(2))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..PER_KEY {
+        for k in 0..KEYS {
+            router
+                .publish_with(
+                    ch,
+                    &TestMessage::new(i * KEYS + k),
+                    PublishOptions::new().key(format!("key-{k}")),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    wait_until("all handled", LONG, || {
+        rec.distinct() as u64 == KEYS * PER_KEY
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for s in rec.all() {
+        per_key
+            .entry(s.key.clone().unwrap())
+            .or_default()
+            .push(s.seq);
+    }
+    for (key, seqs) in &per_key {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {seqs:?}"
+        );
+    }
+    let members: std::collections::HashSet<usize> = rec.all().iter().map(|s| s.handler).collect();
+    assert_eq!(members.len(), 2, "both registrations handled messages");
 }
 
 /// A delayed message is not delivered before its delay.
@@ -572,15 +645,16 @@ pub async fn delayed_publish_not_delivered_early(t: &Target) {
 /// Shutdown while messages are in flight loses none and handles none twice: what was
 /// handled is acknowledged, the rest goes to the next consumer of the group.
 pub async fn shutdown_with_in_flight_loses_none(t: &Target) {
+    require!(t, persistent);
     const N: u64 = 1000;
     let ch = unique_channel::<TestMessage>("shutdown");
-    let toml = channel_toml(ch, "prefetch = 64");
+    let toml = channel_toml(ch, "prefetch = 16");
     let slow = |rec: &Recorder, handler: usize| {
         let rec = rec.clone();
         handler_fn(move |m: TestMessage, cx: MessageContext| {
             let rec = rec.clone();
             async move {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 rec.record(seen(&m, &cx, handler));
                 Ok(())
             }
@@ -625,6 +699,7 @@ pub async fn shutdown_with_in_flight_loses_none(t: &Target) {
 
 /// A consumer (re)started later receives what was published while it was away.
 pub async fn restarted_consumer_receives_published_meanwhile(t: &Target) {
+    require!(t, persistent);
     const N: u64 = 500;
     let ch = unique_channel::<TestMessage>("restart_consumer");
     let rec = Recorder::default();
@@ -676,6 +751,7 @@ pub async fn restarted_consumer_receives_published_meanwhile(t: &Target) {
 /// Dead letters can be replayed to their channel, where they are handled again as new
 /// messages (attempt 1), leaving the dead-letter destination empty.
 pub async fn dead_letters_can_be_replayed(t: &Target) {
+    require!(t, dead_letters);
     const N: u64 = 100;
     let ch = unique_channel::<TestMessage>("replay");
     let broken = Arc::new(AtomicBool::new(true));
@@ -819,7 +895,7 @@ pub async fn missing_capabilities_are_unsupported(t: &Target) {
     if !caps.retry {
         let ch2 = unique_channel::<TestMessage>("caps_retry");
         let err = t
-            .router("")
+            .router(&channel_toml(ch2, "retry = { attempts = 3 }"))
             .handle(ch2, handler_fn(|_m: TestMessage, _cx| async { Ok(()) }))
             .start()
             .await
@@ -846,6 +922,7 @@ macro_rules! conformance_cases {
             panicking_handler_is_retried,
             two_groups_each_get_all_members_split,
             same_key_order_kept_under_concurrency,
+            same_key_order_kept_across_members_and_retries,
             delayed_publish_not_delivered_early,
             shutdown_with_in_flight_loses_none,
             restarted_consumer_receives_published_meanwhile,

@@ -2,10 +2,30 @@
 //! this build includes. A backend joins with one module calling `conformance_cases!`.
 
 #[macro_use]
-mod cases;
 mod support;
+#[macro_use]
+mod cases;
 
 /// The embedded broker, on every `cargo test`.
 mod memory {
     conformance_cases!(crate::support::Target::memory());
+}
+
+/// Redis Streams, against the real Redis on 127.0.0.1:6379.
+#[cfg(feature = "redis")]
+mod redis {
+    conformance_cases!(crate::support::Target::server(
+        "redis",
+        "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"5s\""
+    ));
+}
+
+/// Redis pub/sub: the cases its capabilities allow; the rest must be refused.
+#[cfg(feature = "redis")]
+mod redis_pubsub {
+    conformance_cases!(crate::support::Target::server(
+        "redis-pubsub",
+        "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nmode = \"pubsub\""
+    )
+    .without_retry());
 }

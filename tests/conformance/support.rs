@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anybroker::{Channel, MessageRouter, RouterBuilder, RouterConfig};
+use anybroker::{Capabilities, Channel, MessageRouter, RouterBuilder, RouterConfig};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -31,6 +31,8 @@ pub struct Target {
     pub name: &'static str,
     broker_toml: String,
     memory: Option<anybroker::MemoryBroker>,
+    /// Deliveries per message by default: 3, or 1 for modes that cannot retry.
+    attempts: u32,
 }
 
 impl Target {
@@ -39,6 +41,7 @@ impl Target {
             name: "memory",
             broker_toml: "kind = \"memory\"".into(),
             memory: Some(anybroker::MemoryBroker::default()),
+            attempts: 3,
         }
     }
 
@@ -49,7 +52,26 @@ impl Target {
             name,
             broker_toml: table.into(),
             memory: None,
+            attempts: 3,
         }
+    }
+
+    /// A fire-and-forget mode: channels default to one attempt, since it cannot retry.
+    #[allow(dead_code)]
+    pub fn without_retry(mut self) -> Self {
+        self.attempts = 1;
+        self
+    }
+
+    /// What the backend declares, asked through a router.
+    pub async fn capabilities(&self) -> Capabilities {
+        let router = self.router("").start().await.expect("router starts");
+        let caps = router
+            .capabilities(Channel::<()>::new("test.capabilities"))
+            .await
+            .expect("capabilities");
+        router.shutdown().await.expect("shutdown");
+        caps
     }
 
     /// A router on this backend. `channels_toml` adds `[channels."..."]` tables;
@@ -58,9 +80,9 @@ impl Target {
         let text = format!(
             "default_broker = \"target\"\n\
              [defaults]\n\
-             retry = {{ attempts = 3, initial = \"50ms\", multiplier = 2.0, max = \"1s\" }}\n\
+             retry = {{ attempts = {}, initial = \"50ms\", multiplier = 2.0, max = \"1s\" }}\n\
              [brokers.target]\n{}\n{}",
-            self.broker_toml, channels_toml
+            self.attempts, self.broker_toml, channels_toml
         );
         let config = RouterConfig::from_toml_str(&text).expect("test config is valid");
         let builder = MessageRouter::builder(config);
@@ -158,3 +180,15 @@ where
 
 /// How long counting cases may take on a slow shared machine.
 pub const LONG: Duration = Duration::from_secs(60);
+
+/// Returns early from a case whose promise needs a capability the backend declares it
+/// lacks; `missing_capabilities_are_unsupported` checks such operations are refused.
+macro_rules! require {
+    ($t:expr, $($flag:ident)&&+) => {
+        let caps = $t.capabilities().await;
+        if !($(caps.$flag)&&+) {
+            println!("{}: declares no {}; case not applicable", $t.name, stringify!($($flag)&&+));
+            return;
+        }
+    };
+}

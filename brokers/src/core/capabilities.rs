@@ -12,8 +12,11 @@ pub struct Capabilities {
     pub survives_broker_restart: bool,
     /// Handlers in one group share messages; each group receives all of them.
     pub groups: bool,
-    /// Messages with the same key are handled in publish order within a group.
+    /// Messages with the same key are handled in publish order by a group member,
+    /// while it handles other keys concurrently.
     pub ordering_by_key: bool,
+    /// Same-key order also holds when a group has several members (and across retries).
+    pub ordering_across_members: bool,
     /// Failed messages are redelivered after a backoff.
     pub retry: bool,
     /// Failed messages go to a dead-letter destination that can be read and replayed.
@@ -33,6 +36,7 @@ impl Capabilities {
         survives_broker_restart: false,
         groups: false,
         ordering_by_key: false,
+        ordering_across_members: false,
         retry: false,
         dead_letters: false,
         delay: false,
@@ -41,12 +45,13 @@ impl Capabilities {
     };
 
     /// Named list of the flags, for tables and messages.
-    pub fn flags(&self) -> [(&'static str, bool); 9] {
+    pub fn flags(&self) -> [(&'static str, bool); 10] {
         [
             ("persistent", self.persistent),
             ("survives-broker-restart", self.survives_broker_restart),
             ("groups", self.groups),
             ("ordering-by-key", self.ordering_by_key),
+            ("ordering-across-members", self.ordering_across_members),
             ("retry", self.retry),
             ("dead-letters", self.dead_letters),
             ("delay", self.delay),

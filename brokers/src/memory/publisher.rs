@@ -112,6 +112,7 @@ impl MessagePublisher for MemoryBroker {
             survives_broker_restart: false,
             groups: true,
             ordering_by_key: true,
+            ordering_across_members: true,
             retry: true,
             dead_letters: true,
             delay: true,

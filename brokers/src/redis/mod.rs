@@ -1,5 +1,62 @@
-//! The redis backend. Its config is always compiled, so a config file naming this
-//! broker is validated even in builds without the `redis` feature; the client
-//! itself is built only with that feature.
+//! The Redis backend.
+//!
+//! Streams mode (default), per channel `C` and group `G`:
+//! - `C`: the channel's stream; publish is `XADD C MAXLEN ~ max_len`; every group is an
+//!   `XGROUP` on it, created at `0` so a group that joins later starts at the oldest
+//!   retained entry.
+//! - `C:retry:G:s`: the group's retry stream. A failed message is acked on the stream it
+//!   came from and, in the same `MULTI`, stored in the hash `C:retry:G:m:<id>` and
+//!   scheduled in the sorted set `C:retry:G` by due time; when due, a script moves it to
+//!   the retry stream, so only group `G` sees it again, with its attempt count.
+//! - `C:delayed` + hashes `C:delayed:<id>`: delayed publishes, moved to `C` when due
+//!   (atomically, by a Lua script: no message promoted twice or lost).
+//! - `C:dlt`: dead letters (a stream), written in the same `MULTI` that acks the original.
+//! - Entries left pending by a consumer that went away are reclaimed with `XAUTOCLAIM`
+//!   after `claim_idle`.
+//!
+//! Pub/sub mode: `PUBLISH C <frame>` / `SUBSCRIBE C`; fire-and-forget, declared as such.
+//!
+//! The config is always compiled; the client only with the `redis` feature.
 
 pub mod config;
+
+#[cfg(feature = "redis")]
+mod codec;
+#[cfg(feature = "redis")]
+mod consumer;
+#[cfg(feature = "redis")]
+mod error;
+#[cfg(feature = "redis")]
+mod publisher;
+#[cfg(feature = "redis")]
+mod pubsub;
+
+pub use config::{RedisConfig, RedisMode};
+#[cfg(feature = "redis")]
+pub use publisher::RedisBroker;
+
+/// The Redis key names of one channel.
+#[cfg(feature = "redis")]
+pub(crate) struct Keys;
+
+#[cfg(feature = "redis")]
+impl Keys {
+    pub(crate) fn dead_letters(channel: &str) -> String {
+        format!("{channel}:dlt")
+    }
+    pub(crate) fn delayed(channel: &str) -> String {
+        format!("{channel}:delayed")
+    }
+    pub(crate) fn delayed_message(channel: &str, id: &str) -> String {
+        format!("{channel}:delayed:{id}")
+    }
+    pub(crate) fn retry_schedule(channel: &str, group: &str) -> String {
+        format!("{channel}:retry:{group}")
+    }
+    pub(crate) fn retry_message(channel: &str, group: &str, id: &str) -> String {
+        format!("{channel}:retry:{group}:m:{id}")
+    }
+    pub(crate) fn retry_stream(channel: &str, group: &str) -> String {
+        format!("{channel}:retry:{group}:s")
+    }
+}

@@ -1,0 +1,274 @@
+//! Envelope <-> Redis stream fields, and the length-prefixed frame used by pub/sub.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::Value;
+
+use crate::core::{unix_millis, Envelope, Error, ErrorKind, Result};
+
+const ID: &str = "id";
+const KEY: &str = "k";
+const CONTENT_TYPE: &str = "ct";
+const PUBLISHED_AT: &str = "ts";
+const ATTEMPT: &str = "a";
+const PAYLOAD: &str = "p";
+const HEADER_PREFIX: &str = "h:";
+
+/// The fields of a stream entry (or hash) holding `envelope`.
+pub(crate) fn to_fields(envelope: &Envelope) -> Vec<(Bytes, Bytes)> {
+    let mut f = Vec::with_capacity(6 + envelope.headers.len());
+    f.push((
+        Bytes::from_static(ID.as_bytes()),
+        Bytes::copy_from_slice(envelope.id.as_bytes()),
+    ));
+    if let Some(k) = &envelope.key {
+        f.push((
+            Bytes::from_static(KEY.as_bytes()),
+            Bytes::copy_from_slice(k.as_bytes()),
+        ));
+    }
+    if &*envelope.content_type != crate::CONTENT_TYPE_JSON {
+        f.push((
+            Bytes::from_static(CONTENT_TYPE.as_bytes()),
+            Bytes::copy_from_slice(envelope.content_type.as_bytes()),
+        ));
+    }
+    f.push((
+        Bytes::from_static(PUBLISHED_AT.as_bytes()),
+        Bytes::from(unix_millis(envelope.published_at).to_string()),
+    ));
+    if envelope.attempt != 1 {
+        f.push((
+            Bytes::from_static(ATTEMPT.as_bytes()),
+            Bytes::from(envelope.attempt.to_string()),
+        ));
+    }
+    for (name, value) in &envelope.headers {
+        f.push((
+            Bytes::from(format!("{HEADER_PREFIX}{name}")),
+            Bytes::copy_from_slice(value.as_bytes()),
+        ));
+    }
+    f.push((
+        Bytes::from_static(PAYLOAD.as_bytes()),
+        envelope.payload.clone(),
+    ));
+    f
+}
+
+/// Flattens fields into XADD/HSET arguments.
+pub(crate) fn push_fields(cmd: &mut redis::Cmd, fields: &[(Bytes, Bytes)]) {
+    for (name, value) in fields {
+        cmd.arg(&name[..]).arg(&value[..]);
+    }
+}
+
+/// Rebuilds an envelope of `channel` from an entry's fields. Never fails: an entry
+/// not written by anybroker (no payload field) becomes an envelope with an empty
+/// payload, which the router dead-letters as undecodable instead of losing it.
+pub(crate) fn from_fields(
+    channel: &Arc<str>,
+    entry_id: &str,
+    fields: &[(Vec<u8>, Vec<u8>)],
+) -> Envelope {
+    let mut envelope = Envelope::new(channel.clone(), Bytes::new()).with_id(entry_id);
+    let mut published = None;
+    for (name, value) in fields {
+        let text = || String::from_utf8_lossy(value).into_owned();
+        match name.as_slice() {
+            b"id" => envelope.id = Arc::from(text()),
+            b"k" => envelope.key = Some(Arc::from(text())),
+            b"ct" => envelope.content_type = Arc::from(text()),
+            b"ts" => published = text().parse::<u64>().ok(),
+            b"a" => envelope.attempt = text().parse().unwrap_or(1),
+            b"p" => envelope.payload = Bytes::copy_from_slice(value),
+            n if n.starts_with(HEADER_PREFIX.as_bytes()) => {
+                let name = String::from_utf8_lossy(&n[HEADER_PREFIX.len()..]).into_owned();
+                envelope.headers.insert(name, text());
+            }
+            _ => {}
+        }
+    }
+    if let Some(ms) = published {
+        envelope.published_at = UNIX_EPOCH + Duration::from_millis(ms);
+    }
+    envelope
+}
+
+/// One entry of a stream reply: its id and fields.
+pub(crate) type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// A string reply's text.
+pub(crate) fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.as_bytes().to_vec(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+fn items(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a.iter().collect(),
+        Value::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn malformed(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Broker,
+        format!("unexpected Redis reply to {what}"),
+    )
+    .with_broker("redis")
+}
+
+/// Entries of an `XRANGE` reply or of one stream in an `XREADGROUP` reply. Entries
+/// whose body is nil (deleted while pending) come back with no fields.
+pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for entry in items(v) {
+        let parts = items(entry);
+        let id = parts
+            .first()
+            .and_then(|v| text(v))
+            .ok_or_else(|| malformed("a stream read"))?;
+        let fields = match parts.get(1) {
+            Some(body) => {
+                let flat = items(body);
+                flat.chunks(2)
+                    .filter(|c| c.len() == 2)
+                    .map(|c| (bytes(c[0]), bytes(c[1])))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        out.push((id, fields));
+    }
+    Ok(out)
+}
+
+/// `XREADGROUP` reply: entries per stream key.
+pub(crate) fn parse_read(v: &Value) -> Result<Vec<(String, Vec<Entry>)>> {
+    if matches!(v, Value::Nil) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    match v {
+        Value::Map(m) => {
+            for (k, entries) in m {
+                let key = text(k).ok_or_else(|| malformed("XREADGROUP"))?;
+                out.push((key, parse_entries(entries)?));
+            }
+        }
+        _ => {
+            for stream in items(v) {
+                let parts = items(stream);
+                let key = parts
+                    .first()
+                    .and_then(|v| text(v))
+                    .ok_or_else(|| malformed("XREADGROUP"))?;
+                let entries = parts
+                    .get(1)
+                    .map(|e| parse_entries(e))
+                    .transpose()?
+                    .unwrap_or_default();
+                out.push((key, entries));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `XAUTOCLAIM` reply: next cursor and the claimed entries.
+pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<Entry>)> {
+    let parts = items(v);
+    let cursor = parts
+        .first()
+        .and_then(|v| text(v))
+        .ok_or_else(|| malformed("XAUTOCLAIM"))?;
+    let entries = parts
+        .get(1)
+        .map(|e| parse_entries(e))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((cursor, entries))
+}
+
+/// Pub/sub carries the fields in one message: `u32 count`, then per field
+/// `u32 len, name, u32 len, value` (big endian).
+pub(crate) fn frame(fields: &[(Bytes, Bytes)]) -> Vec<u8> {
+    let size: usize = fields.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&(fields.len() as u32).to_be_bytes());
+    for (n, v) in fields {
+        out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        out.extend_from_slice(n);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The fields of a pub/sub frame; a message that is not a frame becomes one payload
+/// field, so it is dead-lettered as undecodable rather than dropped.
+pub(crate) fn unframe(data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn parse(data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut pos = 0usize;
+        let mut take = |len: usize| -> Option<&[u8]> {
+            let s = data.get(pos..pos.checked_add(len)?)?;
+            pos += len;
+            Some(s)
+        };
+        let count = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+        let mut out = Vec::with_capacity(count.min(64));
+        for _ in 0..count {
+            let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+            let name = take(n)?.to_vec();
+            let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+            let value = take(n)?.to_vec();
+            out.push((name, value));
+        }
+        (pos == data.len()).then_some(out)
+    }
+    parse(data).unwrap_or_else(|| vec![(PAYLOAD.as_bytes().to_vec(), data.to_vec())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip() {
+        let e = Envelope::new("c", &b"{\"a\":1}"[..])
+            .with_key("k1")
+            .with_header("tenant", "acme");
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = to_fields(&e)
+            .into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        let back = from_fields(&Arc::from("c"), "1-0", &fields);
+        assert_eq!(back.id, e.id);
+        assert_eq!(back.key, e.key);
+        assert_eq!(back.headers, e.headers);
+        assert_eq!(back.payload, e.payload);
+        assert_eq!(unix_millis(back.published_at), unix_millis(e.published_at));
+        let framed = frame(&to_fields(&e));
+        assert_eq!(unframe(&framed), fields);
+        assert_eq!(
+            unframe(b"garbage"),
+            vec![(b"p".to_vec(), b"garbage".to_vec())]
+        );
+    }
+}
