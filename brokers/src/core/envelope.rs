@@ -69,6 +69,21 @@ impl Envelope {
         }
     }
 
+    /// An envelope being rebuilt from the wire: the given id, empty payload, no key or
+    /// headers, attempt 1; the backend fills in the rest.
+    pub fn received(channel: Arc<str>, id: Arc<str>) -> Self {
+        Envelope {
+            id,
+            channel,
+            key: None,
+            headers: Headers::new(),
+            content_type: JSON.clone(),
+            payload: Bytes::new(),
+            published_at: UNIX_EPOCH,
+            attempt: 1,
+        }
+    }
+
     /// Sets the ordering key.
     pub fn with_key(mut self, key: impl Into<Arc<str>>) -> Self {
         self.key = Some(key.into());

@@ -6,11 +6,18 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::Value;
 
-use crate::core::{unix_millis, Envelope, Error, ErrorKind, Result};
+use crate::core::{Envelope, Error, ErrorKind, Result};
+
+fn unix_micros(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros() as u64
+}
 
 const ID: &str = "id";
 const KEY: &str = "k";
 const CONTENT_TYPE: &str = "ct";
+/// Microseconds since the Unix epoch.
 const PUBLISHED_AT: &str = "ts";
 const ATTEMPT: &str = "a";
 const PAYLOAD: &str = "p";
@@ -37,7 +44,7 @@ pub(crate) fn to_fields(envelope: &Envelope) -> Vec<(Bytes, Bytes)> {
     }
     f.push((
         Bytes::from_static(PUBLISHED_AT.as_bytes()),
-        Bytes::from(unix_millis(envelope.published_at).to_string()),
+        Bytes::from(unix_micros(envelope.published_at).to_string()),
     ));
     if envelope.attempt != 1 {
         f.push((
@@ -73,7 +80,7 @@ pub(crate) fn from_fields(
     entry_id: &str,
     fields: &[(Vec<u8>, Vec<u8>)],
 ) -> Envelope {
-    let mut envelope = Envelope::new(channel.clone(), Bytes::new()).with_id(entry_id);
+    let mut envelope = Envelope::received(channel.clone(), Arc::from(entry_id));
     let mut published = None;
     for (name, value) in fields {
         let text = || String::from_utf8_lossy(value).into_owned();
@@ -92,7 +99,7 @@ pub(crate) fn from_fields(
         }
     }
     if let Some(ms) = published {
-        envelope.published_at = UNIX_EPOCH + Duration::from_millis(ms);
+        envelope.published_at = UNIX_EPOCH + Duration::from_micros(ms);
     }
     envelope
 }
@@ -263,7 +270,7 @@ mod tests {
         assert_eq!(back.key, e.key);
         assert_eq!(back.headers, e.headers);
         assert_eq!(back.payload, e.payload);
-        assert_eq!(unix_millis(back.published_at), unix_millis(e.published_at));
+        assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
         let framed = frame(&to_fields(&e));
         assert_eq!(unframe(&framed), fields);
         assert_eq!(

@@ -1,0 +1,251 @@
+//! Redis-specific tests against real servers: a broker restarted under load, and
+//! poison entries written around the library.
+#![cfg(feature = "redis")]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alarm_domain::AlarmToLog;
+use anybroker::{handler_fn, header, Channel, MessageContext, MessageRouter, RouterConfig};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Numbered {
+    seq: u64,
+}
+
+fn unique_channel<M>(case: &str) -> Channel<M> {
+    let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
+    Channel::new(Box::leak(name.into_boxed_str()))
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A redis-server of the test's own, persisting every write (AOF, fsync always).
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "anybroker-redis-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = OwnRedis {
+            port,
+            dir,
+            child: None,
+        };
+        r.up();
+        r
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful shutdown (SIGTERM), waiting for the process to exit.
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Publishing 10,000 messages while consuming, with the Redis server shut down and
+/// started again twice mid-stream: every message is handled at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_load_loses_none() {
+    const N: u64 = 10_000;
+    let mut server = OwnRedis::start();
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"redis\"\n\
+         [defaults]\nretry = {{ attempts = 5, initial = \"50ms\" }}\n\
+         [brokers.redis]\nkind = \"redis\"\nurl = \"{}\"\nclaim_idle = \"1s\"\nblock = \"100ms\"\nresponse_timeout = \"2s\"\n",
+        server.url()
+    ))
+    .unwrap();
+    let ch = unique_channel::<Numbered>("restart");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (seen, handled) = (seen.clone(), handled.clone());
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+
+    let publish_errors = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let (router, publish_errors) = (router.clone(), publish_errors.clone());
+        tokio::spawn(async move {
+            for seq in 0..N {
+                // A failed publish is reported, never silent: the application retries.
+                while router.publish(ch, &Numbered { seq }).await.is_err() {
+                    publish_errors.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if seq % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+
+    for threshold in [N / 4, N * 3 / 5] {
+        wait_until(
+            "progress before the restart",
+            Duration::from_secs(120),
+            || handled.load(Ordering::SeqCst) as u64 >= threshold,
+        )
+        .await;
+        server.down();
+        tokio::time::sleep(Duration::from_millis(300)).await; // the outage itself
+        server.up();
+    }
+    publisher.await.unwrap();
+    wait_until("every message handled", Duration::from_secs(180), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    println!(
+        "redis restart: {N} published, {} handled, {} distinct, {duplicates} duplicates, {} publish errors retried",
+        handled.load(Ordering::SeqCst),
+        seen.len(),
+        publish_errors.load(Ordering::SeqCst)
+    );
+    assert!((0..N).all(|s| seen.contains_key(&s)), "a message was lost");
+}
+
+/// 1,000 entries with garbage payloads (or none) written with XADD directly are all
+/// dead-lettered as undecodable, and the valid messages around them are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_poison_entries_are_dead_lettered() {
+    const POISON: usize = 1000;
+    const VALID: usize = 500;
+    let ch = unique_channel::<AlarmToLog>("poison");
+    let config = RouterConfig::from_toml_str(
+        "default_broker = \"redis\"\n[brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n",
+    )
+    .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let handled = handled.clone();
+        handler_fn(move |_m: AlarmToLog, _cx: MessageContext| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for i in 0..POISON {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(ch.name()).arg("*");
+        match i % 3 {
+            0 => cmd.arg("p").arg(&b"\xff\xfe not json"[..]),
+            1 => cmd.arg("p").arg(r#"{"message": 42}"#),
+            _ => cmd.arg("unrelated").arg("field"),
+        };
+        let _: String = cmd.query_async(&mut conn).await.unwrap();
+        if i % 2 == 0 && i / 2 < VALID {
+            let alarm = alarm_domain::sample_alarm_to_log(i);
+            router.publish(ch, &alarm).await.unwrap();
+        }
+    }
+    wait_until("valid messages handled", Duration::from_secs(60), || {
+        handled.load(Ordering::SeqCst) == VALID
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dead = loop {
+        let dead = router.dead_letters(ch, 10_000).await.unwrap();
+        if dead.len() >= POISON || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    router.shutdown().await.unwrap();
+    assert_eq!(dead.len(), POISON, "every poison entry is a dead letter");
+    assert!(dead
+        .iter()
+        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
+    assert_eq!(handled.load(Ordering::SeqCst), VALID);
+}
