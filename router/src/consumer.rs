@@ -124,6 +124,19 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
         spec.channel.clone(),
     ));
 
+    // Settling runs beside handling, so a broker round trip never holds up the next
+    // batch; what finishes meanwhile is settled together.
+    let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+    let settler = tokio::spawn(settle_loop(
+        Settler {
+            subscription: spec.subscription.clone(),
+            window: window.clone(),
+            channel: spec.channel.clone(),
+            broker: spec.broker.clone(),
+        },
+        settle_rx,
+    ));
+
     let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
     // Keys with a message being handled, and the messages of that key waiting behind it.
     let mut busy_keys: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
@@ -162,7 +175,7 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
                     finished.push((tag, settlement));
                     next = running.next().now_or_never().flatten();
                 }
-                settle(&spec, &window, std::mem::take(&mut finished)).await;
+                let _ = settle_tx.send(std::mem::take(&mut finished));
             }
             batch = rx.recv() => match batch {
                 Some(batch) => {
@@ -195,41 +208,64 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
         release.extend(queue.into_iter().map(|d| (d.tag, Settlement::Release)));
     }
     if !release.is_empty() {
-        settle(&spec, &window, release).await;
+        let _ = settle_tx.send(release);
     }
     while let Some((tag, _, settlement)) = running.next().await {
         finished.push((tag, settlement));
     }
     if !finished.is_empty() {
-        settle(&spec, &window, finished).await;
+        let _ = settle_tx.send(finished);
+    }
+    drop(settle_tx);
+    if let Err(e) = settler.await {
+        tracing::error!(channel = %spec.channel, error = %e, "settling task failed");
     }
     if let Err(e) = spec.subscription.close().await {
         tracing::warn!(channel = %spec.channel, broker = %spec.broker, error = %e, "closing subscription failed");
     }
 }
 
-async fn settle(
-    spec: &ConsumerSpec,
-    window: &Semaphore,
-    settlements: Vec<(DeliveryTag, Settlement)>,
+struct Settler {
+    subscription: Arc<dyn Subscription>,
+    window: Arc<Semaphore>,
+    channel: Arc<str>,
+    broker: Arc<str>,
+}
+
+/// Settles what the runtime sends, batching whatever queued up meanwhile, and gives
+/// the window's permits back once the broker has the settlements.
+async fn settle_loop(
+    settler: Settler,
+    mut rx: mpsc::UnboundedReceiver<Vec<(DeliveryTag, Settlement)>>,
 ) {
-    let n = settlements.len();
-    for (_, s) in &settlements {
-        match s {
-            Settlement::Retry { delay, error } => {
-                tracing::debug!(channel = %spec.channel, broker = %spec.broker, ?delay, %error, "handler failed, retrying")
-            }
-            Settlement::DeadLetter(d) => {
-                tracing::warn!(channel = %spec.channel, broker = %spec.broker, reason = d.reason.as_str(), error = %d.error, "message dead-lettered")
-            }
-            _ => {}
+    let Settler {
+        subscription,
+        window,
+        channel,
+        broker,
+    } = settler;
+    while let Some(mut settlements) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            settlements.extend(more);
         }
+        let n = settlements.len();
+        for (_, s) in &settlements {
+            match s {
+                Settlement::Retry { delay, error } => {
+                    tracing::debug!(%channel, %broker, ?delay, %error, "handler failed, retrying")
+                }
+                Settlement::DeadLetter(d) => {
+                    tracing::warn!(%channel, %broker, reason = d.reason.as_str(), error = %d.error, "message dead-lettered")
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = subscription.settle(settlements).await {
+            // The broker redelivers what it did not record as settled: at-least-once holds.
+            tracing::error!(%channel, %broker, error = %e, "settling deliveries failed");
+        }
+        window.add_permits(n);
     }
-    if let Err(e) = spec.subscription.settle(settlements).await {
-        // The broker redelivers what it did not record as settled: at-least-once holds.
-        tracing::error!(channel = %spec.channel, broker = %spec.broker, error = %e, "settling deliveries failed");
-    }
-    window.add_permits(n);
 }
 
 /// Fetches as many deliveries as the window allows and hands them to the runtime.

@@ -11,7 +11,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use super::codec::{
-    from_fields, parse_autoclaim, parse_entries, parse_read, push_fields, text, to_fields, Entry,
+    from_fields, parse_autoclaim, parse_entries, parse_read, text, write_fields, Entry,
 };
 use super::error::from_redis;
 use super::{Keys, RedisBroker};
@@ -427,7 +427,7 @@ impl Subscription for StreamSubscription {
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut only_acks = true;
         let mut acks: HashMap<Source, Vec<String>> = HashMap::new();
         let mut unknown = 0;
         {
@@ -438,6 +438,7 @@ impl Subscription for StreamSubscription {
                     continue;
                 };
                 let mut envelope = f.envelope;
+                only_acks &= matches!(settlement, Settlement::Ack);
                 match settlement {
                     Settlement::Ack => {}
                     Settlement::Retry { delay, error } => {
@@ -445,7 +446,7 @@ impl Subscription for StreamSubscription {
                         let member = new_message_id();
                         let mut hset = redis::cmd("HSET");
                         hset.arg(Keys::retry_message(&self.channel, &self.group, &member));
-                        push_fields(&mut hset, &to_fields(&envelope));
+                        write_fields(&mut hset, &envelope);
                         pipe.add_command(hset).ignore();
                         let due = unix_millis(SystemTime::now() + delay);
                         pipe.cmd("ZADD")
@@ -479,7 +480,10 @@ impl Subscription for StreamSubscription {
         }
         if !acks.is_empty() {
             // Everything of the batch in one MULTI: no dead letter or retry without the
-            // ack of its original, and no ack without them.
+            // ack of its original, and no ack without them. Plain acks need no MULTI.
+            if !only_acks {
+                pipe.atomic();
+            }
             pipe.query_async::<()>(&mut self.broker.conn())
                 .await
                 .map_err(|e| self.err(e, "settle"))?;

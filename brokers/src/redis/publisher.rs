@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::codec::{parse_entries, push_fields, to_fields};
+use super::codec::{parse_entries, to_fields, write_fields};
 use super::consumer::StreamSubscription;
 use super::error::from_redis;
 use super::pubsub::PubSubSubscription;
@@ -101,7 +101,7 @@ impl RedisBroker {
             .arg("~")
             .arg(self.inner.config.max_len)
             .arg("*");
-        push_fields(&mut cmd, &to_fields(envelope));
+        write_fields(&mut cmd, envelope);
         cmd
     }
 }
@@ -159,7 +159,7 @@ impl MessagePublisher for RedisBroker {
         let due = unix_millis(SystemTime::now() + delay);
         let mut hset = redis::cmd("HSET");
         hset.arg(Keys::delayed_message(&channel, &envelope.id));
-        push_fields(&mut hset, &to_fields(&envelope));
+        write_fields(&mut hset, &envelope);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .add_command(hset)

@@ -1,0 +1,102 @@
+//! One round through the public anybroker API.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use alarm_domain::{sample_alarm_to_log, AlarmToLog};
+use anybroker::{handler_fn, Channel, MessageContext, MessageRouter, RouterConfig};
+use futures::StreamExt;
+
+use crate::{percentile, Args, Figures};
+
+fn router_config(broker_table: &str, channel: &str, window: usize) -> RouterConfig {
+    RouterConfig::from_toml_str(&format!(
+        "default_broker = \"bench\"\n[brokers.bench]\n{broker_table}\n\
+         [channels.\"{channel}\"]\nprefetch = {window}\n"
+    ))
+    .expect("bench config")
+}
+
+fn fresh_channel() -> Channel<AlarmToLog> {
+    let name = format!("bench.alarm.to.log.{}", uuid::Uuid::new_v4().simple());
+    Channel::new(Box::leak(name.into_boxed_str()))
+}
+
+async fn publish_all(
+    router: &MessageRouter,
+    channel: Channel<AlarmToLog>,
+    messages: &[AlarmToLog],
+    window: usize,
+) {
+    if window <= 1 {
+        for m in messages {
+            router.publish(channel, m).await.expect("publish");
+        }
+        return;
+    }
+    futures::stream::iter(messages)
+        .map(|m| router.publish(channel, m))
+        .buffer_unordered(window)
+        .for_each(|r| {
+            r.expect("publish");
+            async {}
+        })
+        .await;
+}
+
+/// Publish-only, then end to end, each on a fresh channel. `publish_window` 1 publishes
+/// one message at a time (for the embedded broker, where publish completes at once and
+/// a window only adds overhead).
+pub async fn round(broker_table: &str, args: &Args, publish_window: usize) -> Figures {
+    let n = args.messages;
+    let messages: Vec<AlarmToLog> = (0..n).map(sample_alarm_to_log).collect();
+
+    let channel = fresh_channel();
+    let router = MessageRouter::builder(router_config(broker_table, channel.name(), args.window))
+        .start()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    publish_all(&router, channel, &messages, publish_window).await;
+    let publish = n as f64 / start.elapsed().as_secs_f64();
+    router.shutdown().await.unwrap();
+
+    let channel = fresh_channel();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (handled, latencies, done) = (handled.clone(), latencies.clone(), done.clone());
+        handler_fn(move |_m: AlarmToLog, cx: MessageContext| {
+            let latency = SystemTime::now()
+                .duration_since(cx.published_at())
+                .unwrap_or_default();
+            latencies.lock().unwrap().push(latency);
+            if handled.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                done.notify_one();
+            }
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(router_config(broker_table, channel.name(), args.window))
+        .handle(channel, handler)
+        .start()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    publish_all(&router, channel, &messages, publish_window).await;
+    tokio::time::timeout(Duration::from_secs(300), done.notified())
+        .await
+        .expect("all messages handled within 300 s");
+    let end_to_end = n as f64 / start.elapsed().as_secs_f64();
+    router.shutdown().await.unwrap();
+    let mut l = std::mem::take(&mut *latencies.lock().unwrap());
+    l.sort();
+    Figures {
+        publish,
+        end_to_end,
+        p50: percentile(&l, 0.5),
+        p99: percentile(&l, 0.99),
+    }
+}

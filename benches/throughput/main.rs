@@ -1,0 +1,126 @@
+//! Throughput and latency per broker, anybroker next to the raw client crate doing the
+//! same work with the same guarantees, printed as one table.
+//!
+//! ```text
+//! cargo bench --bench throughput --features redis                  # 100,000 messages, 5 rounds
+//! cargo bench --bench throughput --features redis -- --messages 20000 --rounds 3
+//! ```
+//!
+//! Publish: `window` publishes in flight at once (each awaited until the broker
+//! accepted it), no consumer running. End to end: the same publishing while one
+//! consumer (prefetch = window) decodes each AlarmToLog and acknowledges it; from the
+//! first publish to the last message handled. Latency: publish time (carried in the
+//! message) to handling. Rounds alternate anybroker and raw; each figure is the median.
+
+mod anybroker_runs;
+#[cfg(feature = "redis")]
+mod raw_redis;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser, Clone)]
+pub struct Args {
+    /// Messages per round.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Rounds; each figure is the median.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Publishes in flight at once, and the consumer's prefetch.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Accepted for `cargo bench` compatibility.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+/// One measured round.
+pub struct Figures {
+    pub publish: f64,
+    pub end_to_end: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+fn summarize(rounds: &[Figures]) -> Figures {
+    Figures {
+        publish: median(rounds.iter().map(|r| r.publish).collect()),
+        end_to_end: median(rounds.iter().map(|r| r.end_to_end).collect()),
+        p50: Duration::from_secs_f64(median(rounds.iter().map(|r| r.p50.as_secs_f64()).collect())),
+        p99: Duration::from_secs_f64(median(rounds.iter().map(|r| r.p99.as_secs_f64()).collect())),
+    }
+}
+
+fn row(broker: &str, client: &str, f: &Figures) {
+    println!(
+        "{:<8} {:<10} {:>14.0} {:>12.0} {:>9.2}ms {:>9.2}ms",
+        broker,
+        client,
+        f.publish,
+        f.end_to_end,
+        f.p50.as_secs_f64() * 1e3,
+        f.p99.as_secs_f64() * 1e3
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let sample = serde_json::to_vec(&alarm_domain::sample_alarm_to_log(0)).unwrap();
+    println!(
+        "{} AlarmToLog messages ({} bytes JSON), window {}, median of {} rounds",
+        args.messages,
+        sample.len(),
+        args.window,
+        args.rounds
+    );
+    println!(
+        "{:<8} {:<10} {:>14} {:>12} {:>11} {:>11}",
+        "broker", "client", "publish msg/s", "e2e msg/s", "p50", "p99"
+    );
+
+    let memory: Vec<Figures> = {
+        let mut v = Vec::new();
+        for _ in 0..args.rounds {
+            v.push(anybroker_runs::round("kind = \"memory\"", &args, 1).await);
+        }
+        v
+    };
+    row("memory", "anybroker", &summarize(&memory));
+
+    #[cfg(feature = "redis")]
+    {
+        let table = "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"";
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            ours.push(anybroker_runs::round(table, &args, args.window).await);
+            raw.push(raw_redis::round("redis://127.0.0.1:6379", &args).await);
+        }
+        let (ours, raw) = (summarize(&ours), summarize(&raw));
+        row("redis", "anybroker", &ours);
+        row("redis", "redis-rs", &raw);
+        println!(
+            "{:<8} {:<10} {:>13.2}x {:>11.2}x",
+            "redis",
+            "ratio",
+            ours.publish / raw.publish,
+            ours.end_to_end / raw.end_to_end
+        );
+    }
+    #[cfg(not(feature = "redis"))]
+    println!("redis    not built (run with --features redis)");
+}
