@@ -122,6 +122,7 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
         tx,
         stop.clone(),
         spec.channel.clone(),
+        spec.prefetch,
     ));
 
     // Settling runs beside handling, so a broker round trip never holds up the next
@@ -275,13 +276,17 @@ async fn fetch_loop(
     tx: mpsc::UnboundedSender<Vec<Delivery>>,
     mut stop: watch::Receiver<bool>,
     channel: Arc<str>,
+    prefetch: usize,
 ) {
     let mut backoff = std::time::Duration::from_millis(50);
+    // Fetch once a quarter of the window is free, not at every freed slot: a busy
+    // consumer then reads in batches instead of one round trip per message.
+    let min_batch = (prefetch / 4).max(1) as u32;
     loop {
         let permit = tokio::select! {
             biased;
             _ = stop_requested(&mut stop) => return,
-            p = window.acquire() => match p { Ok(p) => p, Err(_) => return },
+            p = window.acquire_many(min_batch) => match p { Ok(p) => p, Err(_) => return },
         };
         permit.forget();
         let extra = window.available_permits();
@@ -292,7 +297,7 @@ async fn fetch_loop(
             }
             Err(_) => 0,
         };
-        let want = 1 + extra;
+        let want = min_batch as usize + extra;
         // recv is cancel-safe (a backend contract), so stopping mid-wait loses nothing.
         let result = tokio::select! {
             r = subscription.recv(want) => r,

@@ -661,15 +661,19 @@ pub async fn shutdown_with_in_flight_loses_none(t: &Target) {
         })
     };
     let rec = Recorder::default();
+    // Everything is published before the first consumer starts, so it is still busy
+    // when shutdown comes.
+    let publisher = t.router(&toml).start().await.unwrap();
+    for i in 0..N {
+        publisher.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    publisher.shutdown().await.unwrap();
     let first = t
         .router(&toml)
         .handle(ch, slow(&rec, 1))
         .start()
         .await
         .unwrap();
-    for i in 0..N {
-        first.publish(ch, &TestMessage::new(i)).await.unwrap();
-    }
     wait_until("some handled", LONG, || rec.len() >= 100).await;
     first.shutdown().await.unwrap();
     let by_first = rec.len();

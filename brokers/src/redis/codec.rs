@@ -93,30 +93,35 @@ pub(crate) fn write_fields(cmd: &mut redis::Cmd, envelope: &Envelope) {
 pub(crate) fn from_fields(
     channel: &Arc<str>,
     entry_id: &str,
-    fields: &[(Vec<u8>, Vec<u8>)],
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Envelope {
     let mut envelope = Envelope::received(channel.clone(), Arc::from(entry_id));
-    let mut published = None;
     for (name, value) in fields {
-        let text = || String::from_utf8_lossy(value).into_owned();
         match name.as_slice() {
-            b"id" => envelope.id = Arc::from(text()),
-            b"k" => envelope.key = Some(Arc::from(text())),
-            b"ct" => envelope.content_type = Arc::from(text()),
-            b"ts" => published = text().parse::<u64>().ok(),
-            b"a" => envelope.attempt = text().parse().unwrap_or(1),
-            b"p" => envelope.payload = Bytes::copy_from_slice(value),
+            b"id" => envelope.id = Arc::from(String::from_utf8_lossy(&value)),
+            b"k" => envelope.key = Some(Arc::from(String::from_utf8_lossy(&value))),
+            b"ct" => envelope.content_type = Arc::from(String::from_utf8_lossy(&value)),
+            b"ts" => {
+                if let Some(us) = parse_u64(&value) {
+                    envelope.published_at = UNIX_EPOCH + Duration::from_micros(us);
+                }
+            }
+            b"a" => envelope.attempt = parse_u64(&value).map_or(1, |a| a as u32),
+            b"p" => envelope.payload = Bytes::from(value),
             n if n.starts_with(HEADER_PREFIX.as_bytes()) => {
                 let name = String::from_utf8_lossy(&n[HEADER_PREFIX.len()..]).into_owned();
-                envelope.headers.insert(name, text());
+                envelope
+                    .headers
+                    .insert(name, String::from_utf8_lossy(&value).into_owned());
             }
             _ => {}
         }
     }
-    if let Some(ms) = published {
-        envelope.published_at = UNIX_EPOCH + Duration::from_micros(ms);
-    }
     envelope
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 /// One entry of a stream reply: its id and fields.
@@ -131,19 +136,20 @@ pub(crate) fn text(v: &Value) -> Option<String> {
     }
 }
 
-fn bytes(v: &Value) -> Vec<u8> {
+/// A reply's bytes, moved out without copying.
+fn into_bytes(v: Value) -> Vec<u8> {
     match v {
-        Value::BulkString(b) => b.clone(),
-        Value::SimpleString(s) => s.as_bytes().to_vec(),
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
         Value::Int(i) => i.to_string().into_bytes(),
         _ => Vec::new(),
     }
 }
 
-fn items(v: &Value) -> Vec<&Value> {
+fn into_items(v: Value) -> Vec<Value> {
     match v {
-        Value::Array(a) | Value::Set(a) => a.iter().collect(),
-        Value::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+        Value::Array(a) | Value::Set(a) => a,
+        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
         _ => Vec::new(),
     }
 }
@@ -156,56 +162,53 @@ fn malformed(what: &str) -> Error {
     .with_broker("redis")
 }
 
-/// Entries of an `XRANGE` reply or of one stream in an `XREADGROUP` reply. Entries
-/// whose body is nil (deleted while pending) come back with no fields.
-pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Entry>> {
-    let mut out = Vec::new();
-    for entry in items(v) {
-        let parts = items(entry);
+/// Entries of an `XRANGE`/`XCLAIM` reply or of one stream in an `XREADGROUP` reply.
+/// Entries whose body is nil (deleted while pending) come back with no fields.
+pub(crate) fn parse_entries(v: Value) -> Result<Vec<Entry>> {
+    let items = into_items(v);
+    let mut out = Vec::with_capacity(items.len());
+    for entry in items {
+        let mut parts = into_items(entry).into_iter();
         let id = parts
-            .first()
-            .and_then(|v| text(v))
+            .next()
+            .as_ref()
+            .and_then(text)
             .ok_or_else(|| malformed("a stream read"))?;
-        let fields = match parts.get(1) {
-            Some(body) => {
-                let flat = items(body);
-                flat.chunks(2)
-                    .filter(|c| c.len() == 2)
-                    .map(|c| (bytes(c[0]), bytes(c[1])))
-                    .collect()
+        let mut fields = Vec::new();
+        if let Some(body) = parts.next() {
+            let mut flat = into_items(body).into_iter();
+            while let (Some(n), Some(v)) = (flat.next(), flat.next()) {
+                fields.push((into_bytes(n), into_bytes(v)));
             }
-            None => Vec::new(),
-        };
+        }
         out.push((id, fields));
     }
     Ok(out)
 }
 
 /// `XREADGROUP` reply: entries per stream key.
-pub(crate) fn parse_read(v: &Value) -> Result<Vec<(String, Vec<Entry>)>> {
-    if matches!(v, Value::Nil) {
-        return Ok(Vec::new());
-    }
+pub(crate) fn parse_read(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
     let mut out = Vec::new();
     match v {
+        Value::Nil => {}
         Value::Map(m) => {
             for (k, entries) in m {
-                let key = text(k).ok_or_else(|| malformed("XREADGROUP"))?;
+                let key = text(&k).ok_or_else(|| malformed("XREADGROUP"))?;
                 out.push((key, parse_entries(entries)?));
             }
         }
-        _ => {
-            for stream in items(v) {
-                let parts = items(stream);
+        other => {
+            for stream in into_items(other) {
+                let mut parts = into_items(stream).into_iter();
                 let key = parts
-                    .first()
-                    .and_then(|v| text(v))
+                    .next()
+                    .as_ref()
+                    .and_then(text)
                     .ok_or_else(|| malformed("XREADGROUP"))?;
-                let entries = parts
-                    .get(1)
-                    .map(|e| parse_entries(e))
-                    .transpose()?
-                    .unwrap_or_default();
+                let entries = match parts.next() {
+                    Some(e) => parse_entries(e)?,
+                    None => Vec::new(),
+                };
                 out.push((key, entries));
             }
         }
@@ -214,17 +217,17 @@ pub(crate) fn parse_read(v: &Value) -> Result<Vec<(String, Vec<Entry>)>> {
 }
 
 /// `XAUTOCLAIM` reply: next cursor and the claimed entries.
-pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<Entry>)> {
-    let parts = items(v);
+pub(crate) fn parse_autoclaim(v: Value) -> Result<(String, Vec<Entry>)> {
+    let mut parts = into_items(v).into_iter();
     let cursor = parts
-        .first()
-        .and_then(|v| text(v))
+        .next()
+        .as_ref()
+        .and_then(text)
         .ok_or_else(|| malformed("XAUTOCLAIM"))?;
-    let entries = parts
-        .get(1)
-        .map(|e| parse_entries(e))
-        .transpose()?
-        .unwrap_or_default();
+    let entries = match parts.next() {
+        Some(e) => parse_entries(e)?,
+        None => Vec::new(),
+    };
     Ok((cursor, entries))
 }
 
@@ -280,7 +283,7 @@ mod tests {
             .into_iter()
             .map(|(n, v)| (n.to_vec(), v.to_vec()))
             .collect();
-        let back = from_fields(&Arc::from("c"), "1-0", &fields);
+        let back = from_fields(&Arc::from("c"), "1-0", fields.clone());
         assert_eq!(back.id, e.id);
         assert_eq!(back.key, e.key);
         assert_eq!(back.headers, e.headers);

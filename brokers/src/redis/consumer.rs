@@ -246,7 +246,7 @@ impl StreamSubscription {
                 .query_async(&mut self.broker.conn())
                 .await
                 .map_err(|e| self.err(e, "reclaim"))?;
-            let (_, entries) = parse_autoclaim(&reply)?;
+            let (_, entries) = parse_autoclaim(reply)?;
             let in_flight = self.in_flight.lock().unwrap();
             for entry in entries {
                 // Our own slow handler's entry is not a vanished member's.
@@ -297,7 +297,7 @@ impl StreamSubscription {
             }
         };
         let mut out = Vec::new();
-        for (key, entries) in parse_read(&reply)? {
+        for (key, entries) in parse_read(reply)? {
             let source = if key == self.retry_stream {
                 Source::Retry
             } else {
@@ -315,7 +315,7 @@ impl StreamSubscription {
         let mut in_flight = self.in_flight.lock().unwrap();
         let mut out = Vec::with_capacity(n);
         for (source, (id, fields)) in overflow.drain(..n) {
-            let envelope = from_fields(&self.channel, &id, &fields);
+            let envelope = from_fields(&self.channel, &id, fields);
             let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
             in_flight.insert(
                 tag,
@@ -385,8 +385,8 @@ impl StreamSubscription {
                     .map_err(|e| self.err(e, "close"))?;
                 let mut pipe = redis::pipe();
                 pipe.atomic();
-                for (id, fields) in parse_entries(&claimed)? {
-                    let envelope = from_fields(&self.channel, &id, &fields);
+                for (id, fields) in parse_entries(claimed)? {
+                    let envelope = from_fields(&self.channel, &id, fields);
                     pipe.add_command(self.broker.xadd(&self.retry_stream, &envelope))
                         .ignore();
                 }

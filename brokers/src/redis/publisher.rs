@@ -199,9 +199,9 @@ impl MessagePublisher for RedisBroker {
             .await
             .map_err(|e| from_redis(e, "dead_letters").with_channel(channel))?;
         let channel_arc: Arc<str> = Arc::from(channel);
-        Ok(parse_entries(&reply)?
+        Ok(parse_entries(reply)?
             .into_iter()
-            .map(|(id, fields)| super::codec::from_fields(&channel_arc, &id, &fields))
+            .map(|(id, fields)| super::codec::from_fields(&channel_arc, &id, fields))
             .collect())
     }
 
@@ -218,7 +218,7 @@ impl MessagePublisher for RedisBroker {
             .query_async(&mut self.conn())
             .await
             .map_err(|e| from_redis(e, "replay_dead_letters").with_channel(channel))?;
-        let entries = parse_entries(&reply)?;
+        let entries = parse_entries(reply)?;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -227,15 +227,16 @@ impl MessagePublisher for RedisBroker {
         // dead letters. A concurrent replay may add one twice (a duplicate), never lose it.
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (id, fields) in &entries {
-            let envelope = super::codec::from_fields(&channel_arc, id, fields).into_replayed();
+        let moved = entries.len();
+        for (id, fields) in entries {
+            let envelope = super::codec::from_fields(&channel_arc, &id, fields).into_replayed();
             pipe.add_command(self.xadd(channel, &envelope)).ignore();
-            pipe.cmd("XDEL").arg(&dlt).arg(id).ignore();
+            pipe.cmd("XDEL").arg(&dlt).arg(&id).ignore();
         }
         pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| from_redis(e, "replay_dead_letters").with_channel(channel))?;
-        Ok(entries.len())
+        Ok(moved)
     }
 
     async fn request(&self, _envelope: Envelope, _timeout: Duration) -> Result<Envelope> {

@@ -42,7 +42,7 @@ impl PubSubSubscription {
             let mut messages = pubsub.into_on_message();
             while let Some(msg) = messages.next().await {
                 let fields = unframe(msg.get_payload_bytes());
-                if tx.send(from_fields(&ch, "", &fields)).is_err() {
+                if tx.send(from_fields(&ch, "", fields)).is_err() {
                     return;
                 }
             }
