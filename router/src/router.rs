@@ -195,7 +195,7 @@ impl RouterBuilder {
         let inner = Arc::new(RouterInner {
             config,
             slots,
-            routes: RwLock::new(HashMap::new()),
+            routes: RwLock::new(Default::default()),
             consumers: Mutex::new(Vec::new()),
             stop,
         });
@@ -239,7 +239,7 @@ struct Route {
 struct RouterInner {
     config: RouterConfig,
     slots: HashMap<String, BrokerSlot>,
-    routes: RwLock<HashMap<Arc<str>, Arc<Route>>>,
+    routes: RwLock<rustc_hash::FxHashMap<Arc<str>, Arc<Route>>>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }

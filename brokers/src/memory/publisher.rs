@@ -1,11 +1,11 @@
 //! The embedded broker's handle and its `MessagePublisher` implementation.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rustc_hash::FxHashMap as HashMap;
 use tokio::time::Instant;
 
 use super::consumer::MemorySubscription;
@@ -46,7 +46,7 @@ impl MemoryBroker {
     pub fn new(_config: &MemoryConfig) -> Self {
         MemoryBroker {
             shared: Arc::new(Shared {
-                topics: RwLock::new(HashMap::new()),
+                topics: RwLock::new(HashMap::default()),
                 closed: AtomicBool::new(false),
                 next_member: AtomicU64::new(1),
             }),

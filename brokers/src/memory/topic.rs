@@ -1,9 +1,10 @@
 //! State of one channel in the embedded broker, guarded by one mutex.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
