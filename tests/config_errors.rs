@@ -264,7 +264,8 @@ fn env_override_errors_name_the_variable() {
 #[test]
 fn secrets_never_in_debug_output() {
     let config = RouterConfig::from_toml_str(
-        "[brokers.r]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:s3cr3t@127.0.0.1:5672/%2f\"\n\
+        "[brokers.redis]\nkind = \"redis\"\nurl = \"redis://user:s3cr3t@127.0.0.1:6379/0\"\n\
+         [brokers.r]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:s3cr3t@127.0.0.1:5672/%2f\"\n\
          [brokers.n]\nkind = \"nats\"\nurl = \"nats://u:s3cr3t@127.0.0.1:4222\"\n\
          [brokers.k]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"sasl.password\" = \"s3cr3t\" }\n",
     )

@@ -249,3 +249,69 @@ async fn redis_poison_entries_are_dead_lettered() {
         .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
     assert_eq!(handled.load(Ordering::SeqCst), VALID);
 }
+
+/// Messages a consumer took but never settled (it crashed) are reclaimed by a live
+/// member of the group after `claim_idle`, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_crashed_consumer_messages_are_reclaimed() {
+    use anybroker_brokers::redis::{RedisBroker, RedisConfig};
+    use anybroker_brokers::{MessagePublisher, SecretUrl, SubscribeOptions};
+    const N: u64 = 300;
+    let ch = unique_channel::<Numbered>("crash");
+    let table = "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"1s\"\n";
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"redis\"\n[brokers.redis]\n{table}"
+    ))
+    .unwrap();
+    let publisher = MessageRouter::builder(config.clone())
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        publisher.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+
+    // A member that takes 100 messages and vanishes without acking or closing.
+    let crashed = RedisBroker::connect(&RedisConfig::new(
+        SecretUrl::parse("redis://127.0.0.1:6379").unwrap(),
+    ))
+    .await
+    .unwrap();
+    let sub = crashed
+        .subscribe(SubscribeOptions::new(ch.name(), "default"))
+        .await
+        .unwrap();
+    let taken = sub.recv(100).await.unwrap();
+    assert_eq!(taken.len(), 100);
+    drop(sub);
+
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            async { Ok(()) }
+        })
+    };
+    let started = Instant::now();
+    let survivor = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    wait_until("all messages handled", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    survivor.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "the crashed member's messages came back only after claim_idle ({elapsed:?})"
+    );
+    assert!(
+        seen.lock().unwrap().values().all(|&c| c == 1),
+        "each handled once by the survivor"
+    );
+}
