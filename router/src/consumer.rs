@@ -26,9 +26,18 @@ pub(crate) enum HandleResult {
     Undecodable(String),
 }
 
-/// A handler with its payload type erased: decodes, then calls.
+/// What a finished delivery comes to: its tag, its key (to free it) and its settlement.
+pub(crate) type Finished = (DeliveryTag, Option<Arc<str>>, Settlement);
+
+/// A handler with its payload type erased: decodes, calls, catches a panic and
+/// decides the settlement, all in one boxed future per delivery.
 pub(crate) trait ErasedHandler: Send + Sync {
-    fn call(&self, envelope: Envelope, broker: Arc<str>) -> BoxFuture<'_, HandleResult>;
+    fn run(
+        self: Arc<Self>,
+        delivery: Delivery,
+        broker: Arc<str>,
+        policy: RetryPolicy,
+    ) -> BoxFuture<'static, Finished>;
 }
 
 pub(crate) struct TypedHandler<M, H> {
@@ -36,23 +45,41 @@ pub(crate) struct TypedHandler<M, H> {
     pub(crate) _message: std::marker::PhantomData<fn() -> M>,
 }
 
-impl<M: Message, H: MessageHandler<M>> ErasedHandler for TypedHandler<M, H> {
-    fn call(&self, envelope: Envelope, broker: Arc<str>) -> BoxFuture<'_, HandleResult> {
-        Box::pin(async move {
-            let message: M = match serde_json::from_slice(&envelope.payload) {
-                Ok(m) => m,
-                Err(e) => {
-                    return HandleResult::Undecodable(format!(
-                        "payload is not a valid {}: {e}",
-                        std::any::type_name::<M>()
-                    ))
-                }
-            };
-            let context = MessageContext::new(Arc::new(envelope), broker);
-            match self.handler.handle(message, &context).await {
-                Ok(()) => HandleResult::Handled,
-                Err(e) => HandleResult::Failed(e),
+impl<M: Message, H: MessageHandler<M>> TypedHandler<M, H> {
+    async fn call(&self, envelope: Envelope, broker: Arc<str>) -> HandleResult {
+        let message: M = match serde_json::from_slice(&envelope.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                return HandleResult::Undecodable(format!(
+                    "payload is not a valid {}: {e}",
+                    std::any::type_name::<M>()
+                ))
             }
+        };
+        let context = MessageContext::new(Arc::new(envelope), broker);
+        match self.handler.handle(message, &context).await {
+            Ok(()) => HandleResult::Handled,
+            Err(e) => HandleResult::Failed(e),
+        }
+    }
+}
+
+impl<M: Message, H: MessageHandler<M>> ErasedHandler for TypedHandler<M, H> {
+    fn run(
+        self: Arc<Self>,
+        delivery: Delivery,
+        broker: Arc<str>,
+        policy: RetryPolicy,
+    ) -> BoxFuture<'static, Finished> {
+        Box::pin(async move {
+            let tag = delivery.tag;
+            let key = delivery.envelope.key.clone();
+            let attempt = delivery.envelope.attempt;
+            let result = AssertUnwindSafe(self.call(delivery.envelope, broker))
+                .catch_unwind()
+                .await
+                .map_err(panic_text);
+            (tag, key, settlement_for(result, attempt, &policy))
         })
     }
 }
@@ -107,8 +134,6 @@ pub(crate) struct ConsumerSpec {
     pub(crate) prefetch: usize,
 }
 
-type Finished = (DeliveryTag, Option<Arc<str>>, Settlement);
-
 /// Runs until `stop` turns true, then drains: in-flight handlers finish and are settled,
 /// deliveries not yet started are released to the group.
 pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<bool>) {
@@ -143,20 +168,9 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
     let mut busy_keys: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
     let mut finished: Vec<(DeliveryTag, Settlement)> = Vec::new();
     let start = |delivery: Delivery| -> BoxFuture<'static, Finished> {
-        let handler = spec.handler.clone();
-        let broker = spec.broker.clone();
-        let policy = spec.policy;
-        async move {
-            let tag = delivery.tag;
-            let key = delivery.envelope.key.clone();
-            let attempt = delivery.envelope.attempt;
-            let result = AssertUnwindSafe(handler.call(delivery.envelope, broker))
-                .catch_unwind()
-                .await
-                .map_err(panic_text);
-            (tag, key, settlement_for(result, attempt, &policy))
-        }
-        .boxed()
+        spec.handler
+            .clone()
+            .run(delivery, spec.broker.clone(), spec.policy)
     };
 
     let mut stopping = false;

@@ -256,15 +256,25 @@ impl RouterInner {
             .await
     }
 
+    /// The route of `channel`. The cached path stays small and synchronous; the first
+    /// use of a channel (which may connect a broker) is boxed, so every publish
+    /// future does not carry the size of a broker's connect future.
     async fn route(&self, channel: &str) -> Result<Arc<Route>> {
-        if let Some(r) = self
-            .routes
+        if let Some(r) = self.cached_route(channel) {
+            return Ok(r);
+        }
+        Box::pin(self.new_route(channel)).await
+    }
+
+    fn cached_route(&self, channel: &str) -> Option<Arc<Route>> {
+        self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(channel)
-        {
-            return Ok(r.clone());
-        }
+            .cloned()
+    }
+
+    async fn new_route(&self, channel: &str) -> Result<Arc<Route>> {
         let name = self.config.broker_for(channel)?;
         let broker = self.broker(name).await?.clone();
         let route = Arc::new(Route {
@@ -355,7 +365,7 @@ impl MessageRouter {
         message: &M,
     ) -> Result<()> {
         let name = self.inner.config.broker_of_kind(kind, channel.name())?;
-        let broker = self.inner.broker(name).await?;
+        let broker = Box::pin(self.inner.broker(name)).await?;
         let envelope = build_envelope(&Arc::from(channel.name()), message, None, Headers::new())?;
         send(broker, name, envelope, None).await
     }

@@ -95,10 +95,17 @@ pub(crate) fn from_fields(
     entry_id: &str,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Envelope {
-    let mut envelope = Envelope::received(channel.clone(), Arc::from(entry_id));
+    // The envelope id written at publish; entries written around the library get
+    // their stream entry id.
+    let id = fields
+        .iter()
+        .find(|(n, _)| n.as_slice() == ID.as_bytes())
+        .map(|(_, v)| Arc::from(String::from_utf8_lossy(v)))
+        .unwrap_or_else(|| Arc::from(entry_id));
+    let mut envelope = Envelope::received(channel.clone(), id);
     for (name, value) in fields {
         match name.as_slice() {
-            b"id" => envelope.id = Arc::from(String::from_utf8_lossy(&value)),
+            b"id" => {}
             b"k" => envelope.key = Some(Arc::from(String::from_utf8_lossy(&value))),
             b"ct" => envelope.content_type = Arc::from(String::from_utf8_lossy(&value)),
             b"ts" => {

@@ -2,6 +2,8 @@
 //! retry stream).
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -73,7 +75,7 @@ pub(crate) struct StreamSubscription {
     consumer: String,
     retry_stream: String,
     blocking: tokio::sync::Mutex<Option<(MultiplexedConnection, i64)>>,
-    in_flight: Mutex<HashMap<u64, InFlight>>,
+    in_flight: Mutex<FxHashMap<u64, InFlight>>,
     overflow: Mutex<VecDeque<(Source, Entry)>>,
     timers: Mutex<Timers>,
     next_tag: AtomicU64,
@@ -99,7 +101,7 @@ impl StreamSubscription {
             channel,
             broker,
             blocking: tokio::sync::Mutex::new(None),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(FxHashMap::default()),
             overflow: Mutex::new(VecDeque::new()),
             timers: Mutex::new(Timers {
                 last_promote: None,
