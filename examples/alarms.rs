@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alarm_domain::{AlarmToBot, AlarmToLog, BrokerChannel};
-use anybroker::{async_trait, header, HandlerError, MessageContext, MessageHandler, MessageRouter};
+use anybroker::{header, HandlerError, MessageContext, MessageHandler, MessageRouter};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -27,7 +27,6 @@ struct BotHandler {
     handled: Arc<AtomicUsize>,
 }
 
-#[async_trait]
 impl MessageHandler<AlarmToBot> for BotHandler {
     async fn handle(&self, alarm: AlarmToBot, cx: &MessageContext) -> Result<(), HandlerError> {
         println!(
@@ -46,7 +45,6 @@ struct LogHandler {
     handled: Arc<AtomicUsize>,
 }
 
-#[async_trait]
 impl MessageHandler<AlarmToLog> for LogHandler {
     async fn handle(&self, alarm: AlarmToLog, cx: &MessageContext) -> Result<(), HandlerError> {
         if alarm.extra.as_deref() == Some("corrupt") {

@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anybroker_brokers::{Envelope, Headers};
-use async_trait::async_trait;
 
 /// Handles the messages of one channel. Returning `Ok` acknowledges the message;
 /// an error is retried after the channel's backoff unless it is
 /// [permanent](HandlerError::permanent); a panic counts as a retryable error.
 ///
 /// ```
-/// use anybroker::{async_trait, HandlerError, MessageContext, MessageHandler};
+/// use anybroker::{HandlerError, MessageContext, MessageHandler};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct AlarmToBot { message: String }
 /// struct Bot;
-/// #[async_trait]
 /// impl MessageHandler<AlarmToBot> for Bot {
 ///     async fn handle(&self, alarm: AlarmToBot, cx: &MessageContext) -> Result<(), HandlerError> {
 ///         println!("{} (attempt {})", alarm.message, cx.attempt());
@@ -24,10 +22,16 @@ use async_trait::async_trait;
 ///     }
 /// }
 /// ```
-#[async_trait]
+///
+/// Implement it with a plain `async fn`; no macro is needed and nothing is boxed per
+/// message. The future must be `Send`, as handlers run on a multi-threaded runtime.
 pub trait MessageHandler<M>: Send + Sync + 'static {
     /// Handles one message; `context` carries its metadata.
-    async fn handle(&self, message: M, context: &MessageContext) -> Result<(), HandlerError>;
+    fn handle(
+        &self,
+        message: M,
+        context: &MessageContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// A handler made of an async closure; see [`handler_fn`].
@@ -50,15 +54,18 @@ where
     FnHandler(f)
 }
 
-#[async_trait]
 impl<M, F, Fut> MessageHandler<M> for FnHandler<F>
 where
     M: Send + 'static,
     F: Fn(M, MessageContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    async fn handle(&self, message: M, context: &MessageContext) -> Result<(), HandlerError> {
-        (self.0)(message, context.clone()).await
+    fn handle(
+        &self,
+        message: M,
+        context: &MessageContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        (self.0)(message, context.clone())
     }
 }
 

@@ -14,7 +14,6 @@ pub use anybroker_brokers::{
     header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, Envelope, Error,
     ErrorKind, Headers, MessagePublisher, Result, RetryPolicy,
 };
-pub use async_trait::async_trait;
 pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
 pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};
