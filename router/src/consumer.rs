@@ -293,9 +293,11 @@ async fn fetch_loop(
     prefetch: usize,
 ) {
     let mut backoff = std::time::Duration::from_millis(50);
-    // Fetch once a quarter of the window is free, not at every freed slot: a busy
-    // consumer then reads in batches instead of one round trip per message.
+    // Fetch once a quarter of the window is free, not at every freed slot, so a busy
+    // consumer reads in batches; and at most half the window at once, so the next
+    // batch is on its way while the previous one is handled and acknowledged.
     let min_batch = (prefetch / 4).max(1) as u32;
+    let max_batch = (prefetch / 2).max(1);
     loop {
         let permit = tokio::select! {
             biased;
@@ -303,7 +305,9 @@ async fn fetch_loop(
             p = window.acquire_many(min_batch) => match p { Ok(p) => p, Err(_) => return },
         };
         permit.forget();
-        let extra = window.available_permits();
+        let extra = window
+            .available_permits()
+            .min(max_batch.saturating_sub(min_batch as usize));
         let extra = match window.try_acquire_many(extra as u32) {
             Ok(p) => {
                 p.forget();
