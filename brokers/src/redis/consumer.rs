@@ -47,6 +47,9 @@ end
 return next_due
 "#;
 
+/// Dead letters record the stream entry they came from.
+pub(crate) const ORIGINAL_ENTRY_ID: &str = "x-anybroker-redis-entry-id";
+
 /// How often timed messages are looked for at most, when none is known to be due.
 const PROMOTE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -460,7 +463,8 @@ impl Subscription for StreamSubscription {
                         t.next_due_ms = Some(t.next_due_ms.map_or(due, |d| d.min(due)));
                     }
                     Settlement::DeadLetter(dead) => {
-                        let dead = envelope.into_dead_letter(&dead);
+                        let mut dead = envelope.into_dead_letter(&dead);
+                        dead.headers.insert(ORIGINAL_ENTRY_ID.to_string(), f.id.clone());
                         pipe.add_command(
                             self.broker.xadd(&Keys::dead_letters(&self.channel), &dead),
                         )
