@@ -464,7 +464,8 @@ impl Subscription for StreamSubscription {
                     }
                     Settlement::DeadLetter(dead) => {
                         let mut dead = envelope.into_dead_letter(&dead);
-                        dead.headers.insert(ORIGINAL_ENTRY_ID.to_string(), f.id.clone());
+                        dead.headers
+                            .insert(ORIGINAL_ENTRY_ID.to_string(), f.id.clone());
                         pipe.add_command(
                             self.broker.xadd(&Keys::dead_letters(&self.channel), &dead),
                         )
