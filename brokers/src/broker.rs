@@ -66,6 +66,9 @@ pub enum Broker {
     /// Redis Streams or pub/sub.
     #[cfg(feature = "redis")]
     Redis(crate::redis::RedisBroker),
+    /// NATS JetStream or core NATS.
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::NatsBroker),
 }
 
 impl Broker {
@@ -85,6 +88,11 @@ impl Broker {
             BrokerConfig::Redis(c) => crate::redis::RedisBroker::connect(c)
                 .await
                 .map(Broker::Redis)
+                .map_err(|e| e.with_broker(name)),
+            #[cfg(feature = "nats")]
+            BrokerConfig::Nats(c) => crate::nats::NatsBroker::connect(c)
+                .await
+                .map(Broker::Nats)
                 .map_err(|e| e.with_broker(name)),
             #[allow(unreachable_patterns)]
             _ => Err(Error::unsupported(format!(

@@ -29,3 +29,22 @@ mod redis_pubsub {
     )
     .without_retry());
 }
+
+/// NATS JetStream, against the real nats-server on 127.0.0.1:4222.
+#[cfg(feature = "nats")]
+mod nats {
+    conformance_cases!(crate::support::Target::server(
+        "nats",
+        "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\"\nack_wait = \"5s\""
+    ));
+}
+
+/// Core NATS: the cases its capabilities allow; the rest must be refused.
+#[cfg(feature = "nats")]
+mod nats_core {
+    conformance_cases!(crate::support::Target::server(
+        "nats-core",
+        "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmode = \"core\""
+    )
+    .without_retry());
+}

@@ -1,32 +1,121 @@
 //! Config of the NATS backend.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use crate::SecretUrl;
+use crate::{Secret, SecretUrl};
+
+/// How the NATS backend carries channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NatsMode {
+    /// JetStream: persistent streams, durable pull consumers, acks, retry with
+    /// `nak(delay)`, dead letters, delay, deduplication. The default.
+    #[default]
+    Jetstream,
+    /// Core NATS: plain subjects and queue groups; fire-and-forget, nothing kept.
+    Core,
+}
 
 /// `kind = "nats"`.
 ///
 /// ```toml
 /// [brokers.nats]
 /// kind = "nats"
-/// url = "nats://127.0.0.1:4222"
+/// url = "nats://127.0.0.1:4222"   # nats://[user:password@]host:port
+/// mode = "jetstream"              # or "core"
+/// stream_prefix = "ANYBROKER"     # JetStream streams are <prefix>_<channel>
+/// max_age = "7d"                  # stream retention; 0 = unlimited
+/// max_bytes = -1                  # stream size limit; -1 = unlimited
+/// duplicate_window = "2m"         # publishes with the same message id within it are stored once
+/// ack_wait = "30s"                # unacknowledged deliveries come back after this
+/// token = "..."                   # optional; never printed
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NatsConfig {
-    /// `nats://[user:password@]host:port` or `tls://`. Required.
+    /// `nats://[user:password@]host:port`. Required.
     pub url: SecretUrl,
+    /// `jetstream` (default) or `core`.
+    #[serde(default)]
+    pub mode: NatsMode,
+    /// Prefix of the JetStream stream names. Default `ANYBROKER`.
+    #[serde(default = "default_prefix")]
+    pub stream_prefix: String,
+    /// Retention of each stream; 0 keeps messages until limits apply. Default 7 days.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Size limit of each stream in bytes; -1 for none. Default -1.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: i64,
+    /// Deduplication window of `Nats-Msg-Id`. Default 2 min.
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Redelivery of unacknowledged deliveries after this. Default 30 s.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Authentication token, if the server wants one.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+fn default_prefix() -> String {
+    "ANYBROKER".into()
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_bytes() -> i64 {
+    -1
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl NatsConfig {
+    /// A config for `url` with every default.
+    pub fn new(url: SecretUrl) -> Self {
+        NatsConfig {
+            url,
+            mode: NatsMode::default(),
+            stream_prefix: default_prefix(),
+            max_age: default_max_age(),
+            max_bytes: default_max_bytes(),
+            duplicate_window: default_duplicate_window(),
+            ack_wait: default_ack_wait(),
+            token: None,
+        }
+    }
+
     /// Checks values that serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         match self.url.url().scheme() {
-            "nats" | "tls" => Ok(()),
-            other => Err(format!(
-                "url: expected a nats:// or tls:// URL, got scheme {other:?}"
-            )),
+            "nats" => {}
+            "tls" => {
+                return Err("url: tls:// is not supported by this build yet; use nats://".into())
+            }
+            other => return Err(format!("url: expected a nats:// URL, got scheme {other:?}")),
         }
+        if self.stream_prefix.is_empty()
+            || !self
+                .stream_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "stream_prefix: expected letters, digits, '_' or '-', got {:?}",
+                self.stream_prefix
+            ));
+        }
+        if self.ack_wait.is_zero() {
+            return Err("ack_wait: expected a positive duration".into());
+        }
+        Ok(())
     }
 }

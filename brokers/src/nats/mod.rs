@@ -1,5 +1,36 @@
-//! The nats backend. Its config is always compiled, so a config file naming this
-//! broker is validated even in builds without the `nats` feature; the client
-//! itself is built only with that feature.
+//! The NATS backend.
+//!
+//! JetStream mode (default), per channel `C` (a NATS subject):
+//! - stream `<prefix>_<C>` on subject `C`; publish awaits the PubAck and sets
+//!   `Nats-Msg-Id` to the envelope id, so a repeated publish within `duplicate_window`
+//!   is stored once;
+//! - each group is a durable pull consumer (explicit ack, `max_ack_pending` = 2 ×
+//!   prefetch); the attempt number is the server's delivery count;
+//! - retry: `nak` with the backoff as delay;
+//! - dead letters: published to `C.dlt` (stream `<prefix>_<C>_DLT`), then the original is
+//!   terminated (`term`); replay moves them back and deletes them;
+//! - delay: published to `C.delayed` (stream `<prefix>_<C>_DELAYED`) with a due time; a
+//!   mover consumer (run by the channel's subscribers) naks each with the time left and
+//!   moves it to `C` when due, with the same `Nats-Msg-Id` so a mover crash between
+//!   publish and ack cannot duplicate it.
+//!
+//! Core mode: plain subjects, a queue group per consumer group; fire-and-forget.
+//!
+//! The config is always compiled; the client only with the `nats` feature.
 
 pub mod config;
+
+#[cfg(feature = "nats")]
+mod codec;
+#[cfg(feature = "nats")]
+mod consumer;
+#[cfg(feature = "nats")]
+mod core_mode;
+#[cfg(feature = "nats")]
+mod error;
+#[cfg(feature = "nats")]
+mod publisher;
+
+pub use config::{NatsConfig, NatsMode};
+#[cfg(feature = "nats")]
+pub use publisher::NatsBroker;

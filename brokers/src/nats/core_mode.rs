@@ -1,0 +1,95 @@
+//! Core NATS mode: a queue subscription per group; fire-and-forget.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Mutex;
+
+use super::codec::from_message;
+use super::error::from_nats;
+use super::NatsBroker;
+use crate::core::{
+    Delivery, DeliveryTag, Error, Result, Settlement, SubscribeOptions, Subscription,
+};
+
+pub(crate) struct CoreSubscription {
+    subscriber: Mutex<async_nats::Subscriber>,
+    channel: Arc<str>,
+    next_tag: AtomicU64,
+}
+
+impl CoreSubscription {
+    pub(crate) async fn start(broker: NatsBroker, options: SubscribeOptions) -> Result<Self> {
+        let channel: Arc<str> = Arc::from(options.channel.as_str());
+        let subscriber = broker
+            .inner
+            .client
+            .queue_subscribe(options.channel.clone(), options.group.clone())
+            .await
+            .map_err(|e| from_nats(e, "subscribe").with_channel(&*channel))?;
+        // The server knows the subscription once the client flushed it; publishes
+        // after `start` returns then reach it.
+        broker
+            .inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| from_nats(e, "subscribe"))?;
+        Ok(CoreSubscription {
+            subscriber: Mutex::new(subscriber),
+            channel,
+            next_tag: AtomicU64::new(1),
+        })
+    }
+
+    fn deliver(&self, m: async_nats::Message) -> Delivery {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let envelope = from_message(
+            &self.channel,
+            &tag.to_string(),
+            m.headers.as_ref(),
+            m.payload,
+        );
+        Delivery::new(envelope, DeliveryTag(tag, 0))
+    }
+}
+
+#[async_trait]
+impl Subscription for CoreSubscription {
+    async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
+        let mut sub = self.subscriber.lock().await;
+        let Some(first) = sub.next().await else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![self.deliver(first)];
+        while out.len() < max.max(1) {
+            match sub.next().now_or_never() {
+                Some(Some(m)) => out.push(self.deliver(m)),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
+        let dropped = settlements
+            .iter()
+            .filter(|(_, s)| !matches!(s, Settlement::Ack))
+            .count();
+        if dropped > 0 {
+            return Err(Error::unsupported(format!(
+                "{dropped} messages not handled and dropped: core NATS cannot retry, dead-letter or release"
+            ))
+            .with_broker("nats")
+            .with_channel(&*self.channel));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        let _ = self.subscriber.lock().await.unsubscribe().await;
+        Ok(())
+    }
+}

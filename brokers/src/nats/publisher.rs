@@ -1,0 +1,331 @@
+//! The NATS broker handle: connection, streams, publishing, dead letters.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream;
+use async_trait::async_trait;
+
+use super::codec::{from_message, stream_name, to_headers, unix_micros, DUE};
+use super::consumer::JetStreamSubscription;
+use super::core_mode::CoreSubscription;
+use super::error::from_nats;
+use super::{NatsConfig, NatsMode};
+use crate::core::{
+    BrokerKind, Capabilities, Envelope, Error, MessagePublisher, Result, SubscribeOptions,
+    Subscription,
+};
+
+/// Stream suffixes of a channel's dead letters and delayed messages.
+pub(crate) const DLT: &str = "_DLT";
+pub(crate) const DELAYED: &str = "_DELAYED";
+
+/// A connection to a NATS server, in the configured mode. Cloning shares it.
+#[derive(Clone)]
+pub struct NatsBroker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: NatsConfig,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    /// Streams known to exist, so publish checks them once.
+    ensured: Mutex<HashSet<String>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBroker {
+    /// Connects; the client reconnects by itself after later failures.
+    pub async fn connect(config: &NatsConfig) -> Result<Self> {
+        let mut options =
+            async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
+        if let Some(token) = &config.token {
+            options = options.token(token.expose().to_string());
+        }
+        let client = options.connect(config.url.expose()).await.map_err(|e| {
+            Error::new(
+                crate::ErrorKind::Unreachable,
+                format!("cannot connect to {}", config.url),
+            )
+            .set_retryable(true)
+            .with_broker("nats")
+            .with_source(e)
+        })?;
+        let js = jetstream::new(client.clone());
+        Ok(NatsBroker {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                client,
+                js,
+                ensured: Mutex::new(HashSet::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn check_open(&self, operation: &'static str) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("the NATS broker was shut down")
+                .with_broker("nats")
+                .with_operation(operation));
+        }
+        Ok(())
+    }
+
+    fn jetstream_only(&self, operation: &'static str) -> Result<()> {
+        if self.inner.config.mode == NatsMode::Core {
+            return Err(Error::unsupported(format!(
+                "{operation} needs mode = \"jetstream\"; core NATS keeps nothing"
+            ))
+            .with_broker("nats")
+            .with_operation(operation));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Creates the stream `<prefix>_<channel><suffix>` on `subject` unless known.
+    pub(crate) async fn ensure_stream(
+        &self,
+        channel: &str,
+        suffix: &str,
+        subject: &str,
+    ) -> Result<jetstream::stream::Stream> {
+        let c = &self.inner.config;
+        let name = stream_name(&c.stream_prefix, channel, suffix);
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.to_string()],
+            max_age: c.max_age,
+            max_bytes: c.max_bytes,
+            duplicate_window: c.duplicate_window,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let stream = self
+            .inner
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| from_nats(e, "create stream").with_channel(channel))?;
+        self.inner.ensured.lock().unwrap().insert(name);
+        Ok(stream)
+    }
+
+    async fn ensure_known(&self, channel: &str, suffix: &str, subject: &str) -> Result<()> {
+        let name = stream_name(&self.inner.config.stream_prefix, channel, suffix);
+        if self.inner.ensured.lock().unwrap().contains(&name) {
+            return Ok(());
+        }
+        self.ensure_stream(channel, suffix, subject)
+            .await
+            .map(|_| ())
+    }
+
+    /// Publishes `envelope` on `subject` and waits for the stream's acknowledgement.
+    pub(crate) async fn js_publish(
+        &self,
+        subject: String,
+        envelope: &Envelope,
+        extra: Option<(&'static str, String)>,
+    ) -> Result<()> {
+        let mut headers = to_headers(envelope);
+        if let Some((name, value)) = extra {
+            headers.insert(name, value);
+        }
+        let ack = self
+            .inner
+            .js
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(envelope.payload.clone())
+                    .headers(headers),
+            )
+            .await
+            .map_err(|e| from_nats(e, "publish").with_channel(&*envelope.channel))?;
+        ack.await
+            .map_err(|e| from_nats(e, "publish").with_channel(&*envelope.channel))?;
+        Ok(())
+    }
+
+    fn validate_subject(channel: &str) -> Result<()> {
+        if channel.is_empty()
+            || channel.contains([' ', '\t', '*', '>'])
+            || channel.starts_with('.')
+            || channel.ends_with('.')
+            || channel.contains("..")
+        {
+            return Err(Error::config(format!(
+                "channel {channel:?} is not a valid NATS subject (no spaces, '*', '>' or empty tokens)"
+            ))
+            .with_broker("nats"));
+        }
+        Ok(())
+    }
+
+    /// Reads the dead-letter stream from its first message, calling `visit` with each
+    /// sequence and envelope until it returns false or `limit` were visited.
+    async fn scan_dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<(u64, Envelope)>> {
+        let subject = format!("{channel}.dlt");
+        let mut stream = self.ensure_stream(channel, DLT, &subject).await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| from_nats(e, "dead_letters").with_channel(channel))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let channel_arc: Arc<str> = Arc::from(channel);
+        let mut out = Vec::new();
+        let mut seq = first.max(1);
+        while seq <= last && out.len() < limit {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let envelope =
+                    from_message(&channel_arc, &seq.to_string(), Some(&m.headers), m.payload);
+                out.push((seq, envelope));
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl MessagePublisher for NatsBroker {
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Nats
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.inner.config.mode {
+            NatsMode::Jetstream => Capabilities {
+                persistent: true,
+                survives_broker_restart: true,
+                groups: true,
+                ordering_by_key: true,
+                ordering_across_members: false,
+                retry: true,
+                dead_letters: true,
+                delay: true,
+                native_redelivery_count: true,
+                request_reply: false,
+            },
+            NatsMode::Core => Capabilities {
+                groups: true,
+                ordering_by_key: true,
+                ..Capabilities::NONE
+            },
+        }
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        self.check_open("publish")?;
+        match self.inner.config.mode {
+            NatsMode::Jetstream => {
+                self.ensure_known(&envelope.channel, "", &envelope.channel)
+                    .await?;
+                self.js_publish(envelope.channel.to_string(), &envelope, None)
+                    .await
+            }
+            NatsMode::Core => {
+                Self::validate_subject(&envelope.channel)?;
+                self.inner
+                    .client
+                    .publish_with_headers(
+                        envelope.channel.to_string(),
+                        to_headers(&envelope),
+                        envelope.payload.clone(),
+                    )
+                    .await
+                    .map_err(|e| from_nats(e, "publish").with_channel(&*envelope.channel))
+            }
+        }
+    }
+
+    async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {
+        self.check_open("publish_delayed")?;
+        self.jetstream_only("publish_delayed")?;
+        let subject = format!("{}.delayed", envelope.channel);
+        self.ensure_known(&envelope.channel, DELAYED, &subject)
+            .await?;
+        let due = unix_micros(SystemTime::now() + delay).to_string();
+        self.js_publish(subject, &envelope, Some((DUE, due))).await
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        self.check_open("subscribe")?;
+        Self::validate_subject(&options.channel)?;
+        match self.inner.config.mode {
+            NatsMode::Jetstream => Ok(Box::new(
+                JetStreamSubscription::start(self.clone(), options).await?,
+            )),
+            NatsMode::Core => Ok(Box::new(
+                CoreSubscription::start(self.clone(), options).await?,
+            )),
+        }
+    }
+
+    async fn dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.check_open("dead_letters")?;
+        self.jetstream_only("dead_letters")?;
+        Ok(self
+            .scan_dead_letters(channel, limit)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    async fn replay_dead_letters(&self, channel: &str, limit: usize) -> Result<usize> {
+        self.check_open("replay_dead_letters")?;
+        self.jetstream_only("replay_dead_letters")?;
+        let dead = self.scan_dead_letters(channel, limit).await?;
+        let stream = self
+            .ensure_stream(channel, DLT, &format!("{channel}.dlt"))
+            .await?;
+        self.ensure_known(channel, "", channel).await?;
+        let mut moved = 0;
+        for (seq, envelope) in dead {
+            // Published first, deleted after: a crash in between duplicates, never loses.
+            let replayed = envelope.into_replayed().with_id(crate::new_message_id());
+            self.js_publish(channel.to_string(), &replayed, None)
+                .await?;
+            stream
+                .delete_message(seq)
+                .await
+                .map_err(|e| from_nats(e, "replay_dead_letters").with_channel(channel))?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    async fn request(&self, _envelope: Envelope, _timeout: Duration) -> Result<Envelope> {
+        Err(
+            Error::unsupported("request/reply is not built for NATS yet")
+                .with_broker("nats")
+                .with_operation("request"),
+        )
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| from_nats(e, "shutdown"))
+    }
+}

@@ -1,0 +1,270 @@
+//! NATS-specific tests against real servers: a server killed and restarted under load,
+//! deduplication by message id, and poison payloads published around the library.
+#![cfg(feature = "nats")]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alarm_domain::AlarmToLog;
+use anybroker::{
+    handler_fn, header, Channel, Envelope, MessageContext, MessageRouter, RouterConfig,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Numbered {
+    seq: u64,
+}
+
+fn unique_channel<M>(case: &str) -> Channel<M> {
+    let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
+    Channel::new(Box::leak(name.into_boxed_str()))
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn router_config(url: &str) -> RouterConfig {
+    RouterConfig::from_toml_str(&format!(
+        "default_broker = \"nats\"\n[defaults]\nretry = {{ attempts = 5, initial = \"50ms\" }}\n\
+         [brokers.nats]\nkind = \"nats\"\nurl = \"{url}\"\nmax_age = \"1h\"\nack_wait = \"2s\"\n"
+    ))
+    .unwrap()
+}
+
+/// A nats-server with JetStream of the test's own, storing in a temp dir.
+struct OwnNats {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "anybroker-nats-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut n = OwnNats {
+            port,
+            dir,
+            child: None,
+        };
+        n.up();
+        n
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL): JetStream must keep what it acknowledged.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Publishing 10,000 messages while consuming, with the nats-server killed and started
+/// again twice mid-stream: every message is handled at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_under_load_loses_none() {
+    const N: u64 = 10_000;
+    let mut server = OwnNats::start();
+    let ch = unique_channel::<Numbered>("restart");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (seen, handled) = (seen.clone(), handled.clone());
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(router_config(&server.url()))
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let publish_errors = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let (router, publish_errors) = (router.clone(), publish_errors.clone());
+        tokio::spawn(async move {
+            for seq in 0..N {
+                // A failed publish is reported, never silent: the application retries.
+                while router.publish(ch, &Numbered { seq }).await.is_err() {
+                    publish_errors.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+    for threshold in [N / 4, N * 3 / 5] {
+        wait_until(
+            "progress before the restart",
+            Duration::from_secs(120),
+            || handled.load(Ordering::SeqCst) as u64 >= threshold,
+        )
+        .await;
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.up();
+    }
+    publisher.await.unwrap();
+    wait_until("every message handled", Duration::from_secs(180), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    println!(
+        "nats restart: {N} published, {} handled, {} distinct, {duplicates} duplicates, {} publish errors retried",
+        handled.load(Ordering::SeqCst),
+        seen.len(),
+        publish_errors.load(Ordering::SeqCst)
+    );
+    assert!((0..N).all(|s| seen.contains_key(&s)), "a message was lost");
+}
+
+/// Publishing the same envelope id twice within the duplicate window stores it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_same_id_twice_is_stored_once() {
+    let ch = unique_channel::<Numbered>("dedupe");
+    let router = MessageRouter::builder(router_config("nats://127.0.0.1:4222"))
+        .start()
+        .await
+        .unwrap();
+    let envelope = Envelope::new(ch.name(), serde_json::to_vec(&Numbered { seq: 1 }).unwrap());
+    router.publish_envelope(envelope.clone()).await.unwrap();
+    router.publish_envelope(envelope.clone()).await.unwrap();
+    router
+        .publish_envelope(Envelope::new(
+            ch.name(),
+            serde_json::to_vec(&Numbered { seq: 2 }).unwrap(),
+        ))
+        .await
+        .unwrap();
+    router.shutdown().await.unwrap();
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let name = format!("ANYBROKER_{}", ch.name().replace('.', "_"));
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.state.messages, 2, "the repeated id was stored once");
+}
+
+/// 1,000 payloads that are not valid JSON, published with async-nats directly, are all
+/// dead-lettered as undecodable and the consumer goes on with valid messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_poison_payloads_are_dead_lettered() {
+    const POISON: usize = 1000;
+    const VALID: usize = 200;
+    let ch = unique_channel::<AlarmToLog>("poison");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let handled = handled.clone();
+        handler_fn(move |_m: AlarmToLog, _cx: MessageContext| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(router_config("nats://127.0.0.1:4222"))
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for i in 0..POISON {
+        let payload: bytes::Bytes = if i % 2 == 0 {
+            "\u{1}not json".into()
+        } else {
+            r#"{"message": 7}"#.into()
+        };
+        js.publish(ch.name().to_string(), payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if i % 5 == 0 {
+            router
+                .publish(ch, &alarm_domain::sample_alarm_to_log(i))
+                .await
+                .unwrap();
+        }
+    }
+    wait_until("valid messages handled", Duration::from_secs(60), || {
+        handled.load(Ordering::SeqCst) == VALID
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dead = loop {
+        let dead = router.dead_letters(ch, 10_000).await.unwrap();
+        if dead.len() >= POISON || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    router.shutdown().await.unwrap();
+    assert_eq!(dead.len(), POISON, "every poison payload is a dead letter");
+    assert!(dead
+        .iter()
+        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
+    assert_eq!(handled.load(Ordering::SeqCst), VALID);
+}
