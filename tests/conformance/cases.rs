@@ -686,14 +686,22 @@ pub async fn shutdown_with_in_flight_loses_none(t: &Target) {
         .unwrap();
     wait_until("the rest handled", LONG, || rec.distinct() as u64 == N).await;
     second.shutdown().await.unwrap();
-    let caps = first.capabilities(ch).await;
     let duplicates = rec.len() as u64 - N;
     println!(
         "{}: first {by_first}, total {}, duplicates {duplicates}",
         t.name,
         rec.len()
     );
-    if t.name == "memory" || caps.map(|c| c.persistent).unwrap_or(false) {
+    for (seq, _) in rec.counts().into_iter().filter(|(_, c)| *c > 1) {
+        let calls: Vec<_> = rec
+            .all()
+            .into_iter()
+            .filter(|s| s.seq == seq)
+            .map(|s| (s.handler, s.attempt))
+            .collect();
+        println!("  seq {seq} handled by (consumer, attempt): {calls:?}");
+    }
+    {
         assert_eq!(
             duplicates, 0,
             "nothing handled twice because of shutdown alone"

@@ -35,7 +35,7 @@ mod redis_pubsub {
 mod nats {
     conformance_cases!(crate::support::Target::server(
         "nats",
-        "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\"\nack_wait = \"5s\""
+        "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\""
     ));
 }
 

@@ -19,6 +19,9 @@ use crate::core::{
     Subscription,
 };
 
+/// How long the stream must stay quiet at close before the member stops giving back.
+const CLOSE_QUIET: Duration = Duration::from_millis(100);
+
 struct InFlight {
     message: jetstream::Message,
     envelope: crate::Envelope,
@@ -228,8 +231,10 @@ impl Subscription for JetStreamSubscription {
         let _ = self.broker.inner.client.flush().await;
         // Give back what was fetched but not handled, so other members get it now
         // rather than after ack_wait.
+        // Messages of a pull request still on their way arrive shortly: give those back
+        // too, until the stream has been quiet for a moment.
         let mut messages = self.messages.lock().await;
-        while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(CLOSE_QUIET, messages.next()).await {
             let _ = m.ack_with(AckKind::Nak(None)).await;
         }
         let in_flight: Vec<InFlight> = self
