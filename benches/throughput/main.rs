@@ -13,6 +13,8 @@
 //! message) to handling. Rounds alternate anybroker and raw; each figure is the median.
 
 mod anybroker_runs;
+#[cfg(feature = "nats")]
+mod raw_nats;
 #[cfg(feature = "redis")]
 mod raw_redis;
 
@@ -77,6 +79,20 @@ fn row(broker: &str, client: &str, f: &Figures) {
     );
 }
 
+#[allow(dead_code)]
+fn side_by_side(broker: &str, raw_client: &str, ours: &[Figures], raw: &[Figures]) {
+    let (ours, raw) = (summarize(ours), summarize(raw));
+    row(broker, "anybroker", &ours);
+    row(broker, raw_client, &raw);
+    println!(
+        "{:<8} {:<10} {:>13.2}x {:>11.2}x",
+        broker,
+        "ratio",
+        ours.publish / raw.publish,
+        ours.end_to_end / raw.end_to_end
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
@@ -108,19 +124,27 @@ async fn main() {
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
             ours.push(anybroker_runs::round(table, &args, args.window).await);
+            raw_redis::delete_bench_keys("redis://127.0.0.1:6379").await;
             raw.push(raw_redis::round("redis://127.0.0.1:6379", &args).await);
         }
-        let (ours, raw) = (summarize(&ours), summarize(&raw));
-        row("redis", "anybroker", &ours);
-        row("redis", "redis-rs", &raw);
-        println!(
-            "{:<8} {:<10} {:>13.2}x {:>11.2}x",
-            "redis",
-            "ratio",
-            ours.publish / raw.publish,
-            ours.end_to_end / raw.end_to_end
-        );
+        side_by_side("redis", "redis-rs", &ours, &raw);
     }
     #[cfg(not(feature = "redis"))]
     println!("redis    not built (run with --features redis)");
+
+    #[cfg(feature = "nats")]
+    {
+        let table = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"";
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            ours.push(anybroker_runs::round(table, &args, args.window).await);
+            raw_nats::delete_bench_streams("nats://127.0.0.1:4222").await;
+            raw.push(raw_nats::round("nats://127.0.0.1:4222", &args).await);
+        }
+        side_by_side("nats-js", "async-nats", &ours, &raw);
+    }
+    #[cfg(not(feature = "nats"))]
+    println!("nats     not built (run with --features nats)");
+    println!("rabbitmq not built yet");
+    println!("kafka    not built yet");
 }

@@ -205,3 +205,21 @@ pub async fn round(url: &str, args: &Args) -> Figures {
         p99: percentile(&l, 0.99),
     }
 }
+
+/// Deletes the keys anybroker's rounds created (their channels start with `bench.`).
+pub async fn delete_bench_keys(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("bench.alarm.to.log.*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys {
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream;
@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) js: jetstream::Context,
     /// Streams known to exist, so publish checks them once.
     ensured: Mutex<HashSet<String>>,
+    /// Channels whose main stream is known to exist: the publish fast path.
+    ensured_channels: RwLock<rustc_hash::FxHashSet<Arc<str>>>,
     closed: AtomicBool,
 }
 
@@ -69,6 +71,7 @@ impl NatsBroker {
                 client,
                 js,
                 ensured: Mutex::new(HashSet::new()),
+                ensured_channels: RwLock::new(Default::default()),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -127,13 +130,29 @@ impl NatsBroker {
     }
 
     async fn ensure_known(&self, channel: &str, suffix: &str, subject: &str) -> Result<()> {
+        if suffix.is_empty()
+            && self
+                .inner
+                .ensured_channels
+                .read()
+                .unwrap()
+                .contains(channel)
+        {
+            return Ok(());
+        }
         let name = stream_name(&self.inner.config.stream_prefix, channel, suffix);
         if self.inner.ensured.lock().unwrap().contains(&name) {
             return Ok(());
         }
-        self.ensure_stream(channel, suffix, subject)
-            .await
-            .map(|_| ())
+        self.ensure_stream(channel, suffix, subject).await?;
+        if suffix.is_empty() {
+            self.inner
+                .ensured_channels
+                .write()
+                .unwrap()
+                .insert(Arc::from(channel));
+        }
+        Ok(())
     }
 
     /// Publishes `envelope` on `subject` and waits for the stream's acknowledgement.
