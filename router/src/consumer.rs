@@ -84,6 +84,50 @@ impl<M: Message, H: MessageHandler<M>> ErasedHandler for TypedHandler<M, H> {
     }
 }
 
+/// A request responder: decodes the request, calls, and settles with the reply (the
+/// encoded result, or the error text), panics included.
+pub(crate) struct Responder<M, R, F> {
+    pub(crate) respond: F,
+    pub(crate) _types: std::marker::PhantomData<fn(M) -> R>,
+}
+
+impl<M, R, F, Fut> ErasedHandler for Responder<M, R, F>
+where
+    M: Message,
+    R: serde::Serialize + Send + 'static,
+    F: Fn(M, MessageContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<R, HandlerError>> + Send + 'static,
+{
+    fn run(
+        self: Arc<Self>,
+        delivery: Delivery,
+        broker: Arc<str>,
+        _policy: RetryPolicy,
+    ) -> BoxFuture<'static, Finished> {
+        Box::pin(async move {
+            let tag = delivery.tag;
+            let key = delivery.envelope.key.clone();
+            let answer = AssertUnwindSafe(async {
+                let request: M =
+                    serde_json::from_slice(&delivery.envelope.payload).map_err(|e| {
+                        format!("request is not a valid {}: {e}", std::any::type_name::<M>())
+                    })?;
+                let context = MessageContext::new(Arc::new(delivery.envelope), broker);
+                let reply = (self.respond)(request, context)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                serde_json::to_vec(&reply)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| format!("reply cannot be encoded: {e}"))
+            })
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(format!("responder panicked: {}", panic_text(panic))));
+            (tag, key, Settlement::Reply(answer))
+        })
+    }
+}
+
 /// Maps a handler's result to what the broker should do with the message.
 pub(crate) fn settlement_for(
     result: Result<HandleResult, String>,

@@ -94,6 +94,8 @@ struct Registration {
     channel: &'static str,
     options: HandlerOptions,
     handler: Arc<dyn ErasedHandler>,
+    /// Answers requests instead of consuming published messages.
+    serves_requests: bool,
 }
 
 /// A router being set up: add handlers, then [`start`](RouterBuilder::start).
@@ -133,6 +135,41 @@ impl RouterBuilder {
                 handler,
                 _message: std::marker::PhantomData,
             }),
+            serves_requests: false,
+        });
+        self
+    }
+
+    /// Answers requests on `channel` (see [`MessageRouter::request`]) with what
+    /// `responder` returns; an error is sent back to the requester as the reply.
+    /// Backends without request/reply fail `start` with `Unsupported`.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Hello { name: String }
+    /// # fn f(builder: anybroker::RouterBuilder) -> anybroker::RouterBuilder {
+    /// const HELLO: anybroker::Channel<Hello> = anybroker::Channel::new("hello");
+    /// builder.serve(HELLO, |hello: Hello, _cx| async move {
+    ///     Ok::<_, anybroker::HandlerError>(format!("hello, {}", hello.name))
+    /// })
+    /// # }
+    /// ```
+    pub fn serve<M, R, F, Fut>(mut self, channel: Channel<M>, responder: F) -> Self
+    where
+        M: Message,
+        R: Serialize + Send + 'static,
+        F: Fn(M, crate::MessageContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<R, crate::HandlerError>>
+            + Send
+            + 'static,
+    {
+        self.registrations.push(Registration {
+            channel: channel.name(),
+            options: HandlerOptions::default(),
+            handler: Arc::new(crate::consumer::Responder {
+                respond: responder,
+                _types: std::marker::PhantomData,
+            }),
+            serves_requests: true,
         });
         self
     }
@@ -387,10 +424,18 @@ impl MessageRouter {
     ) -> Result<R> {
         let route = self.inner.route(channel.name()).await?;
         let envelope = build_envelope(&route.channel, message, None, Headers::new())?;
-        let reply = route.broker.request(envelope, timeout).await.map_err(|e| {
-            e.with_broker(&*route.broker_name)
-                .with_channel(channel.name())
-        })?;
+        let reply = route
+            .broker
+            .request(envelope, timeout)
+            .await
+            .map_err(|e| add_context(e, &route.broker_name, channel.name()))?;
+        if let Some(error) = reply.headers.get(anybroker_brokers::header::REPLY_ERROR) {
+            return Err(
+                Error::new(ErrorKind::Broker, format!("the responder failed: {error}"))
+                    .with_broker(&*route.broker_name)
+                    .with_channel(channel.name()),
+            );
+        }
         serde_json::from_slice(&reply.payload).map_err(|e| {
             Error::new(
                 ErrorKind::Decode,
@@ -476,7 +521,15 @@ impl MessageRouter {
         let policy = config.retry_for(r.channel);
         let prefetch = config.prefetch_for(r.channel);
         let caps = route.broker.capabilities();
-        if policy.attempts > 1 && !caps.retry {
+        if r.serves_requests && !caps.request_reply {
+            return Err(Error::unsupported(format!(
+                "channel {:?}: broker {:?} in its configured mode has no request/reply",
+                r.channel, &*route.broker_name
+            ))
+            .with_broker(&*route.broker_name)
+            .with_channel(r.channel));
+        }
+        if !r.serves_requests && policy.attempts > 1 && !caps.retry {
             return Err(Error::unsupported(format!(
                 "channels.{:?}.retry: broker {:?} in its configured mode cannot retry; set retry = {{ attempts = 1 }} for this channel or route it to a broker that can",
                 r.channel, &*route.broker_name
@@ -488,10 +541,12 @@ impl MessageRouter {
             let options = SubscribeOptions::new(r.channel, group.clone())
                 .retry(policy)
                 .prefetch(prefetch);
-            let subscription = route
-                .broker
-                .subscribe(options)
-                .await
+            let subscription = if r.serves_requests {
+                route.broker.serve(options).await
+            } else {
+                route.broker.subscribe(options).await
+            };
+            let subscription = subscription
                 .map_err(|e| e.with_broker(&*route.broker_name).with_channel(r.channel))?;
             let spec = ConsumerSpec {
                 subscription: Arc::from(subscription),

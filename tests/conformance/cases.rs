@@ -876,6 +876,65 @@ pub async fn publish_via_explicit_broker(t: &Target) {
     router.shutdown().await.unwrap();
 }
 
+/// A request is answered by a responder of the channel with its typed reply; a
+/// responder's error comes back as the request's error; with nobody serving the
+/// channel, the request fails within its timeout.
+pub async fn request_reply_round_trip(t: &Target) {
+    require!(t, request_reply);
+    const N: u64 = 200;
+    let ch = unique_channel::<TestMessage>("rpc");
+    let failing = unique_channel::<TestMessage>("rpc_failing");
+    let unserved = unique_channel::<TestMessage>("rpc_unserved");
+    let router = t
+        .router("")
+        .serve(ch, |m: TestMessage, _cx| async move {
+            Ok::<_, HandlerError>(TestMessage {
+                seq: m.seq * 2,
+                text: m.text.to_uppercase(),
+            })
+        })
+        .serve(failing, |_m: TestMessage, _cx| async move {
+            Err::<TestMessage, _>(HandlerError::permanent("no such sensor"))
+        })
+        .start()
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(5);
+    let replies = futures::future::join_all((0..N).map(|i| {
+        let router = router.clone();
+        async move {
+            router
+                .request::<_, TestMessage>(ch, &TestMessage::new(i), timeout)
+                .await
+        }
+    }))
+    .await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply.unwrap();
+        assert_eq!(reply.seq, 2 * i as u64);
+        assert_eq!(reply.text, format!("MESSAGE {i}"));
+    }
+    let err = router
+        .request::<_, TestMessage>(failing, &TestMessage::new(1), timeout)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no such sensor"), "{err}");
+    let started = Instant::now();
+    let err = router
+        .request::<_, TestMessage>(unserved, &TestMessage::new(1), Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::NoResponder | ErrorKind::Timeout),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout was kept"
+    );
+    router.shutdown().await.unwrap();
+}
+
 /// Whatever a mode declares it lacks is refused with `Unsupported`, never silently
 /// done less.
 pub async fn missing_capabilities_are_unsupported(t: &Target) {
@@ -886,6 +945,16 @@ pub async fn missing_capabilities_are_unsupported(t: &Target) {
     if !caps.request_reply {
         let err = router
             .request::<_, TestMessage>(ch, &TestMessage::new(1), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let ch3 = unique_channel::<TestMessage>("caps_serve");
+        let err = t
+            .router("")
+            .serve(ch3, |m: TestMessage, _cx| async move {
+                Ok::<_, HandlerError>(m)
+            })
+            .start()
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
@@ -941,6 +1010,7 @@ macro_rules! conformance_cases {
             dead_letters_can_be_replayed,
             in_flight_window_is_bounded,
             publish_via_explicit_broker,
+            request_reply_round_trip,
             missing_capabilities_are_unsupported,
         );
     };

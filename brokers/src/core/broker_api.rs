@@ -91,8 +91,13 @@ pub trait MessagePublisher: Send + Sync {
     /// as fresh messages (attempt 1); returns how many moved.
     async fn replay_dead_letters(&self, channel: &str, limit: usize) -> Result<usize>;
 
-    /// Sends a request and waits up to `timeout` for the reply of a handler.
+    /// Sends a request and waits up to `timeout` for the reply of a handler. A reply
+    /// carrying the handler's error has the header [`header::REPLY_ERROR`](crate::header::REPLY_ERROR).
     async fn request(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope>;
+
+    /// Starts answering requests on `options.channel`; members of one group share them.
+    /// Deliveries are settled with [`Settlement::Reply`](crate::Settlement::Reply).
+    async fn serve(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>>;
 
     /// Closes connections; later calls fail with `Closed`.
     async fn shutdown(&self) -> Result<()>;

@@ -29,6 +29,8 @@ pub mod header {
     pub const FIRST_FAILED_AT: &str = "x-anybroker-first-failed-at";
     /// When the message was dead-lettered, in milliseconds since the Unix epoch.
     pub const DEAD_LETTERED_AT: &str = "x-anybroker-dead-lettered-at";
+    /// On a reply: the request handler failed, with this error text.
+    pub const REPLY_ERROR: &str = "x-anybroker-reply-error";
 }
 
 /// A message with its metadata. The payload is opaque bytes (JSON by default); the

@@ -44,6 +44,9 @@ pub enum Settlement {
     DeadLetter(DeadLetter),
     /// Not handled: give it back to the group unchanged (same attempt), e.g. at shutdown.
     Release,
+    /// A request was handled: send the reply (a payload, or the handler's error text)
+    /// to the requester.
+    Reply(std::result::Result<bytes::Bytes, String>),
 }
 
 /// Who subscribes: channel, group and how failed messages come back.

@@ -197,6 +197,14 @@ impl MessagePublisher for MemoryBroker {
         )
     }
 
+    async fn serve(&self, _options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Err(
+            Error::unsupported("request/reply is not offered by the memory backend")
+                .with_broker("memory")
+                .with_operation("serve"),
+        )
+    }
+
     async fn shutdown(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::Release);
         let topics: Vec<_> = self

@@ -18,15 +18,40 @@ pub(crate) struct CoreSubscription {
     subscriber: Mutex<async_nats::Subscriber>,
     channel: Arc<str>,
     next_tag: AtomicU64,
+    /// When serving requests: the client to answer with, and each delivery's inbox.
+    replies: Option<(
+        async_nats::Client,
+        std::sync::Mutex<rustc_hash::FxHashMap<u64, async_nats::Subject>>,
+    )>,
 }
 
 impl CoreSubscription {
     pub(crate) async fn start(broker: NatsBroker, options: SubscribeOptions) -> Result<Self> {
+        Self::subscribe(broker, options.channel.clone(), options, false).await
+    }
+
+    /// Answers requests sent to the channel's request subject.
+    pub(crate) async fn serve(broker: NatsBroker, options: SubscribeOptions) -> Result<Self> {
+        Self::subscribe(
+            broker,
+            super::publisher::rpc_subject(&options.channel),
+            options,
+            true,
+        )
+        .await
+    }
+
+    async fn subscribe(
+        broker: NatsBroker,
+        subject: String,
+        options: SubscribeOptions,
+        serving: bool,
+    ) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
         let subscriber = broker
             .inner
             .client
-            .queue_subscribe(options.channel.clone(), options.group.clone())
+            .queue_subscribe(subject, options.group.clone())
             .await
             .map_err(|e| from_nats(e, "subscribe").with_channel(&*channel))?;
         // The server knows the subscription once the client flushed it; publishes
@@ -41,11 +66,15 @@ impl CoreSubscription {
             subscriber: Mutex::new(subscriber),
             channel,
             next_tag: AtomicU64::new(1),
+            replies: serving.then(|| (broker.inner.client.clone(), Default::default())),
         })
     }
 
     fn deliver(&self, m: async_nats::Message) -> Delivery {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        if let (Some((_, inboxes)), Some(reply)) = (&self.replies, &m.reply) {
+            inboxes.lock().unwrap().insert(tag, reply.clone());
+        }
         let envelope = from_message(
             &self.channel,
             &tag.to_string(),
@@ -74,6 +103,27 @@ impl Subscription for CoreSubscription {
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
+        if let Some((client, inboxes)) = &self.replies {
+            for (tag, settlement) in settlements {
+                let Some(inbox) = inboxes.lock().unwrap().remove(&tag.0) else {
+                    continue;
+                };
+                let (payload, headers) = match settlement {
+                    Settlement::Reply(Ok(payload)) => (payload, async_nats::HeaderMap::new()),
+                    Settlement::Reply(Err(error)) => {
+                        let mut h = async_nats::HeaderMap::new();
+                        h.insert(crate::header::REPLY_ERROR, error.replace(['\r', '\n'], " "));
+                        (bytes::Bytes::new(), h)
+                    }
+                    _ => continue,
+                };
+                client
+                    .publish_with_headers(inbox, headers, payload)
+                    .await
+                    .map_err(|e| from_nats(e, "reply").with_channel(&*self.channel))?;
+            }
+            return Ok(());
+        }
         let dropped = settlements
             .iter()
             .filter(|(_, s)| !matches!(s, Settlement::Ack))

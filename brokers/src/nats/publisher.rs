@@ -18,6 +18,12 @@ use crate::core::{
     Subscription,
 };
 
+/// Requests travel on core NATS, on `<channel>.rpc`: outside the channel's stream, so
+/// JetStream neither stores them nor answers them with a PubAck.
+pub(crate) fn rpc_subject(channel: &str) -> String {
+    format!("{channel}.rpc")
+}
+
 /// Stream suffixes of a channel's dead letters and delayed messages.
 pub(crate) const DLT: &str = "_DLT";
 pub(crate) const DELAYED: &str = "_DELAYED";
@@ -240,11 +246,12 @@ impl MessagePublisher for NatsBroker {
                 dead_letters: true,
                 delay: true,
                 native_redelivery_count: true,
-                request_reply: false,
+                request_reply: true,
             },
             NatsMode::Core => Capabilities {
                 groups: true,
                 ordering_by_key: true,
+                request_reply: true,
                 ..Capabilities::NONE
             },
         }
@@ -331,12 +338,52 @@ impl MessagePublisher for NatsBroker {
         Ok(moved)
     }
 
-    async fn request(&self, _envelope: Envelope, _timeout: Duration) -> Result<Envelope> {
-        Err(
-            Error::unsupported("request/reply is not built for NATS yet")
-                .with_broker("nats")
-                .with_operation("request"),
-        )
+    async fn request(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope> {
+        self.check_open("request")?;
+        Self::validate_subject(&envelope.channel)?;
+        let channel = envelope.channel.clone();
+        let request = async_nats::Request::new()
+            .payload(envelope.payload.clone())
+            .headers(to_headers(&envelope))
+            .timeout(Some(timeout));
+        let reply = self
+            .inner
+            .client
+            .send_request(rpc_subject(&channel), request)
+            .await
+            .map_err(|e| {
+                use async_nats::RequestErrorKind;
+                let (kind, text) = match e.kind() {
+                    RequestErrorKind::TimedOut => (
+                        crate::ErrorKind::Timeout,
+                        format!("no reply within {timeout:?}"),
+                    ),
+                    RequestErrorKind::NoResponders => (
+                        crate::ErrorKind::NoResponder,
+                        "nobody serves this channel".to_string(),
+                    ),
+                    _ => (crate::ErrorKind::Broker, "request failed".to_string()),
+                };
+                Error::new(kind, text)
+                    .with_broker("nats")
+                    .with_operation("request")
+                    .with_channel(&*channel)
+                    .with_source(e)
+            })?;
+        Ok(from_message(
+            &channel,
+            "",
+            reply.headers.as_ref(),
+            reply.payload,
+        ))
+    }
+
+    async fn serve(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        self.check_open("serve")?;
+        Self::validate_subject(&options.channel)?;
+        Ok(Box::new(
+            CoreSubscription::serve(self.clone(), options).await?,
+        ))
     }
 
     async fn shutdown(&self) -> Result<()> {

@@ -247,6 +247,14 @@ impl MessagePublisher for RedisBroker {
         )
     }
 
+    async fn serve(&self, _options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Err(
+            Error::unsupported("request/reply is not offered by the redis backend")
+                .with_broker("redis")
+                .with_operation("serve"),
+        )
+    }
+
     async fn shutdown(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
         Ok(())
