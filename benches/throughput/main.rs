@@ -142,6 +142,14 @@ async fn main() {
             raw.push(raw_nats::round("nats://127.0.0.1:4222", &args).await);
         }
         side_by_side("nats-js", "async-nats", &ours, &raw);
+
+        let table = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmode = \"core\"";
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            ours.push(anybroker_runs::round(table, &args, 1).await);
+            raw.push(raw_nats::core_round("nats://127.0.0.1:4222", &args).await);
+        }
+        side_by_side("nats", "async-nats", &ours, &raw);
     }
     #[cfg(not(feature = "nats"))]
     println!("nats     not built (run with --features nats)");

@@ -159,3 +159,77 @@ pub async fn delete_bench_streams(url: &str) {
         let _ = js.delete_stream(&name).await;
     }
 }
+
+/// Core NATS: publish with the publish time in a header, no acknowledgement; one queue
+/// subscriber decoding every message.
+pub async fn core_round(url: &str, args: &Args) -> Figures {
+    let n = args.messages;
+    let messages: Vec<AlarmToLog> = (0..n).map(sample_alarm_to_log).collect();
+    let client = async_nats::connect(url).await.unwrap();
+    let publish_all = |subject: String| {
+        let client = client.clone();
+        let messages = &messages;
+        async move {
+            for m in messages {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Published-At", micros_now().to_string());
+                let payload = serde_json::to_vec(m).unwrap();
+                client
+                    .publish_with_headers(subject.clone(), headers, payload.into())
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let start = Instant::now();
+    publish_all(format!("bench.core.{}", uuid::Uuid::new_v4().simple())).await;
+    let publish = n as f64 / start.elapsed().as_secs_f64();
+    client.flush().await.unwrap();
+
+    let subject = format!("bench.core.{}", uuid::Uuid::new_v4().simple());
+    let mut subscriber = client
+        .queue_subscribe(subject.clone(), "g".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let reader = {
+        let (handled, latencies, done) = (handled.clone(), latencies.clone(), done.clone());
+        tokio::spawn(async move {
+            while let Some(m) = subscriber.next().await {
+                let _alarm: AlarmToLog = serde_json::from_slice(&m.payload).unwrap();
+                let ts: u64 = m
+                    .headers
+                    .as_ref()
+                    .unwrap()
+                    .get("Published-At")
+                    .unwrap()
+                    .as_str()
+                    .parse()
+                    .unwrap();
+                latencies
+                    .lock()
+                    .unwrap()
+                    .push(Duration::from_micros(micros_now().saturating_sub(ts)));
+                if handled.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    done.notify_one();
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    publish_all(subject).await;
+    let delivered = crate::anybroker_runs::wait_for_all(&handled, &done, n).await;
+    let end_to_end = delivered as f64 / start.elapsed().as_secs_f64();
+    reader.abort();
+    let mut l = std::mem::take(&mut *latencies.lock().unwrap());
+    l.sort();
+    Figures {
+        publish,
+        end_to_end,
+        p50: percentile(&l, 0.5),
+        p99: percentile(&l, 0.99),
+    }
+}
