@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::header::HeaderName;
 use async_nats::HeaderMap;
 
 use crate::core::Envelope;
@@ -21,19 +22,29 @@ pub(crate) fn unix_micros(t: SystemTime) -> u64 {
         .as_micros() as u64
 }
 
+// Header names built once, so a publish does not parse or allocate them.
+const MSG_ID_NAME: HeaderName = HeaderName::from_static(MSG_ID);
+const KEY_NAME: HeaderName = HeaderName::from_static(KEY);
+const PUBLISHED_AT_NAME: HeaderName = HeaderName::from_static(PUBLISHED_AT);
+const CONTENT_TYPE_NAME: HeaderName = HeaderName::from_static(CONTENT_TYPE);
+const ATTEMPT_NAME: HeaderName = HeaderName::from_static(ATTEMPT);
+
 /// The headers carrying `envelope`'s metadata and application headers.
 pub(crate) fn to_headers(envelope: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(MSG_ID, &*envelope.id);
+    h.insert(MSG_ID_NAME, &*envelope.id);
     if let Some(k) = &envelope.key {
-        h.insert(KEY, &**k);
+        h.insert(KEY_NAME, &**k);
     }
-    h.insert(PUBLISHED_AT, unix_micros(envelope.published_at).to_string());
+    h.insert(
+        PUBLISHED_AT_NAME,
+        unix_micros(envelope.published_at).to_string(),
+    );
     if &*envelope.content_type != crate::CONTENT_TYPE_JSON {
-        h.insert(CONTENT_TYPE, &*envelope.content_type);
+        h.insert(CONTENT_TYPE_NAME, &*envelope.content_type);
     }
     if envelope.attempt != 1 {
-        h.insert(ATTEMPT, envelope.attempt.to_string());
+        h.insert(ATTEMPT_NAME, envelope.attempt.to_string());
     }
     for (name, value) in &envelope.headers {
         h.insert(name.as_str(), value.as_str());

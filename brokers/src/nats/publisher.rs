@@ -41,7 +41,7 @@ pub(crate) struct Inner {
     /// Streams known to exist, so publish checks them once.
     ensured: Mutex<HashSet<String>>,
     /// Channels whose main stream is known to exist: the publish fast path.
-    ensured_channels: RwLock<rustc_hash::FxHashSet<Arc<str>>>,
+    ensured_channels: RwLock<rustc_hash::FxHashMap<Arc<str>, async_nats::Subject>>,
     closed: AtomicBool,
 }
 
@@ -142,7 +142,7 @@ impl NatsBroker {
                 .ensured_channels
                 .read()
                 .unwrap()
-                .contains(channel)
+                .contains_key(channel)
         {
             return Ok(());
         }
@@ -152,19 +152,34 @@ impl NatsBroker {
         }
         self.ensure_stream(channel, suffix, subject).await?;
         if suffix.is_empty() {
-            self.inner
-                .ensured_channels
-                .write()
-                .unwrap()
-                .insert(Arc::from(channel));
+            self.remember_subject(channel);
         }
         Ok(())
+    }
+
+    fn remember_subject(&self, channel: &str) -> async_nats::Subject {
+        let subject = async_nats::Subject::from(channel);
+        self.inner
+            .ensured_channels
+            .write()
+            .unwrap()
+            .insert(Arc::from(channel), subject.clone());
+        subject
+    }
+
+    /// The channel's subject, cached; checked once, when first seen.
+    fn subject(&self, channel: &str) -> Result<async_nats::Subject> {
+        if let Some(s) = self.inner.ensured_channels.read().unwrap().get(channel) {
+            return Ok(s.clone());
+        }
+        Self::validate_subject(channel)?;
+        Ok(self.remember_subject(channel))
     }
 
     /// Publishes `envelope` on `subject` and waits for the stream's acknowledgement.
     pub(crate) async fn js_publish(
         &self,
-        subject: String,
+        subject: impl async_nats::subject::ToSubject,
         envelope: &Envelope,
         extra: Option<(&'static str, String)>,
     ) -> Result<()> {
@@ -263,18 +278,14 @@ impl MessagePublisher for NatsBroker {
             NatsMode::Jetstream => {
                 self.ensure_known(&envelope.channel, "", &envelope.channel)
                     .await?;
-                self.js_publish(envelope.channel.to_string(), &envelope, None)
-                    .await
+                let subject = self.subject(&envelope.channel)?;
+                self.js_publish(subject, &envelope, None).await
             }
             NatsMode::Core => {
-                Self::validate_subject(&envelope.channel)?;
+                let subject = self.subject(&envelope.channel)?;
                 self.inner
                     .client
-                    .publish_with_headers(
-                        envelope.channel.to_string(),
-                        to_headers(&envelope),
-                        envelope.payload.clone(),
-                    )
+                    .publish_with_headers(subject, to_headers(&envelope), envelope.payload.clone())
                     .await
                     .map_err(|e| from_nats(e, "publish").with_channel(&*envelope.channel))
             }
