@@ -3,16 +3,12 @@
 #![cfg(feature = "nats")]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alarm_domain::AlarmToLog;
-use anybroker::{
-    handler_fn, header, Channel, Envelope, MessageContext, MessageRouter, RouterConfig,
-};
+use anybroker::{handler_fn, header, Envelope, MessageContext, MessageRouter, RouterConfig};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -21,21 +17,8 @@ struct Numbered {
     seq: u64,
 }
 
-fn unique_channel<M>(case: &str) -> Channel<M> {
-    let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
-    Channel::new(Box::leak(name.into_boxed_str()))
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+mod common;
+use common::{unique_channel, wait_until, OwnServer};
 
 fn router_config(url: &str) -> RouterConfig {
     RouterConfig::from_toml_str(&format!(
@@ -46,77 +29,18 @@ fn router_config(url: &str) -> RouterConfig {
 }
 
 /// A nats-server with JetStream of the test's own, storing in a temp dir.
-struct OwnNats {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnNats {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "anybroker-nats-{port}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut n = OwnNats {
-            port,
-            dir,
-            child: None,
-        };
-        n.up();
-        n
-    }
-
-    fn up(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is installed");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "own nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server (SIGKILL): JetStream must keep what it acknowledged.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn own_nats() -> OwnServer {
+    OwnServer::start("nats-server", |port, dir| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.display().to_string(),
+        ]
+    })
 }
 
 /// Publishing 10,000 messages while consuming, with the nats-server killed and started
@@ -124,7 +48,7 @@ impl Drop for OwnNats {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_under_load_loses_none() {
     const N: u64 = 10_000;
-    let mut server = OwnNats::start();
+    let mut server = own_nats();
     let ch = unique_channel::<Numbered>("restart");
     let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
     let handled = Arc::new(AtomicUsize::new(0));
@@ -136,11 +60,12 @@ async fn nats_restart_under_load_loses_none() {
             async { Ok(()) }
         })
     };
-    let router = MessageRouter::builder(router_config(&server.url()))
-        .handle(ch, handler)
-        .start()
-        .await
-        .unwrap();
+    let router =
+        MessageRouter::builder(router_config(&format!("nats://127.0.0.1:{}", server.port)))
+            .handle(ch, handler)
+            .start()
+            .await
+            .unwrap();
     let publish_errors = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let (router, publish_errors) = (router.clone(), publish_errors.clone());
@@ -161,7 +86,7 @@ async fn nats_restart_under_load_loses_none() {
             || handled.load(Ordering::SeqCst) as u64 >= threshold,
         )
         .await;
-        server.kill();
+        server.stop("KILL");
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.up();
     }

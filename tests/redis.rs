@@ -3,14 +3,12 @@
 #![cfg(feature = "redis")]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alarm_domain::AlarmToLog;
-use anybroker::{handler_fn, header, Channel, MessageContext, MessageRouter, RouterConfig};
+use anybroker::{handler_fn, header, MessageContext, MessageRouter, RouterConfig};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -19,100 +17,36 @@ struct Numbered {
     seq: u64,
 }
 
-fn unique_channel<M>(case: &str) -> Channel<M> {
-    let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
-    Channel::new(Box::leak(name.into_boxed_str()))
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+mod common;
+use common::{unique_channel, wait_until, OwnServer};
 
 /// A redis-server of the test's own, persisting every write (AOF, fsync always).
-struct OwnRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+fn own_redis() -> OwnServer {
+    OwnServer::start("redis-server", |port, dir| {
+        let mut args: Vec<String> = [
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([
+            "--port".into(),
+            port.to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ]);
+        args
+    })
 }
 
-impl OwnRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "anybroker-redis-{port}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = OwnRedis {
-            port,
-            dir,
-            child: None,
-        };
-        r.up();
-        r
-    }
-
-    fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "own redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Graceful shutdown (SIGTERM), waiting for the process to exit.
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn url(server: &OwnServer) -> String {
+    format!("redis://127.0.0.1:{}", server.port)
 }
 
 /// Publishing 10,000 messages while consuming, with the Redis server shut down and
@@ -120,12 +54,12 @@ impl Drop for OwnRedis {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_under_load_loses_none() {
     const N: u64 = 10_000;
-    let mut server = OwnRedis::start();
+    let mut server = own_redis();
     let config = RouterConfig::from_toml_str(&format!(
         "default_broker = \"redis\"\n\
          [defaults]\nretry = {{ attempts = 5, initial = \"50ms\" }}\n\
          [brokers.redis]\nkind = \"redis\"\nurl = \"{}\"\nclaim_idle = \"1s\"\nblock = \"100ms\"\nresponse_timeout = \"2s\"\n",
-        server.url()
+        url(&server)
     ))
     .unwrap();
     let ch = unique_channel::<Numbered>("restart");
@@ -169,7 +103,7 @@ async fn redis_restart_under_load_loses_none() {
             || handled.load(Ordering::SeqCst) as u64 >= threshold,
         )
         .await;
-        server.down();
+        server.stop("TERM");
         tokio::time::sleep(Duration::from_millis(300)).await; // the outage itself
         server.up();
     }

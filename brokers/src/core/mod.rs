@@ -15,4 +15,6 @@ pub use envelope::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use retry::RetryPolicy;
-pub use subscription::{Delivery, DeliveryTag, Settlement, SubscribeOptions, Subscription};
+pub use subscription::{
+    settle_fire_and_forget, Delivery, DeliveryTag, Settlement, SubscribeOptions, Subscription,
+};

@@ -49,6 +49,29 @@ pub enum Settlement {
     Reply(std::result::Result<bytes::Bytes, String>),
 }
 
+/// Settles deliveries of a fire-and-forget mode, which has nothing to acknowledge and
+/// cannot retry, dead-letter or release: acks succeed, anything else is reported as
+/// `Unsupported` (those messages are dropped, and the caller logs it).
+pub fn settle_fire_and_forget(
+    settlements: &[(DeliveryTag, Settlement)],
+    broker: &str,
+    mode: &str,
+    channel: &str,
+) -> Result<()> {
+    let dropped = settlements
+        .iter()
+        .filter(|(_, s)| !matches!(s, Settlement::Ack))
+        .count();
+    if dropped > 0 {
+        return Err(crate::Error::unsupported(format!(
+            "{dropped} messages not handled and dropped: {mode} cannot retry, dead-letter or release"
+        ))
+        .with_broker(broker)
+        .with_channel(channel));
+    }
+    Ok(())
+}
+
 /// Who subscribes: channel, group and how failed messages come back.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

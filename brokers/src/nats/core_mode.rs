@@ -10,9 +10,7 @@ use tokio::sync::Mutex;
 use super::codec::from_message;
 use super::error::from_nats;
 use super::NatsBroker;
-use crate::core::{
-    Delivery, DeliveryTag, Error, Result, Settlement, SubscribeOptions, Subscription,
-};
+use crate::core::{Delivery, DeliveryTag, Result, Settlement, SubscribeOptions, Subscription};
 
 pub(crate) struct CoreSubscription {
     subscriber: Mutex<async_nats::Subscriber>,
@@ -124,18 +122,7 @@ impl Subscription for CoreSubscription {
             }
             return Ok(());
         }
-        let dropped = settlements
-            .iter()
-            .filter(|(_, s)| !matches!(s, Settlement::Ack))
-            .count();
-        if dropped > 0 {
-            return Err(Error::unsupported(format!(
-                "{dropped} messages not handled and dropped: core NATS cannot retry, dead-letter or release"
-            ))
-            .with_broker("nats")
-            .with_channel(&*self.channel));
-        }
-        Ok(())
+        crate::core::settle_fire_and_forget(&settlements, "nats", "core NATS", &self.channel)
     }
 
     async fn close(&self) -> Result<()> {

@@ -13,7 +13,7 @@ use super::codec::{from_fields, unframe};
 use super::error::from_redis;
 use super::RedisBroker;
 use crate::core::{
-    Delivery, DeliveryTag, Envelope, Error, Result, Settlement, SubscribeOptions, Subscription,
+    Delivery, DeliveryTag, Envelope, Result, Settlement, SubscribeOptions, Subscription,
 };
 
 pub(crate) struct PubSubSubscription {
@@ -83,18 +83,7 @@ impl Subscription for PubSubSubscription {
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
-        let dropped = settlements
-            .iter()
-            .filter(|(_, s)| !matches!(s, Settlement::Ack))
-            .count();
-        if dropped > 0 {
-            return Err(Error::unsupported(format!(
-                "{dropped} messages not handled and dropped: Redis pub/sub cannot retry, dead-letter or release"
-            ))
-            .with_broker("redis")
-            .with_channel(&*self.channel));
-        }
-        Ok(())
+        crate::core::settle_fire_and_forget(&settlements, "redis", "Redis pub/sub", &self.channel)
     }
 
     async fn close(&self) -> Result<()> {

@@ -1,0 +1,102 @@
+//! Helpers shared by the broker-specific test files: unique channels, waiting on a
+//! condition with a deadline, and broker servers of a test's own.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anybroker::Channel;
+use tokio::time::Instant;
+
+/// A channel name no other test or run uses.
+pub fn unique_channel<M>(case: &str) -> Channel<M> {
+    let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
+    Channel::new(Box::leak(name.into_boxed_str()))
+}
+
+/// Polls `condition` until it holds; panics with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A broker server of the test's own, on a free port with a temp data dir, that the
+/// test can stop and start again (the shared servers are never touched).
+pub struct OwnServer {
+    pub port: u16,
+    dir: PathBuf,
+    program: &'static str,
+    args: fn(u16, &Path) -> Vec<String>,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    /// Starts `program` with `args(port, dir)` and waits until it accepts connections.
+    pub fn start(program: &'static str, args: fn(u16, &Path) -> Vec<String>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "anybroker-{program}-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = OwnServer {
+            port,
+            dir,
+            program,
+            args,
+            child: None,
+        };
+        server.up();
+        server
+    }
+
+    /// Starts the server again, on the same port and data dir.
+    pub fn up(&mut self) {
+        let child = Command::new(self.program)
+            .args((self.args)(self.port, &self.dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} is installed: {e}", self.program));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own {} did not start",
+                self.program
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server with `signal` ("TERM" to shut down, "KILL" to crash) and waits
+    /// for it to exit.
+    pub fn stop(&mut self, signal: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop("KILL");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
