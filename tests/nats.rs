@@ -193,3 +193,71 @@ async fn nats_poison_payloads_are_dead_lettered() {
         .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
     assert_eq!(handled.load(Ordering::SeqCst), VALID);
 }
+
+/// With `url = "tls://…"` and `tls_ca` naming a private CA, messages travel over TLS to a
+/// server that requires it; without the CA the server is not trusted and start fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_over_tls_with_private_ca() {
+    const N: u64 = 100;
+    let certs =
+        std::env::temp_dir().join(format!("anybroker-tls-{}", uuid::Uuid::new_v4().simple()));
+    let (ca, cert, key) = common::make_tls_certs(&certs);
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let server = OwnServer::start("nats-server", move |port, dir| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.display().to_string(),
+            "--tls".into(),
+            "--tlscert".into(),
+            cert_arg.clone(),
+            "--tlskey".into(),
+            key_arg.clone(),
+        ]
+    });
+    let config = |with_ca: bool| {
+        let ca_line = if with_ca {
+            format!("tls_ca = \"{}\"\n", ca.display())
+        } else {
+            String::new()
+        };
+        RouterConfig::from_toml_str(&format!(
+            "default_broker = \"nats\"\n[brokers.nats]\nkind = \"nats\"\nurl = \"tls://127.0.0.1:{}\"\n{ca_line}",
+            server.port
+        ))
+        .unwrap()
+    };
+    let err = MessageRouter::builder(config(false))
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), anybroker::ErrorKind::Unreachable, "{err}");
+
+    let ch = unique_channel::<Numbered>("tls");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config(true))
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        router.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    wait_until("all delivered over TLS", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&certs);
+}

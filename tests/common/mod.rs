@@ -33,13 +33,16 @@ pub struct OwnServer {
     pub port: u16,
     dir: PathBuf,
     program: &'static str,
-    args: fn(u16, &Path) -> Vec<String>,
+    args: Box<dyn Fn(u16, &Path) -> Vec<String>>,
     child: Option<Child>,
 }
 
 impl OwnServer {
     /// Starts `program` with `args(port, dir)` and waits until it accepts connections.
-    pub fn start(program: &'static str, args: fn(u16, &Path) -> Vec<String>) -> Self {
+    pub fn start(
+        program: &'static str,
+        args: impl Fn(u16, &Path) -> Vec<String> + 'static,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -54,7 +57,7 @@ impl OwnServer {
             port,
             dir,
             program,
-            args,
+            args: Box::new(args),
             child: None,
         };
         server.up();
@@ -99,4 +102,78 @@ impl Drop for OwnServer {
         self.stop("KILL");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made with the
+/// openssl command in `dir`: returns (ca.pem, server.pem, server.key).
+pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=anybroker test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }

@@ -32,12 +32,15 @@ pub enum NatsMode {
 /// duplicate_window = "2m"         # publishes with the same message id within it are stored once
 /// ack_wait = "30s"                # unacknowledged deliveries come back after this
 /// token = "..."                   # optional; never printed
+/// tls_ca = "/etc/ssl/nats-ca.pem"  # optional: trust this CA (PEM) for tls:// servers
+/// tls_client_cert = "client.pem"  # optional: client certificate and key (PEM)
+/// tls_client_key = "client-key.pem"
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NatsConfig {
-    /// `nats://[user:password@]host:port`. Required.
+    /// `nats://[user:password@]host:port`, or `tls://…` to require TLS. Required.
     pub url: SecretUrl,
     /// `jetstream` (default) or `core`.
     #[serde(default)]
@@ -60,6 +63,15 @@ pub struct NatsConfig {
     /// Authentication token, if the server wants one.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// A CA certificate (PEM file) to trust, e.g. for a server with a private CA.
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM file) for servers that verify clients.
+    #[serde(default)]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// Key of `tls_client_cert` (PEM file).
+    #[serde(default)]
+    pub tls_client_key: Option<std::path::PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -90,17 +102,38 @@ impl NatsConfig {
             duplicate_window: default_duplicate_window(),
             ack_wait: default_ack_wait(),
             token: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 
     /// Checks values that serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         match self.url.url().scheme() {
-            "nats" => {}
-            "tls" => {
-                return Err("url: tls:// is not supported by this build yet; use nats://".into())
+            "nats" | "tls" => {}
+            other => {
+                return Err(format!(
+                    "url: expected a nats:// or tls:// URL, got scheme {other:?}"
+                ))
             }
-            other => return Err(format!("url: expected a nats:// URL, got scheme {other:?}")),
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            return Err(
+                "tls_client_cert: give both tls_client_cert and tls_client_key, or neither".into(),
+            );
+        }
+        let files = [
+            ("tls_ca", &self.tls_ca),
+            ("tls_client_cert", &self.tls_client_cert),
+            ("tls_client_key", &self.tls_client_key),
+        ];
+        for (key, path) in files {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(format!("{key}: {} is not a readable file", p.display()));
+                }
+            }
         }
         if self.stream_prefix.is_empty()
             || !self

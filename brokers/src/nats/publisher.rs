@@ -61,6 +61,15 @@ impl NatsBroker {
         if let Some(token) = &config.token {
             options = options.token(token.expose().to_string());
         }
+        if config.url.url().scheme() == "tls" {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &config.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_client_cert, &config.tls_client_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
         let client = options.connect(config.url.expose()).await.map_err(|e| {
             Error::new(
                 crate::ErrorKind::Unreachable,
