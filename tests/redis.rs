@@ -249,3 +249,87 @@ async fn redis_crashed_consumer_messages_are_reclaimed() {
         "each handled once by the survivor"
     );
 }
+
+/// With `url = "rediss://…"` and `tls_ca` naming a private CA, messages travel over TLS
+/// to a server that only speaks TLS; without the CA the server is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_private_ca() {
+    const N: u64 = 100;
+    let certs =
+        std::env::temp_dir().join(format!("anybroker-tls-{}", uuid::Uuid::new_v4().simple()));
+    let (ca, cert, key) = common::make_tls_certs(&certs);
+    let (ca_arg, cert_arg, key_arg) = (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let server = OwnServer::start("redis-server", move |port, dir| {
+        vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            cert_arg.clone(),
+            "--tls-key-file".into(),
+            key_arg.clone(),
+            "--tls-ca-cert-file".into(),
+            ca_arg.clone(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--save".into(),
+            "".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ]
+    });
+    let config = |with_ca: bool| {
+        let ca_line = if with_ca {
+            format!("tls_ca = \"{}\"\n", ca.display())
+        } else {
+            String::new()
+        };
+        RouterConfig::from_toml_str(&format!(
+            "default_broker = \"redis\"\n[brokers.redis]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{}\"\n{ca_line}",
+            server.port
+        ))
+        .unwrap()
+    };
+    let err = MessageRouter::builder(config(false))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            anybroker::ErrorKind::Unreachable | anybroker::ErrorKind::Broker
+        ),
+        "{err}"
+    );
+
+    let ch = unique_channel::<Numbered>("tls");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config(true))
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        router.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    wait_until("all delivered over TLS", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&certs);
+}

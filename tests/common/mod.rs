@@ -27,13 +27,16 @@ pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut
     }
 }
 
+/// The command-line arguments of a server, given its port and data dir.
+type ServerArgs = dyn Fn(u16, &Path) -> Vec<String>;
+
 /// A broker server of the test's own, on a free port with a temp data dir, that the
 /// test can stop and start again (the shared servers are never touched).
 pub struct OwnServer {
     pub port: u16,
     dir: PathBuf,
     program: &'static str,
-    args: Box<dyn Fn(u16, &Path) -> Vec<String>>,
+    args: Box<ServerArgs>,
     child: Option<Child>,
 }
 

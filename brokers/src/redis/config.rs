@@ -31,12 +31,15 @@ pub enum RedisMode {
 /// claim_idle = "30s"                 # pending entries of a vanished consumer are reclaimed after this
 /// block = "250ms"                    # longest wait of one XREADGROUP
 /// response_timeout = "5s"
+/// tls_ca = "/etc/ssl/redis-ca.pem"  # optional, rediss:// only: trust this CA (PEM)
+/// tls_client_cert = "client.pem"   # optional, rediss:// only: client certificate and key
+/// tls_client_key = "client-key.pem"
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`. Required.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Required.
     pub url: SecretUrl,
     /// `streams` (default) or `pubsub`.
     #[serde(default)]
@@ -54,6 +57,15 @@ pub struct RedisConfig {
     /// Longest wait for a reply to any other command. Default 5 s.
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// With `rediss://`: a CA certificate (PEM file) to trust instead of the system's.
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With `rediss://`: client certificate (PEM file) for servers that verify clients.
+    #[serde(default)]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// Key of `tls_client_cert` (PEM file).
+    #[serde(default)]
+    pub tls_client_key: Option<std::path::PathBuf>,
 }
 
 fn default_max_len() -> u64 {
@@ -79,23 +91,42 @@ impl RedisConfig {
             claim_idle: default_claim_idle(),
             block: default_block(),
             response_timeout: default_response_timeout(),
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 
     /// Checks values that serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        match self.url.url().scheme() {
-            "redis" => {}
-            "rediss" => {
-                return Err(
-                    "url: rediss:// (TLS) is not supported by this build yet; use redis://".into(),
-                )
-            }
+        let tls = match self.url.url().scheme() {
+            "redis" => false,
+            "rediss" => true,
             other => {
                 return Err(format!(
-                    "url: expected a redis:// URL, got scheme {other:?}"
+                    "url: expected a redis:// or rediss:// URL, got scheme {other:?}"
                 ))
             }
+        };
+        let files = [
+            ("tls_ca", &self.tls_ca),
+            ("tls_client_cert", &self.tls_client_cert),
+            ("tls_client_key", &self.tls_client_key),
+        ];
+        for (key, path) in files {
+            if let Some(p) = path {
+                if !tls {
+                    return Err(format!("{key}: only used with a rediss:// url"));
+                }
+                if !p.is_file() {
+                    return Err(format!("{key}: {} is not a readable file", p.display()));
+                }
+            }
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            return Err(
+                "tls_client_cert: give both tls_client_cert and tls_client_key, or neither".into(),
+            );
         }
         if self.max_len == 0 {
             return Err("max_len: expected at least 1".into());

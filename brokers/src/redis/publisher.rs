@@ -41,7 +41,7 @@ impl std::fmt::Debug for RedisBroker {
 impl RedisBroker {
     /// Connects (with reconnection on later failures) and checks the server answers.
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.url.expose()).map_err(|e| {
+        let client = Self::client(config).map_err(|e| {
             Error::config(format!("url: {} is not a usable Redis URL", config.url))
                 .with_broker("redis")
                 .with_source(e)
@@ -67,6 +67,40 @@ impl RedisBroker {
                 closed: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The client for the configured URL; with `rediss://`, TLS through rustls, trusting
+    /// `tls_ca` if given (else the system's roots), with the client certificate if given.
+    fn client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
+        if config.url.url().scheme() != "rediss" {
+            return redis::Client::open(config.url.expose());
+        }
+        // rustls needs one process-wide crypto provider; keep one installed by the app.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "cannot read a TLS file",
+                    format!("{}: {e}", p.display()),
+                ))
+            })
+        };
+        let root_cert = config.tls_ca.as_ref().map(read).transpose()?;
+        let client_tls = match (&config.tls_client_cert, &config.tls_client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            _ => None,
+        };
+        redis::Client::build_with_tls(
+            config.url.expose(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
     }
 
     pub(crate) fn conn(&self) -> ConnectionManager {
