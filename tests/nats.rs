@@ -261,3 +261,36 @@ async fn nats_over_tls_with_private_ca() {
     router.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// A channel's stream follows the config: created with its limits, and updated when
+/// the limits change (here the retention, from 1 h to 2 h).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stream_limits_follow_config() {
+    let ch = unique_channel::<Numbered>("limits");
+    let config = |max_age: &str| {
+        RouterConfig::from_toml_str(&format!(
+            "default_broker = \"nats\"\n[brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"{max_age}\"\nmax_bytes = 10000000\n"
+        ))
+        .unwrap()
+    };
+    let js =
+        async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+    let name = format!("ANYBROKER_{}", ch.name().replace('.', "_"));
+    for (max_age, seconds) in [("1h", 3600), ("2h", 7200)] {
+        let router = MessageRouter::builder(config(max_age))
+            .start()
+            .await
+            .unwrap();
+        router.publish(ch, &Numbered { seq: 1 }).await.unwrap();
+        router.shutdown().await.unwrap();
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.max_age, Duration::from_secs(seconds));
+        assert_eq!(info.config.max_bytes, 10_000_000);
+        assert_eq!(
+            info.config.storage,
+            async_nats::jetstream::stream::StorageType::File
+        );
+    }
+    js.delete_stream(&name).await.unwrap();
+}

@@ -134,12 +134,35 @@ impl NatsBroker {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let stream = self
+        let mut stream = self
             .inner
             .js
-            .get_or_create_stream(config)
+            .get_or_create_stream(config.clone())
             .await
             .map_err(|e| from_nats(e, "create stream").with_channel(channel))?;
+        // An existing stream follows the config's limits: update it where they differ
+        // (storage cannot change in place; the server refuses that with a clear error).
+        let current = &stream.cached_info().config;
+        if current.max_age != config.max_age
+            || current.max_bytes != config.max_bytes
+            || current.duplicate_window != config.duplicate_window
+        {
+            let mut updated = current.clone();
+            updated.max_age = config.max_age;
+            updated.max_bytes = config.max_bytes;
+            updated.duplicate_window = config.duplicate_window;
+            self.inner
+                .js
+                .update_stream(&updated)
+                .await
+                .map_err(|e| from_nats(e, "update stream").with_channel(channel))?;
+            stream = self
+                .inner
+                .js
+                .get_stream(&name)
+                .await
+                .map_err(|e| from_nats(e, "update stream").with_channel(channel))?;
+        }
         self.inner.ensured.lock().unwrap().insert(name);
         Ok(stream)
     }
