@@ -366,8 +366,14 @@ impl MessageRouter {
 
     /// Publishes on the channel's configured broker; returns once the broker accepted it.
     pub async fn publish<M: Serialize>(&self, channel: Channel<M>, message: &M) -> Result<()> {
-        self.publish_with(channel, message, PublishOptions::default())
+        // The hot path, kept flat: its future holds little more than the broker's own.
+        let route = self.inner.route(channel.name()).await?;
+        let envelope = build_envelope(&route.channel, message, None, Headers::new())?;
+        route
+            .broker
+            .publish(envelope)
             .await
+            .map_err(|e| add_context(e, &route.broker_name, channel.name()))
     }
 
     /// Publishes with a key, headers or a delay.
