@@ -33,9 +33,25 @@ pub struct Args {
     /// Publishes in flight at once, and the consumer's prefetch.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
+    /// Only these rows (memory, redis, nats-js, nats); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Only this client's rounds (anybroker or raw), e.g. to count instructions of one
+    /// side under `valgrind --tool=callgrind`; default both.
+    #[arg(long)]
+    pub client: Option<String>,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+impl Args {
+    fn wants(&self, row: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == row)
+    }
+    fn runs(&self, client: &str) -> bool {
+        self.client.as_deref().is_none_or(|c| c == client)
+    }
 }
 
 /// One measured round.
@@ -81,9 +97,16 @@ fn row(broker: &str, client: &str, f: &Figures) {
 
 #[allow(dead_code)]
 fn side_by_side(broker: &str, raw_client: &str, ours: &[Figures], raw: &[Figures]) {
+    if !ours.is_empty() {
+        row(broker, "anybroker", &summarize(ours));
+    }
+    if !raw.is_empty() {
+        row(broker, raw_client, &summarize(raw));
+    }
+    if ours.is_empty() || raw.is_empty() {
+        return;
+    }
     let (ours, raw) = (summarize(ours), summarize(raw));
-    row(broker, "anybroker", &ours);
-    row(broker, raw_client, &raw);
     println!(
         "{:<8} {:<10} {:>13.2}x {:>11.2}x",
         broker,
@@ -109,23 +132,26 @@ async fn main() {
         "broker", "client", "publish msg/s", "e2e msg/s", "p50", "p99"
     );
 
-    let memory: Vec<Figures> = {
-        let mut v = Vec::new();
+    if args.wants("memory") && args.runs("anybroker") {
+        let mut memory = Vec::new();
         for _ in 0..args.rounds {
-            v.push(anybroker_runs::round("kind = \"memory\"", &args, 1).await);
+            memory.push(anybroker_runs::round("kind = \"memory\"", &args, 1).await);
         }
-        v
-    };
-    row("memory", "anybroker", &summarize(&memory));
+        row("memory", "anybroker", &summarize(&memory));
+    }
 
     #[cfg(feature = "redis")]
-    {
+    if args.wants("redis") {
         let table = "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"";
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            ours.push(anybroker_runs::round(table, &args, args.window).await);
-            raw_redis::delete_bench_keys("redis://127.0.0.1:6379").await;
-            raw.push(raw_redis::round("redis://127.0.0.1:6379", &args).await);
+            if args.runs("anybroker") {
+                ours.push(anybroker_runs::round(table, &args, args.window).await);
+                raw_redis::delete_bench_keys("redis://127.0.0.1:6379").await;
+            }
+            if args.runs("raw") {
+                raw.push(raw_redis::round("redis://127.0.0.1:6379", &args).await);
+            }
         }
         side_by_side("redis", "redis-rs", &ours, &raw);
     }
@@ -133,21 +159,31 @@ async fn main() {
     println!("redis    not built (run with --features redis)");
 
     #[cfg(feature = "nats")]
-    {
+    if args.wants("nats-js") {
         let table = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"";
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            ours.push(anybroker_runs::round(table, &args, args.window).await);
-            raw_nats::delete_bench_streams("nats://127.0.0.1:4222").await;
-            raw.push(raw_nats::round("nats://127.0.0.1:4222", &args).await);
+            if args.runs("anybroker") {
+                ours.push(anybroker_runs::round(table, &args, args.window).await);
+                raw_nats::delete_bench_streams("nats://127.0.0.1:4222").await;
+            }
+            if args.runs("raw") {
+                raw.push(raw_nats::round("nats://127.0.0.1:4222", &args).await);
+            }
         }
         side_by_side("nats-js", "async-nats", &ours, &raw);
-
+    }
+    #[cfg(feature = "nats")]
+    if args.wants("nats") {
         let table = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmode = \"core\"";
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            ours.push(anybroker_runs::round(table, &args, 1).await);
-            raw.push(raw_nats::core_round("nats://127.0.0.1:4222", &args).await);
+            if args.runs("anybroker") {
+                ours.push(anybroker_runs::round(table, &args, 1).await);
+            }
+            if args.runs("raw") {
+                raw.push(raw_nats::core_round("nats://127.0.0.1:4222", &args).await);
+            }
         }
         side_by_side("nats", "async-nats", &ours, &raw);
     }
