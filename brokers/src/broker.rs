@@ -76,6 +76,12 @@ impl Broker {
     /// A kind whose cargo feature is off is a `ConfigInvalid` error naming the feature.
     pub async fn connect(name: &str, config: &BrokerConfig) -> Result<Broker> {
         let kind = config.kind();
+        if !kind.is_implemented() {
+            return Err(Error::unsupported(format!(
+                "brokers.{name}: this version of anybroker has no {kind} backend yet"
+            ))
+            .with_broker(name));
+        }
         if !kind.is_built() {
             return Err(Error::config(format!(
                 "brokers.{name}: kind \"{kind}\" needs the cargo feature \"{kind}\" of anybroker, which this build does not have"
@@ -96,7 +102,7 @@ impl Broker {
                 .map_err(|e| e.with_broker(name)),
             #[allow(unreachable_patterns)]
             _ => Err(Error::unsupported(format!(
-                "brokers.{name}: the {kind} backend is not implemented yet"
+                "brokers.{name}: this version of anybroker has no {kind} backend yet"
             ))
             .with_broker(name)),
         }

@@ -46,8 +46,20 @@ impl BrokerKind {
         }
     }
 
-    /// Whether this build includes the backend (its cargo feature is on).
+    /// Whether this version of anybroker has a backend for this kind at all (Kafka and
+    /// RabbitMQ are configured and validated, but their backends are still to come).
+    pub fn is_implemented(self) -> bool {
+        matches!(
+            self,
+            BrokerKind::Memory | BrokerKind::Redis | BrokerKind::Nats
+        )
+    }
+
+    /// Whether this build includes the backend (implemented, and its cargo feature on).
     pub fn is_built(self) -> bool {
+        if !self.is_implemented() {
+            return false;
+        }
         match self {
             BrokerKind::Memory => true,
             BrokerKind::Kafka => cfg!(feature = "kafka"),

@@ -250,8 +250,8 @@ impl NatsBroker {
         Ok(())
     }
 
-    /// Reads the dead-letter stream from its first message, calling `visit` with each
-    /// sequence and envelope until it returns false or `limit` were visited.
+    /// Up to `limit` dead letters of `channel` with their stream sequences, oldest first
+    /// (read one by one by sequence; deleted ones are skipped).
     async fn scan_dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<(u64, Envelope)>> {
         let subject = format!("{channel}.dlt");
         let mut stream = self.ensure_stream(channel, DLT, &subject).await?;
