@@ -1,6 +1,8 @@
 //! The conformance suite: one set of cases (`cases.rs`), run against every backend
 //! this build includes. A backend joins with one module calling `conformance_cases!`.
 
+#[path = "../common/mod.rs"]
+mod common;
 #[macro_use]
 mod support;
 #[macro_use]

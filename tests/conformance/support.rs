@@ -93,11 +93,7 @@ impl Target {
     }
 }
 
-/// A channel name no other case or run uses.
-pub fn unique_channel<M>(case: &str) -> Channel<M> {
-    let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
-    Channel::new(Box::leak(name.into_boxed_str()))
-}
+pub use crate::common::{unique_channel, wait_until};
 
 /// A `[channels."<name>"]` table with the given body.
 pub fn channel_toml<M>(channel: Channel<M>, body: &str) -> String {
@@ -147,18 +143,6 @@ impl Recorder {
     /// Distinct seqs seen.
     pub fn distinct(&self) -> usize {
         self.counts().len()
-    }
-}
-
-/// Polls `condition` until it holds; panics with `what` after `timeout`.
-pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
