@@ -5,6 +5,7 @@ mod capabilities;
 mod envelope;
 mod error;
 mod retry;
+mod shutdown;
 mod subscription;
 
 pub use broker_api::{BrokerKind, MessagePublisher};
@@ -15,6 +16,7 @@ pub use envelope::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use retry::RetryPolicy;
+pub(crate) use shutdown::ShutdownFlag;
 pub use subscription::{
     settle_fire_and_forget, Delivery, DeliveryTag, Settlement, SubscribeOptions, Subscription,
 };

@@ -1,6 +1,6 @@
 //! The embedded broker's handle and its `MessagePublisher` implementation.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub struct MemoryBroker {
 
 pub(crate) struct Shared {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
-    closed: AtomicBool,
+    closed: crate::core::ShutdownFlag,
     next_member: AtomicU64,
 }
 
@@ -47,7 +47,7 @@ impl MemoryBroker {
         MemoryBroker {
             shared: Arc::new(Shared {
                 topics: RwLock::new(HashMap::default()),
-                closed: AtomicBool::new(false),
+                closed: crate::core::ShutdownFlag::new("memory"),
                 next_member: AtomicU64::new(1),
             }),
         }
@@ -75,16 +75,11 @@ impl MemoryBroker {
     }
 
     pub(crate) fn check_open(&self, operation: &'static str) -> Result<()> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::closed("the memory broker was shut down")
-                .with_broker("memory")
-                .with_operation(operation));
-        }
-        Ok(())
+        self.shared.closed.check(operation)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.closed.is_closed()
     }
 
     /// Messages published on `channel` that no group has taken yet, plus delayed ones.
@@ -206,7 +201,7 @@ impl MessagePublisher for MemoryBroker {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closed.close();
         let topics: Vec<_> = self
             .shared
             .topics

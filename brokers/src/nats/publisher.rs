@@ -1,7 +1,6 @@
 //! The NATS broker handle: connection, streams, publishing, dead letters.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -42,7 +41,7 @@ pub(crate) struct Inner {
     ensured: Mutex<HashSet<String>>,
     /// Channels whose main stream is known to exist: the publish fast path.
     ensured_channels: RwLock<rustc_hash::FxHashMap<Arc<str>, async_nats::Subject>>,
-    closed: AtomicBool,
+    closed: crate::core::ShutdownFlag,
 }
 
 impl std::fmt::Debug for NatsBroker {
@@ -87,18 +86,13 @@ impl NatsBroker {
                 js,
                 ensured: Mutex::new(HashSet::new()),
                 ensured_channels: RwLock::new(Default::default()),
-                closed: AtomicBool::new(false),
+                closed: crate::core::ShutdownFlag::new("nats"),
             }),
         })
     }
 
     fn check_open(&self, operation: &'static str) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::closed("the NATS broker was shut down")
-                .with_broker("nats")
-                .with_operation(operation));
-        }
-        Ok(())
+        self.inner.closed.check(operation)
     }
 
     fn jetstream_only(&self, operation: &'static str) -> Result<()> {
@@ -113,7 +107,7 @@ impl NatsBroker {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        self.inner.closed.is_closed()
     }
 
     /// Creates the stream `<prefix>_<channel><suffix>` on `subject` unless known.
@@ -430,7 +424,7 @@ impl MessagePublisher for NatsBroker {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner.closed.close();
         self.inner
             .client
             .flush()

@@ -1,6 +1,5 @@
 //! The Redis broker handle: connections, publishing, dead letters.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +26,7 @@ pub(crate) struct Inner {
     pub(crate) config: RedisConfig,
     pub(crate) client: redis::Client,
     pub(crate) conn: ConnectionManager,
-    closed: AtomicBool,
+    closed: crate::core::ShutdownFlag,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -64,7 +63,7 @@ impl RedisBroker {
                 config: config.clone(),
                 client,
                 conn,
-                closed: AtomicBool::new(false),
+                closed: crate::core::ShutdownFlag::new("redis"),
             }),
         })
     }
@@ -108,12 +107,7 @@ impl RedisBroker {
     }
 
     fn check_open(&self, operation: &'static str) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::closed("the Redis broker was shut down")
-                .with_broker("redis")
-                .with_operation(operation));
-        }
-        Ok(())
+        self.inner.closed.check(operation)
     }
 
     fn streams_only(&self, operation: &'static str) -> Result<()> {
@@ -290,7 +284,7 @@ impl MessagePublisher for RedisBroker {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner.closed.close();
         Ok(())
     }
 }
