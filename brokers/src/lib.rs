@@ -11,6 +11,7 @@ pub mod nats;
 pub mod rabbitmq;
 mod redact;
 pub mod redis;
+mod tls_files;
 
 pub use broker::{Broker, BrokerConfig};
 pub use core::*;

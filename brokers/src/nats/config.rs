@@ -118,23 +118,12 @@ impl NatsConfig {
                 ))
             }
         }
-        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
-            return Err(
-                "tls_client_cert: give both tls_client_cert and tls_client_key, or neither".into(),
-            );
-        }
-        let files = [
-            ("tls_ca", &self.tls_ca),
-            ("tls_client_cert", &self.tls_client_cert),
-            ("tls_client_key", &self.tls_client_key),
-        ];
-        for (key, path) in files {
-            if let Some(p) = path {
-                if !p.is_file() {
-                    return Err(format!("{key}: {} is not a readable file", p.display()));
-                }
-            }
-        }
+        crate::tls_files::validate_tls_files(
+            &self.tls_ca,
+            &self.tls_client_cert,
+            &self.tls_client_key,
+            None,
+        )?;
         if self.stream_prefix.is_empty()
             || !self
                 .stream_prefix

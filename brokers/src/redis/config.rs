@@ -108,26 +108,12 @@ impl RedisConfig {
                 ))
             }
         };
-        let files = [
-            ("tls_ca", &self.tls_ca),
-            ("tls_client_cert", &self.tls_client_cert),
-            ("tls_client_key", &self.tls_client_key),
-        ];
-        for (key, path) in files {
-            if let Some(p) = path {
-                if !tls {
-                    return Err(format!("{key}: only used with a rediss:// url"));
-                }
-                if !p.is_file() {
-                    return Err(format!("{key}: {} is not a readable file", p.display()));
-                }
-            }
-        }
-        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
-            return Err(
-                "tls_client_cert: give both tls_client_cert and tls_client_key, or neither".into(),
-            );
-        }
+        crate::tls_files::validate_tls_files(
+            &self.tls_ca,
+            &self.tls_client_cert,
+            &self.tls_client_key,
+            (!tls).then_some("only used with a rediss:// url"),
+        )?;
         if self.max_len == 0 {
             return Err("max_len: expected at least 1".into());
         }
