@@ -10,7 +10,6 @@ use std::time::Duration;
 use alarm_domain::AlarmToLog;
 use anybroker::{handler_fn, header, Envelope, MessageContext, MessageRouter, RouterConfig};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Numbered {
@@ -18,7 +17,7 @@ struct Numbered {
 }
 
 mod common;
-use common::{unique_channel, wait_until, OwnServer};
+use common::{unique_channel, wait_until, wait_until_async, OwnServer};
 
 fn router_config(url: &str) -> RouterConfig {
     RouterConfig::from_toml_str(&format!(
@@ -178,14 +177,12 @@ async fn nats_poison_payloads_are_dead_lettered() {
         handled.load(Ordering::SeqCst) == VALID
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let dead = loop {
-        let dead = router.dead_letters(ch, 10_000).await.unwrap();
-        if dead.len() >= POISON || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    wait_until_async("poison dead-lettered", Duration::from_secs(60), || {
+        let router = router.clone();
+        async move { router.dead_letters(ch, 10_000).await.unwrap().len() >= POISON }
+    })
+    .await;
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
     router.shutdown().await.unwrap();
     assert_eq!(dead.len(), POISON, "every poison payload is a dead letter");
     assert!(dead

@@ -18,7 +18,7 @@ struct Numbered {
 }
 
 mod common;
-use common::{unique_channel, wait_until, OwnServer};
+use common::{unique_channel, wait_until, wait_until_async, OwnServer};
 
 /// A redis-server of the test's own, persisting every write (AOF, fsync always).
 fn own_redis() -> OwnServer {
@@ -168,14 +168,12 @@ async fn redis_poison_entries_are_dead_lettered() {
         handled.load(Ordering::SeqCst) == VALID
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let dead = loop {
-        let dead = router.dead_letters(ch, 10_000).await.unwrap();
-        if dead.len() >= POISON || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    wait_until_async("poison dead-lettered", Duration::from_secs(60), || {
+        let router = router.clone();
+        async move { router.dead_letters(ch, 10_000).await.unwrap().len() >= POISON }
+    })
+    .await;
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
     router.shutdown().await.unwrap();
     assert_eq!(dead.len(), POISON, "every poison entry is a dead letter");
     assert!(dead

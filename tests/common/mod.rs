@@ -15,15 +15,28 @@ pub fn unique_channel<M>(case: &str) -> Channel<M> {
     Channel::new(Box::leak(name.into_boxed_str()))
 }
 
-/// Polls `condition` until it holds; panics with `what` after `timeout`.
+/// How often waits look at their condition again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits until `condition` holds; panics with `what` after `timeout`.
 pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    wait_until_async(what, timeout, || std::future::ready(condition())).await
+}
+
+/// Like [`wait_until`] for an async condition (e.g. one that asks a broker).
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + timeout;
-    while !condition() {
+    let mut ticks = tokio::time::interval(POLL);
+    while !condition().await {
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        ticks.tick().await;
     }
 }
 

@@ -93,7 +93,7 @@ impl Target {
     }
 }
 
-pub use crate::common::{unique_channel, wait_until};
+pub use crate::common::{unique_channel, wait_until, wait_until_async};
 
 /// A `[channels."<name>"]` table with the given body.
 pub fn channel_toml<M>(channel: Channel<M>, body: &str) -> String {
@@ -143,22 +143,6 @@ impl Recorder {
     /// Distinct seqs seen.
     pub fn distinct(&self) -> usize {
         self.counts().len()
-    }
-}
-
-/// Like [`wait_until`] for an async condition.
-pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
