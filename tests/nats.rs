@@ -9,15 +9,9 @@ use std::time::Duration;
 
 use alarm_domain::AlarmToLog;
 use anybroker::{handler_fn, header, Envelope, MessageContext, MessageRouter, RouterConfig};
-use serde::{Deserialize, Serialize};
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct Numbered {
-    seq: u64,
-}
 
 mod common;
-use common::{unique_channel, wait_until, wait_until_async, OwnServer};
+use common::{unique_channel, wait_until, wait_until_async, Numbered, OwnServer};
 
 fn router_config(url: &str) -> RouterConfig {
     RouterConfig::from_toml_str(&format!(
@@ -46,64 +40,9 @@ fn own_nats() -> OwnServer {
 /// again twice mid-stream: every message is handled at least once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_under_load_loses_none() {
-    const N: u64 = 10_000;
     let mut server = own_nats();
-    let ch = unique_channel::<Numbered>("restart");
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handled = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (seen, handled) = (seen.clone(), handled.clone());
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-            handled.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
-        })
-    };
-    let router =
-        MessageRouter::builder(router_config(&format!("nats://127.0.0.1:{}", server.port)))
-            .handle(ch, handler)
-            .start()
-            .await
-            .unwrap();
-    let publish_errors = Arc::new(AtomicUsize::new(0));
-    let publisher = {
-        let (router, publish_errors) = (router.clone(), publish_errors.clone());
-        tokio::spawn(async move {
-            for seq in 0..N {
-                // A failed publish is reported, never silent: the application retries.
-                while router.publish(ch, &Numbered { seq }).await.is_err() {
-                    publish_errors.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        })
-    };
-    for threshold in [N / 4, N * 3 / 5] {
-        wait_until(
-            "progress before the restart",
-            Duration::from_secs(120),
-            || handled.load(Ordering::SeqCst) as u64 >= threshold,
-        )
-        .await;
-        server.stop("KILL");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        server.up();
-    }
-    publisher.await.unwrap();
-    wait_until("every message handled", Duration::from_secs(180), || {
-        seen.lock().unwrap().len() as u64 == N
-    })
-    .await;
-    router.shutdown().await.unwrap();
-    let seen = seen.lock().unwrap();
-    let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    println!(
-        "nats restart: {N} published, {} handled, {} distinct, {duplicates} duplicates, {} publish errors retried",
-        handled.load(Ordering::SeqCst),
-        seen.len(),
-        publish_errors.load(Ordering::SeqCst)
-    );
-    assert!((0..N).all(|s| seen.contains_key(&s)), "a message was lost");
+    let config = router_config(&format!("nats://127.0.0.1:{}", server.port));
+    common::restart_under_load("nats", config, &mut server, "KILL").await;
 }
 
 /// Publishing the same envelope id twice within the duplicate window stores it once.

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anybroker::Channel;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anybroker::{handler_fn, Channel, MessageContext, MessageRouter, RouterConfig};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// A channel name no other test or run uses.
@@ -192,4 +197,81 @@ pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.pem"),
         dir.join("server.key"),
     )
+}
+
+/// A payload that only carries its sequence number.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Numbered {
+    pub seq: u64,
+}
+
+/// Publishes 10,000 messages while consuming, stopping `server` with `signal` and
+/// starting it again twice mid-stream (at 25% and 60% handled); asserts every message
+/// was handled at least once and prints the duplicates.
+pub async fn restart_under_load(
+    label: &str,
+    config: RouterConfig,
+    server: &mut OwnServer,
+    signal: &str,
+) {
+    const N: u64 = 10_000;
+    let ch = unique_channel::<Numbered>("restart");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (seen, handled) = (seen.clone(), handled.clone());
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let publish_errors = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let (router, publish_errors) = (router.clone(), publish_errors.clone());
+        tokio::spawn(async move {
+            for seq in 0..N {
+                // A failed publish is reported, never silent: the application retries
+                // after a pause.
+                while router.publish(ch, &Numbered { seq }).await.is_err() {
+                    publish_errors.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if seq % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    for threshold in [N / 4, N * 3 / 5] {
+        wait_until(
+            "progress before the restart",
+            Duration::from_secs(120),
+            || handled.load(Ordering::SeqCst) as u64 >= threshold,
+        )
+        .await;
+        server.stop(signal);
+        tokio::time::sleep(Duration::from_millis(300)).await; // the outage itself
+        server.up();
+    }
+    publisher.await.unwrap();
+    wait_until("every message handled", Duration::from_secs(180), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    println!(
+        "{label} restart: {N} published, {} handled, {} distinct, {duplicates} duplicates, {} publish errors retried",
+        handled.load(Ordering::SeqCst),
+        seen.len(),
+        publish_errors.load(Ordering::SeqCst)
+    );
+    assert!((0..N).all(|s| seen.contains_key(&s)), "a message was lost");
 }
