@@ -151,14 +151,33 @@ impl Subscription for JetStreamSubscription {
         let mut unknown = 0;
         let mut first_error = None;
         let mut acks = Vec::with_capacity(settlements.len());
-        for (tag, settlement) in settlements {
-            let Some(f) = self.in_flight.lock().unwrap().remove(&tag.0) else {
-                unknown += 1;
-                continue;
-            };
+        // One lock for the batch, not one per message.
+        let settled: Vec<(InFlight, Settlement)> = {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            settlements
+                .into_iter()
+                .filter_map(|(tag, settlement)| match in_flight.remove(&tag.0) {
+                    Some(f) => Some((f, settlement)),
+                    None => {
+                        unknown += 1;
+                        None
+                    }
+                })
+                .collect()
+        };
+        {
+            let mut failures = self.failures.lock().unwrap();
+            if !failures.is_empty() {
+                for (f, s) in &settled {
+                    if matches!(s, Settlement::Ack) {
+                        failures.remove(&f.stream_sequence);
+                    }
+                }
+            }
+        }
+        for (f, settlement) in settled {
             let result = match settlement {
                 Settlement::Ack => {
-                    self.failures.lock().unwrap().remove(&f.stream_sequence);
                     acks.push(f.message);
                     continue;
                 }
