@@ -66,6 +66,9 @@ pub enum Broker {
     /// Redis Streams or pub/sub.
     #[cfg(feature = "redis")]
     Redis(crate::redis::RedisBroker),
+    /// RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(crate::rabbitmq::RabbitMqBroker),
     /// NATS JetStream or core NATS.
     #[cfg(feature = "nats")]
     Nats(crate::nats::NatsBroker),
@@ -94,6 +97,11 @@ impl Broker {
             BrokerConfig::Redis(c) => crate::redis::RedisBroker::connect(c)
                 .await
                 .map(Broker::Redis)
+                .map_err(|e| e.with_broker(name)),
+            #[cfg(feature = "rabbitmq")]
+            BrokerConfig::RabbitMq(c) => crate::rabbitmq::RabbitMqBroker::connect(c)
+                .await
+                .map(Broker::RabbitMq)
                 .map_err(|e| e.with_broker(name)),
             #[cfg(feature = "nats")]
             BrokerConfig::Nats(c) => crate::nats::NatsBroker::connect(c)

@@ -314,6 +314,10 @@ impl RouterInner {
     async fn new_route(&self, channel: &str) -> Result<Arc<Route>> {
         let name = self.config.broker_for(channel)?;
         let broker = self.broker(name).await?.clone();
+        broker
+            .prepare_channel(channel, self.config.group_for(channel))
+            .await
+            .map_err(|e| e.with_broker(name).with_channel(channel))?;
         let route = Arc::new(Route {
             channel: Arc::from(channel),
             broker_name: Arc::from(name),

@@ -50,3 +50,12 @@ mod nats_core {
     )
     .without_retry());
 }
+
+/// RabbitMQ, against the real broker on 127.0.0.1:5672.
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq {
+    conformance_cases!(crate::support::Target::server(
+        "rabbitmq",
+        "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\""
+    ));
+}

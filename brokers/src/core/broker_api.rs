@@ -46,12 +46,12 @@ impl BrokerKind {
         }
     }
 
-    /// Whether this version of anybroker has a backend for this kind at all (Kafka and
-    /// RabbitMQ are configured and validated, but their backends are still to come).
+    /// Whether this version of anybroker has a backend for this kind at all (Kafka is
+    /// configured and validated, but its backend is still to come).
     pub fn is_implemented(self) -> bool {
         matches!(
             self,
-            BrokerKind::Memory | BrokerKind::Redis | BrokerKind::Nats
+            BrokerKind::Memory | BrokerKind::Redis | BrokerKind::RabbitMq | BrokerKind::Nats
         )
     }
 
@@ -86,6 +86,17 @@ pub trait MessagePublisher: Send + Sync {
 
     /// What this backend, in its configured mode, guarantees.
     fn capabilities(&self) -> Capabilities;
+
+    /// Gets `channel` ready before its first use. A broker that keeps messages only
+    /// for groups that exist (RabbitMQ: a queue per group) declares `default_group`'s
+    /// queue, so what is published before the group's first member subscribes is kept.
+    /// Brokers that keep messages per channel whatever the groups (Redis Streams,
+    /// JetStream, the embedded broker) or keep nothing (fire-and-forget modes) have
+    /// nothing to do.
+    async fn prepare_channel(&self, channel: &str, default_group: &str) -> Result<()> {
+        let _ = (channel, default_group);
+        Ok(())
+    }
 
     /// Publishes and returns once the broker accepted the message.
     async fn publish(&self, envelope: Envelope) -> Result<()>;

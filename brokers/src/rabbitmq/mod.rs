@@ -1,5 +1,73 @@
-//! The rabbitmq backend. Its config is always compiled, so a config file naming this
-//! broker is validated even in builds without the `rabbitmq` feature; the client
-//! itself is built only with that feature.
+//! The RabbitMQ backend (AMQP 0-9-1, with lapin).
+//!
+//! Topology, per channel `C` and group `G`, on the configured direct exchange `X`:
+//! - queue `C:G` (durable, one per group; the group's members share it), bound to `X`
+//!   with routing key `C`, and to `X.delayed` likewise;
+//! - publish: to `X` with routing key `C`, persistent, `mandatory`, publisher confirms
+//!   on; returns after the confirm. A channel no group has subscribed to yet has no
+//!   queue: such a publish is refused as unroutable, never silently dropped;
+//! - retry: the failed message is published (attempt + 1, error headers) to the delay
+//!   queue `C:G:retry:<ms>`, whose every message has the same TTL, so expiry at the head
+//!   of the queue is expiry in order; on expiry RabbitMQ dead-letters it back to `C:G`
+//!   through the default exchange: only group `G` sees it again. The original is acked
+//!   after the confirm;
+//! - dead letters: queue `C.dlq`, published (confirm) before the original is acked;
+//!   reading them takes them without ack and gives them back, replay re-publishes and acks;
+//! - delay: queue `C.delay.<ms>` whose messages expire into `X.delayed` with routing key
+//!   `C`. `X.delayed`'s alternate exchange parks what no group queue takes in the queue
+//!   `X.unroutable`, so a delayed message due when no group exists is kept, not lost;
+//! - request/reply: requests go to `X` with routing key `C.rpc` (queue `C.rpc`, shared by
+//!   the serving members); replies come back by direct reply-to (`amq.rabbitmq.reply-to`).
+//!
+//! Delay queues are declared on demand, one per distinct delay in milliseconds, and
+//! expire (`x-expires`) a while after their last use.
+//!
+//! The config is always compiled; the client only with the `rabbitmq` feature.
 
 pub mod config;
+
+#[cfg(feature = "rabbitmq")]
+mod codec;
+#[cfg(feature = "rabbitmq")]
+mod connection;
+#[cfg(feature = "rabbitmq")]
+mod consumer;
+#[cfg(feature = "rabbitmq")]
+mod error;
+#[cfg(feature = "rabbitmq")]
+mod publisher;
+#[cfg(feature = "rabbitmq")]
+mod topology;
+
+pub use config::RabbitMqConfig;
+#[cfg(feature = "rabbitmq")]
+pub use publisher::RabbitMqBroker;
+
+/// The queue and routing-key names of one channel.
+#[cfg(feature = "rabbitmq")]
+pub(crate) struct Names;
+
+#[cfg(feature = "rabbitmq")]
+impl Names {
+    pub(crate) fn group_queue(channel: &str, group: &str) -> String {
+        format!("{channel}:{group}")
+    }
+    pub(crate) fn retry_queue(channel: &str, group: &str, delay_ms: u64) -> String {
+        format!("{channel}:{group}:retry:{delay_ms}")
+    }
+    pub(crate) fn dead_letters(channel: &str) -> String {
+        format!("{channel}.dlq")
+    }
+    pub(crate) fn delay_queue(channel: &str, delay_ms: u64) -> String {
+        format!("{channel}.delay.{delay_ms}")
+    }
+    pub(crate) fn rpc(channel: &str) -> String {
+        format!("{channel}.rpc")
+    }
+    pub(crate) fn delayed_exchange(exchange: &str) -> String {
+        format!("{exchange}.delayed")
+    }
+    pub(crate) fn unroutable(exchange: &str) -> String {
+        format!("{exchange}.unroutable")
+    }
+}

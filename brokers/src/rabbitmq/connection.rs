@@ -1,0 +1,377 @@
+//! The connection to RabbitMQ, re-established with backoff when it drops: a `Session`
+//! is one live connection with its confirm-mode publishing channel; the `Link` hands
+//! out the current one and replaces it when it died.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use rustc_hash::FxHashMap;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::error::from_lapin;
+use super::{topology, RabbitMqConfig};
+use crate::core::{Error, ErrorKind, Result};
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Where a message goes: exchange and routing key.
+pub(crate) struct Route<'a> {
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    /// Refuse, rather than drop, a message no queue takes.
+    pub(crate) mandatory: bool,
+}
+
+/// One live connection.
+pub(crate) struct Session {
+    pub(crate) connection: Connection,
+    /// Confirm mode; shared by every publish, which pipeline on it.
+    publish: Channel,
+    /// Delay queues declared on this connection.
+    declared: Mutex<HashSet<String>>,
+    rpc: tokio::sync::OnceCell<Rpc>,
+}
+
+impl Session {
+    async fn open(config: &RabbitMqConfig) -> Result<Session> {
+        let mut properties = ConnectionProperties::default();
+        if let Some(name) = &config.connection_name {
+            properties = properties.with_connection_name(name.as_str().into());
+        }
+        let unreachable = |e: Option<lapin::Error>| {
+            let error = Error::new(
+                ErrorKind::Unreachable,
+                format!("cannot connect to {}", config.url),
+            )
+            .set_retryable(true)
+            .with_broker("rabbitmq");
+            match e {
+                Some(e) => error.with_source(e),
+                None => error.with_source(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", config.connect_timeout),
+                )),
+            }
+        };
+        let connection = tokio::time::timeout(
+            config.connect_timeout,
+            Connection::connect(config.url.expose(), properties),
+        )
+        .await
+        .map_err(|_| unreachable(None))?
+        .map_err(|e| unreachable(Some(e)))?;
+        let publish = connection
+            .create_channel()
+            .await
+            .map_err(|e| from_lapin(e, "open channel"))?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| from_lapin(e, "confirm select"))?;
+        topology::declare_exchanges(&publish, &config.exchange).await?;
+        Ok(Session {
+            connection,
+            publish,
+            declared: Mutex::new(HashSet::new()),
+            rpc: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.connection.status().connected() && self.publish.status().connected()
+    }
+
+    /// A fresh channel for declarations: a declaration the server refuses closes the
+    /// channel it was made on, so it must not be the shared publishing one.
+    pub(crate) async fn declaring_channel(&self) -> Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| from_lapin(e, "open channel"))
+    }
+
+    /// Declares the delay queue `queue` unless this connection already did.
+    pub(crate) async fn ensure_delay_queue(
+        &self,
+        queue: &str,
+        delay: Duration,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<()> {
+        if self.declared.lock().unwrap().contains(queue) {
+            return Ok(());
+        }
+        let ch = self.declaring_channel().await?;
+        let result = topology::declare_delay_queue(&ch, queue, delay, exchange, routing_key).await;
+        let _ = ch.close(200, "declared".into()).await;
+        result?;
+        self.declared.lock().unwrap().insert(queue.to_string());
+        Ok(())
+    }
+
+    /// The request side of direct reply-to, set up on first use.
+    async fn rpc(&self) -> Result<&Rpc> {
+        self.rpc
+            .get_or_try_init(|| Rpc::open(&self.connection))
+            .await
+    }
+}
+
+/// Publishes on `channel` and waits for the broker's confirm.
+pub(crate) async fn publish_confirmed(
+    channel: &Channel,
+    route: &Route<'_>,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<()> {
+    let confirm = channel
+        .basic_publish(
+            route.exchange.into(),
+            route.routing_key.into(),
+            BasicPublishOptions {
+                mandatory: route.mandatory,
+                ..Default::default()
+            },
+            payload,
+            properties,
+        )
+        .await
+        .map_err(|e| from_lapin(e, "publish"))?
+        .await
+        .map_err(|e| from_lapin(e, "publish"))?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(Error::new(
+            ErrorKind::Broker,
+            format!(
+                "unroutable: no queue is bound to routing key {:?} on exchange {:?} ({}); \
+                 a channel has queues once a group has subscribed to it",
+                route.routing_key, route.exchange, returned.reply_text
+            ),
+        )
+        .with_broker("rabbitmq")
+        .with_operation("publish")),
+        Confirmation::Nack(_) => Err(Error::new(
+            ErrorKind::Broker,
+            "the broker refused the message (negative publisher confirm)",
+        )
+        .set_retryable(true)
+        .with_broker("rabbitmq")
+        .with_operation("publish")),
+    }
+}
+
+/// Hands out the live session, reconnecting when the last one died.
+pub(crate) struct Link {
+    config: RabbitMqConfig,
+    current: RwLock<Arc<Session>>,
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    /// Connects once; an unreachable broker fails here, at start.
+    pub(crate) async fn connect(config: &RabbitMqConfig) -> Result<Link> {
+        let session = Session::open(config).await?;
+        Ok(Link {
+            config: config.clone(),
+            current: RwLock::new(Arc::new(session)),
+            reconnecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn config(&self) -> &RabbitMqConfig {
+        &self.config
+    }
+
+    /// The live session; when the connection dropped, reconnects with backoff for up
+    /// to `reconnect_timeout` (one caller reconnects, the others wait for it).
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
+        {
+            let current = self.current.read().unwrap();
+            if current.is_alive() {
+                return Ok(current.clone());
+            }
+        }
+        let _one_at_a_time = self.reconnecting.lock().await;
+        let dead = {
+            let current = self.current.read().unwrap();
+            if current.is_alive() {
+                return Ok(current.clone());
+            }
+            current.clone()
+        };
+        // Close what is left of the old connection so its channels stop.
+        let _ = dead.connection.close(200, "reconnecting".into()).await;
+        let deadline = Instant::now() + self.config.reconnect_timeout;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match Session::open(&self.config).await {
+                Ok(session) => {
+                    let session = Arc::new(session);
+                    *self.current.write().unwrap() = session.clone();
+                    tracing::info!(broker = "rabbitmq", url = %self.config.url, "reconnected");
+                    return Ok(session);
+                }
+                Err(e) if Instant::now() + backoff >= deadline => {
+                    return Err(Error::new(
+                        ErrorKind::Unreachable,
+                        format!(
+                            "connection lost and not re-established within {:?}",
+                            self.config.reconnect_timeout
+                        ),
+                    )
+                    .set_retryable(true)
+                    .with_broker("rabbitmq")
+                    .with_source(e));
+                }
+                Err(e) => {
+                    tracing::warn!(broker = "rabbitmq", error = %e, "reconnecting failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Publishes with a confirm. A publish the connection dropped under is sent again
+    /// on the next connection (at least once, never vanished), until `reconnect_timeout`.
+    pub(crate) async fn publish(
+        &self,
+        route: &Route<'_>,
+        payload: &[u8],
+        properties: &BasicProperties,
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.config.reconnect_timeout;
+        loop {
+            let session = self.session().await?;
+            match publish_confirmed(&session.publish, route, payload, properties.clone()).await {
+                Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {
+                    tracing::debug!(broker = "rabbitmq", error = %e, "publish interrupted; sending again after reconnect");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends a request to `route` and waits up to `timeout` for its reply.
+    pub(crate) async fn request(
+        &self,
+        route: &Route<'_>,
+        payload: &[u8],
+        properties: BasicProperties,
+        timeout: Duration,
+    ) -> Result<(BasicProperties, Vec<u8>)> {
+        let session = self.session().await?;
+        let rpc = session.rpc().await?;
+        let correlation = crate::new_message_id();
+        let (tx, rx) = oneshot::channel();
+        rpc.pending
+            .lock()
+            .unwrap()
+            .insert(correlation.to_string(), tx);
+        let properties = properties
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id(ShortString::from(&*correlation))
+            .with_expiration(timeout.as_millis().max(1).to_string().into());
+        let sent = publish_confirmed(&rpc.channel, route, payload, properties).await;
+        let forget = || rpc.pending.lock().unwrap().remove(&*correlation);
+        if let Err(e) = sent {
+            forget();
+            if e.message().starts_with("unroutable") {
+                return Err(
+                    Error::new(ErrorKind::NoResponder, "nobody serves this channel")
+                        .with_broker("rabbitmq")
+                        .with_operation("request"),
+                );
+            }
+            return Err(e.with_operation("request"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Error::new(
+                ErrorKind::Unreachable,
+                "connection lost while waiting for the reply",
+            )
+            .set_retryable(true)
+            .with_broker("rabbitmq")
+            .with_operation("request")),
+            Err(_) => {
+                forget();
+                Err(
+                    Error::new(ErrorKind::Timeout, format!("no reply within {timeout:?}"))
+                        .with_broker("rabbitmq")
+                        .with_operation("request"),
+                )
+            }
+        }
+    }
+
+    pub(crate) async fn close(&self) -> Result<()> {
+        let session = self.current.read().unwrap().clone();
+        if session.is_alive() {
+            session
+                .connection
+                .close(200, "shutdown".into())
+                .await
+                .map_err(|e| from_lapin(e, "shutdown"))?;
+        }
+        Ok(())
+    }
+}
+
+type Pending = Arc<Mutex<FxHashMap<String, oneshot::Sender<(BasicProperties, Vec<u8>)>>>>;
+
+/// A channel consuming direct reply-to (it must also be the one requests are published
+/// on), and the requests waiting for their replies by correlation id.
+struct Rpc {
+    channel: Channel,
+    pending: Pending,
+}
+
+impl Rpc {
+    async fn open(connection: &Connection) -> Result<Rpc> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| from_lapin(e, "open channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| from_lapin(e, "confirm select"))?;
+        let mut replies = channel
+            .basic_consume(
+                REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| from_lapin(e, "consume replies"))?;
+        let pending: Pending = Arc::default();
+        let waiting = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(reply)) = replies.next().await {
+                let Some(id) = reply.properties.correlation_id().as_ref() else {
+                    continue;
+                };
+                if let Some(tx) = waiting.lock().unwrap().remove(id.as_str()) {
+                    let _ = tx.send((reply.properties, reply.data));
+                }
+            }
+            // The connection is gone: wake every waiter with an error.
+            waiting.lock().unwrap().clear();
+        });
+        Ok(Rpc { channel, pending })
+    }
+}
