@@ -1,10 +1,11 @@
 //! Deletes what anybroker stored for channels whose name starts with a prefix, on the
-//! Redis and NATS servers given: the channel streams, retry/delay/dead-letter keys and
-//! JetStream streams. `scripts/test` runs it for `test.` before the tests, so data left
+//! Redis, NATS and RabbitMQ servers given: the channel streams, retry/delay/dead-letter
+//! keys, JetStream streams and RabbitMQ queues (listed with `rabbitmqctl`, which must
+//! run on the broker's machine). `scripts/test` runs it for `test.` before the tests, so data left
 //! by earlier runs does not pile up on a long-lived machine.
 //!
 //! ```text
-//! cargo run --features redis,nats --example purge -- --prefix test.
+//! cargo run --features redis,nats,rabbitmq --example purge -- --prefix test.
 //! ```
 
 use clap::Parser;
@@ -19,6 +20,8 @@ struct Args {
     redis: String,
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
     /// Stream-name prefix of anybroker's JetStream streams.
     #[arg(long, default_value = "ANYBROKER")]
     stream_prefix: String,
@@ -77,9 +80,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         js.delete_stream(&name).await?;
         streams_deleted += 1;
     }
+    let queues_deleted = purge_rabbitmq(&args.amqp, &args.prefix).await?;
     println!(
-        "purged prefix {:?}: {redis_deleted} Redis keys, {streams_deleted} JetStream streams",
+        "purged prefix {:?}: {redis_deleted} Redis keys, {streams_deleted} JetStream streams, {queues_deleted} RabbitMQ queues",
         args.prefix
     );
     Ok(())
+}
+
+/// Deletes the RabbitMQ queues whose name starts with `prefix`. AMQP cannot list
+/// queues, so `rabbitmqctl` does.
+async fn purge_rabbitmq(url: &str, prefix: &str) -> Result<usize, Box<dyn std::error::Error>> {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .output()?;
+    if !listing.status.success() {
+        return Err(format!(
+            "rabbitmqctl list_queues failed: {}",
+            String::from_utf8_lossy(&listing.stderr)
+        )
+        .into());
+    }
+    let names: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    for name in &names {
+        channel
+            .queue_delete(
+                name.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+    }
+    connection.close(200, "purged".into()).await?;
+    Ok(names.len())
 }

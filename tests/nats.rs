@@ -42,7 +42,10 @@ fn own_nats() -> OwnServer {
 async fn nats_restart_under_load_loses_none() {
     let mut server = own_nats();
     let config = router_config(&format!("nats://127.0.0.1:{}", server.port));
-    common::restart_under_load("nats", config, &mut server, "KILL").await;
+    common::restart_under_load("nats", config, async || {
+        common::restart(&mut server, "KILL").await
+    })
+    .await;
 }
 
 /// Publishing the same envelope id twice within the duplicate window stores it once.

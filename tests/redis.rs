@@ -55,7 +55,10 @@ async fn redis_restart_under_load_loses_none() {
         url(&server)
     ))
     .unwrap();
-    common::restart_under_load("redis", config, &mut server, "TERM").await;
+    common::restart_under_load("redis", config, async || {
+        common::restart(&mut server, "TERM").await
+    })
+    .await;
 }
 
 /// 1,000 entries with garbage payloads (or none) written with XADD directly are all

@@ -15,6 +15,8 @@
 mod anybroker_runs;
 #[cfg(feature = "nats")]
 mod raw_nats;
+#[cfg(feature = "rabbitmq")]
+mod raw_rabbitmq;
 #[cfg(feature = "redis")]
 mod raw_redis;
 
@@ -33,7 +35,7 @@ pub struct Args {
     /// Publishes in flight at once, and the consumer's prefetch.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Only these rows (memory, redis, nats-js, nats); default all.
+    /// Only these rows (memory, redis, rabbitmq, nats-js, nats); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only this client's rounds (anybroker or raw), e.g. to count instructions of one
@@ -158,6 +160,25 @@ async fn main() {
     #[cfg(not(feature = "redis"))]
     println!("redis    not built (run with --features redis)");
 
+    #[cfg(feature = "rabbitmq")]
+    if args.wants("rabbitmq") {
+        const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        let table = format!("kind = \"rabbitmq\"\nurl = \"{URL}\"");
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            if args.runs("anybroker") {
+                ours.push(anybroker_runs::round(&table, &args, args.window).await);
+                raw_rabbitmq::delete_bench_queues(URL).await;
+            }
+            if args.runs("raw") {
+                raw.push(raw_rabbitmq::round(URL, &args).await);
+            }
+        }
+        side_by_side("rabbitmq", "lapin", &ours, &raw);
+    }
+    #[cfg(not(feature = "rabbitmq"))]
+    println!("rabbitmq not built (run with --features rabbitmq)");
+
     #[cfg(feature = "nats")]
     if args.wants("nats-js") {
         let table = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"";
@@ -189,6 +210,5 @@ async fn main() {
     }
     #[cfg(not(feature = "nats"))]
     println!("nats     not built (run with --features nats)");
-    println!("rabbitmq not built yet");
     println!("kafka    not built yet");
 }

@@ -199,21 +199,24 @@ pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// Stops `server` with `signal`, waits a moment (the outage itself), starts it again.
+#[allow(dead_code)]
+pub async fn restart(server: &mut OwnServer, signal: &str) {
+    server.stop(signal);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.up();
+}
+
 /// A payload that only carries its sequence number.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Numbered {
     pub seq: u64,
 }
 
-/// Publishes 10,000 messages while consuming, stopping `server` with `signal` and
-/// starting it again twice mid-stream (at 25% and 60% handled); asserts every message
-/// was handled at least once and prints the duplicates.
-pub async fn restart_under_load(
-    label: &str,
-    config: RouterConfig,
-    server: &mut OwnServer,
-    signal: &str,
-) {
+/// Publishes 10,000 messages while consuming, with `outage` (a server restart, or
+/// its connections cut) twice mid-stream (at 25% and 60% handled); asserts every
+/// message was handled at least once and prints the duplicates.
+pub async fn restart_under_load(label: &str, config: RouterConfig, mut outage: impl AsyncFnMut()) {
     const N: u64 = 10_000;
     let ch = unique_channel::<Numbered>("restart");
     let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
@@ -255,9 +258,7 @@ pub async fn restart_under_load(
             || handled.load(Ordering::SeqCst) as u64 >= threshold,
         )
         .await;
-        server.stop(signal);
-        tokio::time::sleep(Duration::from_millis(300)).await; // the outage itself
-        server.up();
+        outage().await;
     }
     publisher.await.unwrap();
     wait_until("every message handled", Duration::from_secs(180), || {
