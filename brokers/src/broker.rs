@@ -63,6 +63,9 @@ impl BrokerConfig {
 pub enum Broker {
     /// The embedded broker.
     Memory(MemoryBroker),
+    /// Kafka.
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka::KafkaBroker),
     /// Redis Streams or pub/sub.
     #[cfg(feature = "redis")]
     Redis(crate::redis::RedisBroker),
@@ -79,12 +82,6 @@ impl Broker {
     /// A kind whose cargo feature is off is a `ConfigInvalid` error naming the feature.
     pub async fn connect(name: &str, config: &BrokerConfig) -> Result<Broker> {
         let kind = config.kind();
-        if !kind.is_implemented() {
-            return Err(Error::unsupported(format!(
-                "brokers.{name}: this version of anybroker has no {kind} backend yet"
-            ))
-            .with_broker(name));
-        }
         if !kind.is_built() {
             return Err(Error::config(format!(
                 "brokers.{name}: kind \"{kind}\" needs the cargo feature \"{kind}\" of anybroker, which this build does not have"
@@ -98,6 +95,11 @@ impl Broker {
                 .await
                 .map(Broker::Redis)
                 .map_err(|e| e.with_broker(name)),
+            #[cfg(feature = "kafka")]
+            BrokerConfig::Kafka(c) => crate::kafka::KafkaBroker::connect(c)
+                .await
+                .map(Broker::Kafka)
+                .map_err(|e| e.with_broker(name)),
             #[cfg(feature = "rabbitmq")]
             BrokerConfig::RabbitMq(c) => crate::rabbitmq::RabbitMqBroker::connect(c)
                 .await
@@ -109,8 +111,8 @@ impl Broker {
                 .map(Broker::Nats)
                 .map_err(|e| e.with_broker(name)),
             #[allow(unreachable_patterns)]
-            _ => Err(Error::unsupported(format!(
-                "brokers.{name}: this version of anybroker has no {kind} backend yet"
+            _ => Err(Error::config(format!(
+                "brokers.{name}: kind \"{kind}\" is not built into this version"
             ))
             .with_broker(name)),
         }

@@ -194,11 +194,6 @@ impl RouterConfig {
             )));
         };
         let kind = config.kind();
-        if !kind.is_implemented() {
-            return Err(Error::config(format!(
-                "{key}: broker {broker:?} has kind \"{kind}\", whose backend this version of anybroker does not have yet; route the channel to another broker"
-            )));
-        }
         if !kind.is_built() {
             return Err(Error::config(format!(
                 "{key}: broker {broker:?} has kind \"{kind}\", which needs the cargo feature \"{kind}\" of anybroker; this build does not have it"

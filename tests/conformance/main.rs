@@ -59,3 +59,35 @@ mod rabbitmq {
         "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\""
     ));
 }
+
+/// Kafka, against the Kafka-protocol broker (tansu) on 127.0.0.1:9092. tansu answers a
+/// fetch only after `fetch.wait.max.ms`, hence the short wait.
+#[cfg(feature = "kafka")]
+mod kafka {
+    conformance_cases!(crate::support::Target::server(
+        "kafka",
+        "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         properties = { \"fetch.wait.max.ms\" = \"10\" }"
+    ));
+}
+
+/// Kafka, against librdkafka's mock cluster (in this test process, on real TCP ports).
+#[cfg(feature = "kafka")]
+mod kafka_mock {
+    fn table() -> String {
+        static SERVERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let servers = SERVERS.get_or_init(|| {
+            // Lives as long as the test process.
+            let cluster = Box::leak(Box::new(
+                rdkafka::mocking::MockCluster::new(3).expect("mock cluster starts"),
+            ));
+            cluster.bootstrap_servers()
+        });
+        format!(
+            "kind = \"kafka\"\nbootstrap_servers = \"{servers}\"\nreplication_factor = 3\n\
+             properties = {{ \"fetch.wait.max.ms\" = \"10\" }}"
+        )
+    }
+
+    conformance_cases!(crate::support::Target::server("kafka-mock", &table()));
+}

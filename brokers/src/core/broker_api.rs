@@ -46,20 +46,8 @@ impl BrokerKind {
         }
     }
 
-    /// Whether this version of anybroker has a backend for this kind at all (Kafka is
-    /// configured and validated, but its backend is still to come).
-    pub fn is_implemented(self) -> bool {
-        matches!(
-            self,
-            BrokerKind::Memory | BrokerKind::Redis | BrokerKind::RabbitMq | BrokerKind::Nats
-        )
-    }
-
-    /// Whether this build includes the backend (implemented, and its cargo feature on).
+    /// Whether this build includes the backend (its cargo feature is on).
     pub fn is_built(self) -> bool {
-        if !self.is_implemented() {
-            return false;
-        }
         match self {
             BrokerKind::Memory => true,
             BrokerKind::Kafka => cfg!(feature = "kafka"),

@@ -12,7 +12,10 @@ use crate::Secret;
 /// [brokers.kafka]
 /// kind = "kafka"
 /// bootstrap_servers = "127.0.0.1:9092"
-/// properties = { "fetch.wait.max.ms" = "10" }
+/// partitions = 6                     # of the topics the backend creates
+/// replication_factor = 3
+/// auto_offset_reset = "earliest"     # where a new group starts
+/// properties = { "compression.type" = "zstd", "sasl.password" = "…" }   # any librdkafka property
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +26,15 @@ pub struct KafkaConfig {
     /// Partitions of the topics the backend creates. Default 1.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
-    /// Any librdkafka property, passed through; values are secrets-safe in Debug.
+    /// Replication factor of the topics the backend creates. Default 1.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Where a group without a committed offset starts: `earliest` (default) or `latest`.
+    #[serde(default = "default_auto_offset_reset")]
+    pub auto_offset_reset: String,
+    /// Any librdkafka property (producer and consumer), passed through and applied
+    /// after the backend's own defaults (`compression.type = lz4`, `linger.ms = 5`);
+    /// values never appear in Debug output.
     #[serde(default)]
     pub properties: BTreeMap<String, Secret>,
 }
@@ -31,12 +42,20 @@ pub struct KafkaConfig {
 fn default_partitions() -> i32 {
     1
 }
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_auto_offset_reset() -> String {
+    "earliest".into()
+}
 
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("auto_offset_reset", &self.auto_offset_reset)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -58,6 +77,22 @@ impl KafkaConfig {
         }
         if self.partitions < 1 {
             return Err("partitions: expected at least 1".into());
+        }
+        if self.replication_factor < 1 {
+            return Err("replication_factor: expected at least 1".into());
+        }
+        if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return Err(format!(
+                "auto_offset_reset: expected \"earliest\" or \"latest\", got {:?}",
+                self.auto_offset_reset
+            ));
+        }
+        for owned in ["enable.auto.commit", "group.id", "bootstrap.servers"] {
+            if self.properties.contains_key(owned) {
+                return Err(format!(
+                    "properties.\"{owned}\": set by the backend (commits follow handling; groups come from handlers; servers from bootstrap_servers)"
+                ));
+            }
         }
         Ok(())
     }

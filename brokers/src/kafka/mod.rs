@@ -1,5 +1,62 @@
-//! The kafka backend. Its config is always compiled, so a config file naming this
-//! broker is validated even in builds without the `kafka` feature; the client
-//! itself is built only with that feature.
+//! The Kafka backend (rdkafka / librdkafka).
+//!
+//! Topics, per channel `C` (created by the backend with the admin API when first used,
+//! with `partitions` and `replication_factor` from config):
+//! - `C`: publish = produce with the envelope key as record key (same key → same
+//!   partition → order), metadata in headers, idempotent producer with `acks=all`;
+//!   returns after the delivery report;
+//! - each group is a consumer group (`enable.auto.commit=false`, cooperative-sticky
+//!   assignment). Offsets are committed only up to the first message not yet finished
+//!   in each partition, so a crash never skips unfinished work; on revocation the
+//!   finished prefix of the revoked partitions is committed and their in-flight
+//!   messages are left to the new owner;
+//! - retry: `C-retry-<n>` (n = attempt − 1, capped at the group's retry count − 1) with
+//!   the due time and the group in headers; every member of the group reads them, the
+//!   other groups skip them; a record not yet due pauses its partition (seeked back to
+//!   it) until due instead of holding a handler;
+//! - dead letters: `C-dlt`, produced (delivery report) before the original's offset
+//!   counts as finished; the headers carry reason, error, attempts and the original
+//!   topic/partition/offset. Records cannot be deleted from a topic, so reading and
+//!   replaying go through a cursor (the committed offset of the group
+//!   `anybroker-dlt-<C>`): replay produces what is past it to `C` and moves it;
+//! - delay: `C-delay`, read by every group with the same due-time pause.
+//!
+//! The config is always compiled; the client only with the `kafka` feature.
 
 pub mod config;
+
+#[cfg(feature = "kafka")]
+mod codec;
+#[cfg(feature = "kafka")]
+mod consumer;
+#[cfg(feature = "kafka")]
+mod error;
+#[cfg(feature = "kafka")]
+mod offsets;
+#[cfg(feature = "kafka")]
+mod publisher;
+
+pub use config::KafkaConfig;
+#[cfg(feature = "kafka")]
+pub use publisher::KafkaBroker;
+
+/// The topic names of one channel.
+#[cfg(feature = "kafka")]
+pub(crate) struct Topics;
+
+#[cfg(feature = "kafka")]
+impl Topics {
+    pub(crate) fn retry(channel: &str, n: u32) -> String {
+        format!("{channel}-retry-{n}")
+    }
+    pub(crate) fn dead_letters(channel: &str) -> String {
+        format!("{channel}-dlt")
+    }
+    pub(crate) fn delay(channel: &str) -> String {
+        format!("{channel}-delay")
+    }
+    /// The group whose committed offset on `C-dlt` marks what was replayed.
+    pub(crate) fn replay_group(channel: &str) -> String {
+        format!("anybroker-dlt-{channel}")
+    }
+}

@@ -1,0 +1,150 @@
+//! Envelope <-> Kafka record headers, key and value.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+
+use crate::core::Envelope;
+
+const ID: &str = "anybroker-id";
+const PUBLISHED_AT: &str = "anybroker-published-at";
+const CONTENT_TYPE: &str = "anybroker-content-type";
+const ATTEMPT: &str = "anybroker-attempt";
+/// When a retried or delayed record is due, in microseconds since the Unix epoch.
+pub(crate) const DUE: &str = "anybroker-due";
+/// The group a retried record is for; other groups skip it.
+pub(crate) const GROUP: &str = "anybroker-group";
+/// Where a dead letter was read from.
+pub(crate) const ORIGINAL_TOPIC: &str = "x-anybroker-original-topic";
+pub(crate) const ORIGINAL_PARTITION: &str = "x-anybroker-original-partition";
+pub(crate) const ORIGINAL_OFFSET: &str = "x-anybroker-original-offset";
+
+pub(crate) fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros() as u64
+}
+
+/// The headers carrying `envelope`'s metadata and application headers, plus `extra`
+/// (due time, group).
+pub(crate) fn to_headers(envelope: &Envelope, extra: &[(&str, &str)]) -> OwnedHeaders {
+    let published_at = unix_micros(envelope.published_at).to_string();
+    let attempt = envelope.attempt.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(4 + envelope.headers.len() + extra.len())
+        .insert(Header {
+            key: ID,
+            value: Some(envelope.id.as_bytes()),
+        })
+        .insert(Header {
+            key: PUBLISHED_AT,
+            value: Some(published_at.as_bytes()),
+        });
+    if &*envelope.content_type != crate::CONTENT_TYPE_JSON {
+        h = h.insert(Header {
+            key: CONTENT_TYPE,
+            value: Some(envelope.content_type.as_bytes()),
+        });
+    }
+    if envelope.attempt != 1 {
+        h = h.insert(Header {
+            key: ATTEMPT,
+            value: Some(attempt.as_bytes()),
+        });
+    }
+    for (name, value) in &envelope.headers {
+        h = h.insert(Header {
+            key: name.as_str(),
+            value: Some(value.as_bytes()),
+        });
+    }
+    for (name, value) in extra {
+        h = h.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    h
+}
+
+/// Anybroker's routing headers of a record: due time (µs) and target group.
+pub(crate) struct Routing {
+    pub(crate) due: Option<u64>,
+    pub(crate) group: Option<String>,
+}
+
+/// Rebuilds an envelope of `channel`; a record produced around the library (no id
+/// header) gets `topic/partition/offset` as its id. The value is kept whatever it is.
+pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelope, Routing) {
+    let mut routing = Routing {
+        due: None,
+        group: None,
+    };
+    let mut id: Option<Arc<str>> = None;
+    let mut e = Envelope::received(channel.clone(), Arc::from(""));
+    e.payload = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
+    e.key = message
+        .key()
+        .map(|k| Arc::from(String::from_utf8_lossy(k).as_ref()));
+    e.published_at = SystemTime::now();
+    if let Some(headers) = message.headers() {
+        for h in headers.iter() {
+            let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+            match h.key {
+                ID => id = Some(Arc::from(value.as_ref())),
+                PUBLISHED_AT => {
+                    if let Ok(us) = value.parse::<u64>() {
+                        e.published_at = UNIX_EPOCH + Duration::from_micros(us);
+                    }
+                }
+                CONTENT_TYPE => e.content_type = Arc::from(value.as_ref()),
+                ATTEMPT => e.attempt = value.parse().unwrap_or(1),
+                DUE => routing.due = value.parse().ok(),
+                GROUP => routing.group = Some(value.into_owned()),
+                other => {
+                    e.headers.insert(other.to_string(), value.into_owned());
+                }
+            }
+        }
+    }
+    e.id = id.unwrap_or_else(|| {
+        Arc::from(format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        ))
+    });
+    (e, routing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    #[test]
+    fn headers_round_trip() {
+        let mut e = Envelope::new("a.b", &b"{}"[..])
+            .with_key("k")
+            .with_header("tenant", "acme");
+        e.attempt = 2;
+        let h = to_headers(&e, &[(DUE, "123"), (GROUP, "g")]);
+        let m = OwnedMessage::new(
+            Some(e.payload.to_vec()),
+            Some(b"k".to_vec()),
+            "a.b".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(h),
+        );
+        let (back, routing) = from_record(&Arc::from("a.b"), &m);
+        assert_eq!(back.id, e.id);
+        assert_eq!(back.key, e.key);
+        assert_eq!(back.headers, e.headers);
+        assert_eq!(back.attempt, 2);
+        assert_eq!(routing.due, Some(123));
+        assert_eq!(routing.group.as_deref(), Some("g"));
+    }
+}

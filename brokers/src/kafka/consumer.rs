@@ -1,0 +1,407 @@
+//! A member of a consumer group: the channel's topic, its delay topic and the retry
+//! topics, read with commits that never pass an unfinished message.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
+use tokio::time::Instant;
+
+use super::codec::{
+    from_record, unix_micros, DUE, GROUP, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC,
+};
+use super::error::from_kafka;
+use super::offsets::{OffsetTracker, Partition};
+use super::publisher::{client_config, KafkaBroker};
+use super::Topics;
+use crate::core::{
+    Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement, SubscribeOptions,
+    Subscription,
+};
+
+/// What the consumer task and the rebalance callback share.
+#[derive(Default)]
+struct State {
+    offsets: OffsetTracker,
+    /// Partitions held back until their next record is due, and when that is.
+    paused: FxHashMap<Partition, Instant>,
+}
+
+/// Commits the finished prefix of partitions being revoked and forgets them, so the
+/// in-flight messages of those partitions are left to their next owner.
+struct Rebalancing {
+    state: Arc<Mutex<State>>,
+}
+
+impl ClientContext for Rebalancing {}
+
+impl ConsumerContext for Rebalancing {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let revoked: Vec<Partition> = revoked
+            .elements()
+            .iter()
+            .map(|e| (Arc::from(e.topic()), e.partition()))
+            .collect();
+        let commits = {
+            let mut state = self.state.lock().unwrap();
+            for p in &revoked {
+                state.paused.remove(p);
+            }
+            state.offsets.revoke(&revoked)
+        };
+        if let Some(tpl) = to_list(&commits) {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(broker = "kafka", error = %e, "commit of revoked partitions failed; their messages may be handled again");
+            }
+        }
+    }
+}
+
+fn to_list(commits: &[(Partition, i64)]) -> Option<TopicPartitionList> {
+    if commits.is_empty() {
+        return None;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in commits {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .ok()?;
+    }
+    Some(tpl)
+}
+
+struct InFlight {
+    partition: Partition,
+    offset: i64,
+    envelope: Envelope,
+}
+
+pub(crate) struct KafkaSubscription {
+    broker: KafkaBroker,
+    channel: Arc<str>,
+    group: String,
+    /// Retry topics this group reads: `C-retry-0 .. C-retry-<n-1>`.
+    retry_topics: u32,
+    consumer: StreamConsumer<Rebalancing>,
+    state: Arc<Mutex<State>>,
+    in_flight: Mutex<FxHashMap<u64, InFlight>>,
+    /// One `recv` at a time reads the stream.
+    receiving: tokio::sync::Mutex<()>,
+    next_tag: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl KafkaSubscription {
+    pub(crate) async fn start(broker: KafkaBroker, options: SubscribeOptions) -> Result<Self> {
+        let channel: Arc<str> = Arc::from(options.channel.as_str());
+        let retry_topics = options.retry.attempts.saturating_sub(1);
+        let mut topics = vec![channel.to_string(), Topics::delay(&channel)];
+        topics.extend((0..retry_topics).map(|n| Topics::retry(&channel, n)));
+        let mut all = topics.clone();
+        all.push(Topics::dead_letters(&channel));
+        broker
+            .ensure_topics(&all)
+            .await
+            .map_err(|e| e.with_channel(&*channel))?;
+        let state: Arc<Mutex<State>> = Arc::default();
+        let reset = broker.config().auto_offset_reset.clone();
+        let consumer: StreamConsumer<Rebalancing> = client_config(
+            broker.config(),
+            &[
+                ("group.id", &options.group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", &reset),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ],
+        )
+        .create_with_context(Rebalancing {
+            state: state.clone(),
+        })
+        .map_err(|e| from_kafka(e, "subscribe").with_channel(&*channel))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| from_kafka(e, "subscribe").with_channel(&*channel))?;
+        Ok(KafkaSubscription {
+            broker,
+            channel,
+            group: options.group,
+            retry_topics,
+            consumer,
+            state,
+            in_flight: Mutex::new(FxHashMap::default()),
+            receiving: tokio::sync::Mutex::new(()),
+            next_tag: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn partition_of(&self, m: &OwnedMessage) -> Partition {
+        let topic = if m.topic() == &*self.channel {
+            self.channel.clone()
+        } else {
+            Arc::from(m.topic())
+        };
+        (topic, m.partition())
+    }
+
+    /// Turns a record into a delivery, or handles it here: a record already fetched
+    /// from a paused partition is dropped (it is read again after the resume), another
+    /// group's retry is skipped, a record not yet due pauses its partition at it.
+    fn accept(&self, m: OwnedMessage) -> Option<Delivery> {
+        let partition = self.partition_of(&m);
+        let offset = m.offset();
+        let mut state = self.state.lock().unwrap();
+        if state.paused.contains_key(&partition) {
+            return None;
+        }
+        let (mut envelope, routing) = from_record(&self.channel, &m);
+        if routing.group.as_deref().is_some_and(|g| g != self.group) {
+            state.offsets.delivered(&partition, offset);
+            state.offsets.finished(&partition, offset);
+            return None;
+        }
+        if let Some(due) = routing.due {
+            let now = unix_micros(SystemTime::now());
+            if due > now {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&partition.0, partition.1);
+                let paused = self.consumer.pause(&tpl).and_then(|_| {
+                    self.consumer.seek(
+                        &partition.0,
+                        partition.1,
+                        Offset::Offset(offset),
+                        Duration::ZERO,
+                    )
+                });
+                match paused {
+                    Ok(()) => {
+                        state.paused.insert(
+                            partition,
+                            Instant::now() + Duration::from_micros(due - now),
+                        );
+                        return None;
+                    }
+                    // Cannot hold it back: deliver it early rather than lose it.
+                    Err(e) => {
+                        tracing::warn!(broker = "kafka", error = %e, "cannot pause a partition for a delayed record; delivering it now")
+                    }
+                }
+            }
+        }
+        state.offsets.delivered(&partition, offset);
+        drop(state);
+        envelope
+            .headers
+            .insert(ORIGINAL_TOPIC.to_string(), m.topic().to_string());
+        envelope
+            .headers
+            .insert(ORIGINAL_PARTITION.to_string(), m.partition().to_string());
+        envelope
+            .headers
+            .insert(ORIGINAL_OFFSET.to_string(), offset.to_string());
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.lock().unwrap().insert(
+            tag,
+            InFlight {
+                partition,
+                offset,
+                envelope: envelope.clone(),
+            },
+        );
+        envelope.headers.remove(ORIGINAL_TOPIC);
+        envelope.headers.remove(ORIGINAL_PARTITION);
+        envelope.headers.remove(ORIGINAL_OFFSET);
+        Some(Delivery::new(envelope, DeliveryTag(tag, 0)))
+    }
+
+    /// Resumes the partitions whose record is due; returns when the next one is.
+    fn resume_due(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        let due: Vec<Partition> = state
+            .paused
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if !due.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for p in &due {
+                state.paused.remove(p);
+                tpl.add_partition(&p.0, p.1);
+            }
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(broker = "kafka", error = %e, "cannot resume partitions");
+            }
+        }
+        state.paused.values().min().copied()
+    }
+
+    /// Commits, without waiting, what finished since the last commit.
+    fn commit_finished(&self, mode: CommitMode) -> Result<()> {
+        let commits = self.state.lock().unwrap().offsets.take_commits();
+        if let Some(tpl) = to_list(&commits) {
+            self.consumer
+                .commit(&tpl, mode)
+                .map_err(|e| from_kafka(e, "commit").with_channel(&*self.channel))?;
+        }
+        Ok(())
+    }
+
+    async fn settle_one(&self, f: &InFlight, settlement: Settlement) -> Result<()> {
+        match settlement {
+            Settlement::Retry { delay, error } => {
+                let mut envelope = f.envelope.clone();
+                for h in [ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET] {
+                    envelope.headers.remove(h);
+                }
+                envelope.record_failure(&error);
+                let n = envelope
+                    .attempt
+                    .saturating_sub(2)
+                    .min(self.retry_topics.max(1) - 1);
+                let topic = Topics::retry(&self.channel, n);
+                self.broker
+                    .ensure_topics(std::slice::from_ref(&topic))
+                    .await?;
+                let due = unix_micros(SystemTime::now() + delay).to_string();
+                self.broker
+                    .produce(&topic, &envelope, &[(DUE, &due), (GROUP, &self.group)])
+                    .await
+            }
+            Settlement::DeadLetter(dead) => {
+                let envelope = f.envelope.clone().into_dead_letter(&dead);
+                self.broker
+                    .produce(&Topics::dead_letters(&self.channel), &envelope, &[])
+                    .await
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(Error::unsupported(format!(
+                "settlement {other:?} is not offered by the Kafka backend"
+            ))
+            .with_broker("kafka")),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
+        if self.closed.load(Ordering::Acquire) || self.broker.is_closed() {
+            return Ok(Vec::new());
+        }
+        let _one = self.receiving.lock().await;
+        let first = loop {
+            let next_resume = self.resume_due();
+            let wake = next_resume.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let message = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(wake) => continue,
+            };
+            match message {
+                Ok(m) => {
+                    if let Some(d) = self.accept(m.detach()) {
+                        break d;
+                    }
+                }
+                Err(e) => return Err(from_kafka(e, "fetch").with_channel(&*self.channel)),
+            }
+        };
+        let mut out = vec![first];
+        while out.len() < max.max(1) {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    if let Some(d) = self.accept(m.detach()) {
+                        out.push(d);
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
+        let mut unknown = 0;
+        let mut finished = Vec::with_capacity(settlements.len());
+        let mut others = Vec::new();
+        {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            for (tag, settlement) in settlements {
+                let Some(f) = in_flight.remove(&tag.0) else {
+                    unknown += 1;
+                    continue;
+                };
+                match settlement {
+                    Settlement::Ack => finished.push(f),
+                    // Stays unfinished, so its offset is not committed: the group's
+                    // next owner of the partition reads it again.
+                    Settlement::Release => {}
+                    other => others.push((f, other)),
+                }
+            }
+        }
+        let mut first_error = None;
+        if !others.is_empty() {
+            let results = futures::future::join_all(
+                others
+                    .iter()
+                    .map(|(f, s)| self.settle_one(f, s.clone())),
+            )
+            .await;
+            for ((f, _), result) in others.into_iter().zip(results) {
+                match result {
+                    // Produced elsewhere: the original is done.
+                    Ok(()) => finished.push(f),
+                    // Left unfinished: not committed, so it is read again after a restart.
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        {
+            let mut state = self.state.lock().unwrap();
+            for f in &finished {
+                state.offsets.finished(&f.partition, f.offset);
+            }
+        }
+        self.commit_finished(CommitMode::Async)?;
+        if let Some(e) = first_error {
+            return Err(e.with_channel(&*self.channel));
+        }
+        if unknown > 0 {
+            return Err(Error::new(
+                ErrorKind::Broker,
+                format!("{unknown} deliveries settled twice or not from this subscription"),
+            )
+            .with_broker("kafka")
+            .with_operation("settle"));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _one = self.receiving.lock().await;
+        let result = self.commit_finished(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        self.in_flight.lock().unwrap().clear();
+        result
+    }
+}
