@@ -72,6 +72,7 @@ mod kafka {
 }
 
 /// Kafka, against librdkafka's mock cluster (in this test process, on real TCP ports).
+/// The mock has no CreateTopics: it creates topics on first use instead.
 #[cfg(feature = "kafka")]
 mod kafka_mock {
     fn table() -> String {
@@ -84,7 +85,7 @@ mod kafka_mock {
             cluster.bootstrap_servers()
         });
         format!(
-            "kind = \"kafka\"\nbootstrap_servers = \"{servers}\"\nreplication_factor = 3\n\
+            "kind = \"kafka\"\nbootstrap_servers = \"{servers}\"\ncreate_topics = false\n\
              properties = {{ \"fetch.wait.max.ms\" = \"10\" }}"
         )
     }

@@ -14,6 +14,7 @@ use crate::Secret;
 /// bootstrap_servers = "127.0.0.1:9092"
 /// partitions = 6                     # of the topics the backend creates
 /// replication_factor = 3
+/// create_topics = true              # false: the cluster creates or has them
 /// auto_offset_reset = "earliest"     # where a new group starts
 /// properties = { "compression.type" = "zstd", "sasl.password" = "…" }   # any librdkafka property
 /// ```
@@ -29,6 +30,11 @@ pub struct KafkaConfig {
     /// Replication factor of the topics the backend creates. Default 1.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// Whether the backend creates the topics it uses (main, `-delay`, `-retry-<n>`,
+    /// `-dlt`) with the admin API. Default true; false where clients may not create
+    /// topics and the cluster creates them on first use or they are provisioned.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
     /// Where a group without a committed offset starts: `earliest` (default) or `latest`.
     #[serde(default = "default_auto_offset_reset")]
     pub auto_offset_reset: String,
@@ -41,6 +47,9 @@ pub struct KafkaConfig {
 
 fn default_partitions() -> i32 {
     1
+}
+fn default_true() -> bool {
+    true
 }
 fn default_replication_factor() -> i32 {
     1
@@ -55,6 +64,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
+            .field("create_topics", &self.create_topics)
             .field("auto_offset_reset", &self.auto_offset_reset)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish()

@@ -124,6 +124,14 @@ impl KafkaSubscription {
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", &reset),
                 ("partition.assignment.strategy", "cooperative-sticky"),
+                (
+                    "allow.auto.create.topics",
+                    if broker.config().create_topics {
+                        "false"
+                    } else {
+                        "true"
+                    },
+                ),
             ],
         )
         .create_with_context(Rebalancing {

@@ -154,6 +154,15 @@ impl KafkaBroker {
             return Ok(());
         }
         let c = &self.inner.config;
+        if !c.create_topics {
+            // The cluster creates them on first use (or they were provisioned).
+            self.inner
+                .topics
+                .write()
+                .unwrap()
+                .extend(missing.into_iter().cloned());
+            return Ok(());
+        }
         let new: Vec<NewTopic> = missing
             .iter()
             .map(|n| {
@@ -297,45 +306,76 @@ impl KafkaBroker {
             .create()
             .map_err(|e| from_kafka(e, "dead letters"))?,
         );
-        // Where each partition ends now; reading stops there.
-        let ends: Vec<(i32, i64)> = {
+        // Per partition: where the cursor is (committed offset, else the oldest
+        // retained record) and where the partition ends now; reading stops there.
+        let ranges: Vec<(i32, i64, i64)> = {
             let (consumer, topic) = (consumer.clone(), topic.clone());
-            tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<Vec<(i32, i64)>> {
-                let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
-                let partitions: Vec<i32> = metadata
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == topic)
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
-                let mut tpl = TopicPartitionList::new();
-                for p in &partitions {
-                    tpl.add_partition_offset(&topic, *p, Offset::Stored)?;
-                }
-                consumer.assign(&tpl)?;
-                partitions
-                    .into_iter()
-                    .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?.1)))
-                    .collect()
-            })
+            tokio::task::spawn_blocking(
+                move || -> rdkafka::error::KafkaResult<Vec<(i32, i64, i64)>> {
+                    let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
+                    let partitions: Vec<i32> = metadata
+                        .topics()
+                        .iter()
+                        .filter(|t| t.name() == topic)
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    let mut all = TopicPartitionList::new();
+                    for p in &partitions {
+                        all.add_partition(&topic, *p);
+                    }
+                    let committed = consumer.committed_offsets(all, CALL_TIMEOUT)?;
+                    let mut ranges = Vec::new();
+                    let mut assignment = TopicPartitionList::new();
+                    for p in partitions {
+                        let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
+                        let start = match committed
+                            .find_partition(&topic, p)
+                            .map(|e| e.offset())
+                        {
+                            Some(Offset::Offset(o)) => o.max(low),
+                            _ => low,
+                        };
+                        assignment.add_partition_offset(&topic, p, Offset::Offset(start))?;
+                        if start < high {
+                            ranges.push((p, start, high));
+                        }
+                    }
+                    consumer.assign(&assignment)?;
+                    Ok(ranges)
+                },
+            )
             .await
             .expect("dead-letter reader")
             .map_err(|e| from_kafka(e, "dead letters").with_channel(channel))?
         };
         let channel_arc: Arc<str> = Arc::from(channel);
         let mut remaining: std::collections::HashMap<i32, i64> =
-            ends.into_iter().filter(|(_, high)| *high > 0).collect();
+            ranges.into_iter().map(|(p, _, high)| (p, high)).collect();
         let mut read = Vec::new();
         let mut moved = 0;
         let mut cursor = TopicPartitionList::new();
         let mut messages = consumer.stream();
-        while !remaining.is_empty() && read.len() + moved < limit {
-            let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-            let m = match next {
+        // Read up to each partition's high watermark, then on until the stream is quiet
+        // for a moment: some Kafka-protocol brokers (tansu 0.6) report a high watermark
+        // short of the last records, and a record must not be left out for that.
+        while read.len() + moved < limit {
+            let wait = if remaining.is_empty() {
+                Duration::from_millis(300)
+            } else {
+                CALL_TIMEOUT
+            };
+            let m = match tokio::time::timeout(wait, messages.next()).await {
                 Ok(Some(Ok(m))) => m.detach(),
                 Ok(Some(Err(e))) => return Err(from_kafka(e, "dead letters").with_channel(channel)),
-                // Nothing more arrives: the partitions left are read to their end.
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(_) if remaining.is_empty() => break,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("dead letters of {channel:?} did not arrive within {CALL_TIMEOUT:?}"),
+                    )
+                    .with_broker("kafka"))
+                }
             };
             if let Some(high) = remaining.get(&m.partition()) {
                 if m.offset() + 1 >= *high {
