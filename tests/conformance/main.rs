@@ -66,29 +66,7 @@ mod rabbitmq {
 mod kafka {
     conformance_cases!(crate::support::Target::server(
         "kafka",
-        "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+        "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\npartitions = 4\n\
          properties = { \"fetch.wait.max.ms\" = \"10\" }"
     ));
-}
-
-/// Kafka, against librdkafka's mock cluster (in this test process, on real TCP ports).
-/// The mock has no CreateTopics: it creates topics on first use instead.
-#[cfg(feature = "kafka")]
-mod kafka_mock {
-    fn table() -> String {
-        static SERVERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let servers = SERVERS.get_or_init(|| {
-            // Lives as long as the test process.
-            let cluster = Box::leak(Box::new(
-                rdkafka::mocking::MockCluster::new(3).expect("mock cluster starts"),
-            ));
-            cluster.bootstrap_servers()
-        });
-        format!(
-            "kind = \"kafka\"\nbootstrap_servers = \"{servers}\"\ncreate_topics = false\n\
-             properties = {{ \"fetch.wait.max.ms\" = \"10\" }}"
-        )
-    }
-
-    conformance_cases!(crate::support::Target::server("kafka-mock", &table()));
 }

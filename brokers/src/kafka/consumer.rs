@@ -34,6 +34,8 @@ struct State {
     offsets: OffsetTracker,
     /// Partitions held back until their next record is due, and when that is.
     paused: FxHashMap<Partition, Instant>,
+    /// Partitions the group has assigned to this member.
+    assigned: usize,
 }
 
 /// Commits the finished prefix of partitions being revoked and forgets them, so the
@@ -45,6 +47,12 @@ struct Rebalancing {
 impl ClientContext for Rebalancing {}
 
 impl ConsumerContext for Rebalancing {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(added) = rebalance {
+            self.state.lock().unwrap().assigned += added.count();
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
@@ -59,6 +67,7 @@ impl ConsumerContext for Rebalancing {
             for p in &revoked {
                 state.paused.remove(p);
             }
+            state.assigned = state.assigned.saturating_sub(revoked.len());
             state.offsets.revoke(&revoked)
         };
         if let Some(tpl) = to_list(&commits) {
@@ -81,6 +90,9 @@ fn to_list(commits: &[(Partition, i64)]) -> Option<TopicPartitionList> {
     Some(tpl)
 }
 
+/// Longest wait at subscribe for the group to assign partitions.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct InFlight {
     partition: Partition,
     offset: i64,
@@ -98,6 +110,8 @@ pub(crate) struct KafkaSubscription {
     in_flight: Mutex<FxHashMap<u64, InFlight>>,
     /// One `recv` at a time reads the stream.
     receiving: tokio::sync::Mutex<()>,
+    /// Records read while waiting for the first assignment, handed out first.
+    early: Mutex<std::collections::VecDeque<OwnedMessage>>,
     next_tag: AtomicU64,
     closed: AtomicBool,
 }
@@ -142,7 +156,7 @@ impl KafkaSubscription {
         consumer
             .subscribe(&names)
             .map_err(|e| from_kafka(e, "subscribe").with_channel(&*channel))?;
-        Ok(KafkaSubscription {
+        let subscription = KafkaSubscription {
             broker,
             channel,
             group: options.group,
@@ -151,9 +165,31 @@ impl KafkaSubscription {
             state,
             in_flight: Mutex::new(FxHashMap::default()),
             receiving: tokio::sync::Mutex::new(()),
+            early: Mutex::default(),
             next_tag: AtomicU64::new(1),
             closed: AtomicBool::new(false),
-        })
+        };
+        subscription.wait_for_assignment().await;
+        Ok(subscription)
+    }
+
+    /// Joining a group takes a rebalance (or two, with cooperative assignment); until
+    /// the member has partitions it reads nothing. Waiting here (reading meanwhile)
+    /// makes a started router a consuming one. A member that gets no partition (more
+    /// members than partitions) goes on after `JOIN_TIMEOUT`, idle until a rebalance.
+    async fn wait_for_assignment(&self) {
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        while self.state.lock().unwrap().assigned == 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(broker = "kafka", channel = %self.channel, "no partition assignment within {JOIN_TIMEOUT:?}; consuming will start when the group assigns");
+                return;
+            }
+            if let Ok(Ok(m)) =
+                tokio::time::timeout(Duration::from_millis(50), self.consumer.recv()).await
+            {
+                self.early.lock().unwrap().push_back(m.detach());
+            }
+        }
     }
 
     fn partition_of(&self, m: &OwnedMessage) -> Partition {
@@ -196,10 +232,9 @@ impl KafkaSubscription {
                 });
                 match paused {
                     Ok(()) => {
-                        state.paused.insert(
-                            partition,
-                            Instant::now() + Duration::from_micros(due - now),
-                        );
+                        state
+                            .paused
+                            .insert(partition, Instant::now() + Duration::from_micros(due - now));
                         return None;
                     }
                     // Cannot hold it back: deliver it early rather than lose it.
@@ -312,6 +347,13 @@ impl Subscription for KafkaSubscription {
             return Ok(Vec::new());
         }
         let _one = self.receiving.lock().await;
+        let early: Vec<OwnedMessage> = self.early.lock().unwrap().drain(..).collect();
+        if !early.is_empty() {
+            let out: Vec<Delivery> = early.into_iter().filter_map(|m| self.accept(m)).collect();
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
         let first = loop {
             let next_resume = self.resume_due();
             let wake = next_resume.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -365,9 +407,7 @@ impl Subscription for KafkaSubscription {
         let mut first_error = None;
         if !others.is_empty() {
             let results = futures::future::join_all(
-                others
-                    .iter()
-                    .map(|(f, s)| self.settle_one(f, s.clone())),
+                others.iter().map(|(f, s)| self.settle_one(f, s.clone())),
             )
             .await;
             for ((f, _), result) in others.into_iter().zip(results) {

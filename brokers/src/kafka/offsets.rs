@@ -112,6 +112,9 @@ mod tests {
         t.finished(&p, 0);
         assert_eq!(t.revoke(std::slice::from_ref(&p)), vec![(p.clone(), 1)]);
         t.finished(&p, 1);
-        assert!(t.take_commits().is_empty(), "a revoked partition is not committed");
+        assert!(
+            t.take_commits().is_empty(),
+            "a revoked partition is not committed"
+        );
     }
 }

@@ -260,7 +260,9 @@ impl KafkaBroker {
                         Ok(Err((e, _))) => {
                             Err(from_kafka(e, "publish").with_channel(&*envelope.channel))
                         }
-                        Err(_) => Err(Error::closed("the producer was dropped").with_broker("kafka")),
+                        Err(_) => {
+                            Err(Error::closed("the producer was dropped").with_broker("kafka"))
+                        }
                     };
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -268,7 +270,9 @@ impl KafkaBroker {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, _)) => return Err(from_kafka(e, "publish").with_channel(&*envelope.channel)),
+                Err((e, _)) => {
+                    return Err(from_kafka(e, "publish").with_channel(&*envelope.channel))
+                }
             }
         }
     }
@@ -328,10 +332,7 @@ impl KafkaBroker {
                     let mut assignment = TopicPartitionList::new();
                     for p in partitions {
                         let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
-                        let start = match committed
-                            .find_partition(&topic, p)
-                            .map(|e| e.offset())
-                        {
+                        let start = match committed.find_partition(&topic, p).map(|e| e.offset()) {
                             Some(Offset::Offset(o)) => o.max(low),
                             _ => low,
                         };
@@ -372,7 +373,9 @@ impl KafkaBroker {
                 Err(_) => {
                     return Err(Error::new(
                         ErrorKind::Timeout,
-                        format!("dead letters of {channel:?} did not arrive within {CALL_TIMEOUT:?}"),
+                        format!(
+                            "dead letters of {channel:?} did not arrive within {CALL_TIMEOUT:?}"
+                        ),
                     )
                     .with_broker("kafka"))
                 }
@@ -451,7 +454,9 @@ impl MessagePublisher for KafkaBroker {
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         self.check_open("subscribe")?;
         Self::validate_name(&options.channel)?;
-        Ok(Box::new(KafkaSubscription::start(self.clone(), options).await?))
+        Ok(Box::new(
+            KafkaSubscription::start(self.clone(), options).await?,
+        ))
     }
 
     async fn dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<Envelope>> {

@@ -1,0 +1,136 @@
+//! Kafka-specific tests against the Kafka-protocol broker on 127.0.0.1:9092 (tansu in
+//! CI): a consumer that vanishes before committing, and poison records produced around
+//! the library.
+#![cfg(feature = "kafka")]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alarm_domain::AlarmToLog;
+use anybroker::{handler_fn, header, MessageContext, MessageRouter, RouterConfig};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+mod common;
+use common::{unique_channel, wait_until, wait_until_async, Numbered};
+
+fn router_config() -> RouterConfig {
+    RouterConfig::from_toml_str(
+        "default_broker = \"kafka\"\n[defaults]\nretry = { attempts = 3, initial = \"50ms\" }\n\
+         [brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\npartitions = 2\n\
+         properties = { \"fetch.wait.max.ms\" = \"10\" }\n",
+    )
+    .unwrap()
+}
+
+/// A member dropped without shutdown, holding handled-but-uncommitted and unhandled
+/// messages: a new member of the group gets every message the first did not finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_crash_before_commit_loses_none() {
+    const N: u64 = 600;
+    let ch = unique_channel::<Numbered>("crash");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handler = |seen: Arc<Mutex<HashMap<u64, usize>>>, pause: Duration| {
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(pause).await;
+                *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+                Ok(())
+            }
+        })
+    };
+    let first = MessageRouter::builder(router_config())
+        .handle(ch, handler(seen.clone(), Duration::from_millis(5)))
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        first.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    wait_until("some handled", Duration::from_secs(60), || {
+        seen.lock().unwrap().len() >= 50
+    })
+    .await;
+    // Gone without shutdown: nothing more is committed.
+    drop(first);
+    let by_first = seen.lock().unwrap().len();
+    let second = MessageRouter::builder(router_config())
+        .handle(ch, handler(seen.clone(), Duration::ZERO))
+        .start()
+        .await
+        .unwrap();
+    wait_until("every message handled", Duration::from_secs(120), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    second.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    println!("kafka crash: first handled {by_first}, {duplicates} handled again by the new member");
+    assert!((0..N).all(|s| seen.contains_key(&s)), "a message was lost");
+}
+
+/// 1,000 records that are not the channel's JSON, produced with rdkafka directly, all
+/// end in `<channel>-dlt`; the valid messages around them are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_poison_records_are_dead_lettered() {
+    const POISON: usize = 1000;
+    const VALID: usize = 200;
+    let ch = unique_channel::<AlarmToLog>("poison");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let handled = handled.clone();
+        handler_fn(move |_m: AlarmToLog, _cx: MessageContext| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(router_config())
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .create()
+        .unwrap();
+    for i in 0..POISON {
+        let body: &[u8] = if i % 2 == 0 {
+            b"\x01not json"
+        } else {
+            br#"{"message": 7}"#
+        };
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to(ch.name()).payload(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        if i % 5 == 0 {
+            router
+                .publish(ch, &alarm_domain::sample_alarm_to_log(i))
+                .await
+                .unwrap();
+        }
+    }
+    wait_until("valid messages handled", Duration::from_secs(60), || {
+        handled.load(Ordering::SeqCst) == VALID
+    })
+    .await;
+    wait_until_async("poison dead-lettered", Duration::from_secs(60), || {
+        let router = router.clone();
+        async move { router.dead_letters(ch, 10_000).await.unwrap().len() >= POISON }
+    })
+    .await;
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
+    router.shutdown().await.unwrap();
+    assert_eq!(dead.len(), POISON, "every poison record is a dead letter");
+    assert!(dead
+        .iter()
+        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
+    assert_eq!(handled.load(Ordering::SeqCst), VALID);
+}
