@@ -13,6 +13,8 @@
 //! message) to handling. Rounds alternate anybroker and raw; each figure is the median.
 
 mod anybroker_runs;
+#[cfg(feature = "kafka")]
+mod raw_kafka;
 #[cfg(feature = "nats")]
 mod raw_nats;
 #[cfg(feature = "rabbitmq")]
@@ -35,7 +37,7 @@ pub struct Args {
     /// Publishes in flight at once, and the consumer's prefetch.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Only these rows (memory, redis, rabbitmq, nats-js, nats); default all.
+    /// Only these rows (memory, redis, rabbitmq, nats-js, nats, kafka); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only this client's rounds (anybroker or raw), e.g. to count instructions of one
@@ -210,5 +212,22 @@ async fn main() {
     }
     #[cfg(not(feature = "nats"))]
     println!("nats     not built (run with --features nats)");
-    println!("kafka    not built yet");
+    #[cfg(feature = "kafka")]
+    if args.wants("kafka") {
+        // tansu (CI's Kafka-protocol broker) answers a fetch only after fetch.wait.max.ms.
+        let table = "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+                     properties = { \"fetch.wait.max.ms\" = \"10\" }";
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            if args.runs("anybroker") {
+                ours.push(anybroker_runs::round(table, &args, args.window).await);
+            }
+            if args.runs("raw") {
+                raw.push(raw_kafka::round("127.0.0.1:9092", &args).await);
+            }
+        }
+        side_by_side("kafka", "rdkafka", &ours, &raw);
+    }
+    #[cfg(not(feature = "kafka"))]
+    println!("kafka    not built (run with --features kafka)");
 }

@@ -137,7 +137,11 @@ impl KafkaSubscription {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", &reset),
-                ("partition.assignment.strategy", "cooperative-sticky"),
+                // Eager assignment (librdkafka's default, range then roundrobin): one
+                // rebalance hands every member its partitions together, so a member
+                // that has joined is not starved by a second cooperative round. Set
+                // `partition.assignment.strategy` in `properties` to choose another.
+                ("partition.assignment.strategy", "range,roundrobin"),
                 (
                     "allow.auto.create.topics",
                     if broker.config().create_topics {

@@ -5,8 +5,8 @@
 //! - `C`: publish = produce with the envelope key as record key (same key → same
 //!   partition → order), metadata in headers, idempotent producer with `acks=all`;
 //!   returns after the delivery report;
-//! - each group is a consumer group (`enable.auto.commit=false`, cooperative-sticky
-//!   assignment). Offsets are committed only up to the first message not yet finished
+//! - each group is a consumer group (`enable.auto.commit=false`, eager
+//!   assignment by default). Offsets are committed only up to the first message not yet finished
 //!   in each partition, so a crash never skips unfinished work; on revocation the
 //!   finished prefix of the revoked partitions is committed and their in-flight
 //!   messages are left to the new owner;
