@@ -32,8 +32,9 @@ use crate::core::{
 #[derive(Default)]
 struct State {
     offsets: OffsetTracker,
-    /// Partitions held back until their next record is due, and when that is.
-    paused: FxHashMap<Partition, Instant>,
+    /// Paused partitions: when their first held record is due, and the records
+    /// fetched from them meanwhile, in order (handed out when due, never re-read).
+    paused: FxHashMap<Partition, (Instant, std::collections::VecDeque<OwnedMessage>)>,
     /// Partitions the group has assigned to this member.
     assigned: usize,
 }
@@ -212,7 +213,8 @@ impl KafkaSubscription {
         let partition = self.partition_of(&m);
         let offset = m.offset();
         let mut state = self.state.lock().unwrap();
-        if state.paused.contains_key(&partition) {
+        if let Some((_, held)) = state.paused.get_mut(&partition) {
+            held.push_back(m);
             return None;
         }
         let (mut envelope, routing) = from_record(&self.channel, &m);
@@ -226,26 +228,15 @@ impl KafkaSubscription {
             if due > now {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&partition.0, partition.1);
-                let paused = self.consumer.pause(&tpl).and_then(|_| {
-                    self.consumer.seek(
-                        &partition.0,
-                        partition.1,
-                        Offset::Offset(offset),
-                        Duration::ZERO,
-                    )
-                });
-                match paused {
-                    Ok(()) => {
-                        state
-                            .paused
-                            .insert(partition, Instant::now() + Duration::from_micros(due - now));
-                        return None;
-                    }
-                    // Cannot hold it back: deliver it early rather than lose it.
-                    Err(e) => {
-                        tracing::warn!(broker = "kafka", error = %e, "cannot pause a partition for a delayed record; delivering it now")
-                    }
+                // Stop fetching the partition; what was fetched waits here, in order.
+                if let Err(e) = self.consumer.pause(&tpl) {
+                    tracing::warn!(broker = "kafka", error = %e, "cannot pause a partition for a delayed record");
                 }
+                let at = Instant::now() + Duration::from_micros(due - now);
+                state
+                    .paused
+                    .insert(partition, (at, std::collections::VecDeque::from([m])));
+                return None;
             }
         }
         state.offsets.delivered(&partition, offset);
@@ -274,27 +265,45 @@ impl KafkaSubscription {
         Some(Delivery::new(envelope, DeliveryTag(tag, 0)))
     }
 
-    /// Resumes the partitions whose record is due; returns when the next one is.
-    fn resume_due(&self) -> Option<Instant> {
+    /// Hands out the held records of partitions whose first record is due (a later
+    /// one not yet due holds the partition again) and resumes fetching those that are
+    /// clear; returns the deliveries and when the next held record is due.
+    fn release_due(&self) -> (Vec<Delivery>, Option<Instant>) {
         let now = Instant::now();
-        let mut state = self.state.lock().unwrap();
-        let due: Vec<Partition> = state
-            .paused
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(p, _)| p.clone())
-            .collect();
-        if !due.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for p in &due {
-                state.paused.remove(p);
-                tpl.add_partition(&p.0, p.1);
+        let due: Vec<(Partition, std::collections::VecDeque<OwnedMessage>)> = {
+            let mut state = self.state.lock().unwrap();
+            let keys: Vec<Partition> = state
+                .paused
+                .iter()
+                .filter(|(_, (at, _))| *at <= now)
+                .map(|(p, _)| p.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|p| state.paused.remove(&p).map(|(_, held)| (p, held)))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (partition, held) in due {
+            for m in held {
+                out.extend(self.accept(m));
             }
-            if let Err(e) = self.consumer.resume(&tpl) {
-                tracing::warn!(broker = "kafka", error = %e, "cannot resume partitions");
+            if !self.state.lock().unwrap().paused.contains_key(&partition) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&partition.0, partition.1);
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    tracing::warn!(broker = "kafka", error = %e, "cannot resume a partition");
+                }
             }
         }
-        state.paused.values().min().copied()
+        let next = self
+            .state
+            .lock()
+            .unwrap()
+            .paused
+            .values()
+            .map(|(at, _)| *at)
+            .min();
+        (out, next)
     }
 
     /// Commits, without waiting, what finished since the last commit.
@@ -359,7 +368,10 @@ impl Subscription for KafkaSubscription {
             }
         }
         let first = loop {
-            let next_resume = self.resume_due();
+            let (released, next_resume) = self.release_due();
+            if !released.is_empty() {
+                return Ok(released);
+            }
             let wake = next_resume.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let message = tokio::select! {
                 m = self.consumer.recv() => m,
