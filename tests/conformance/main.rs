@@ -66,7 +66,7 @@ mod rabbitmq {
 mod kafka {
     conformance_cases!(crate::support::Target::server(
         "kafka",
-        "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\npartitions = 4\n\
+        "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\npartitions = 2\n\
          properties = { \"fetch.wait.max.ms\" = \"10\" }"
     ));
 }

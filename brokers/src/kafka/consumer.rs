@@ -134,7 +134,7 @@ impl KafkaSubscription {
         let consumer: StreamConsumer<Rebalancing> = client_config(
             broker.config(),
             &[
-                ("group.id", &options.group),
+                ("group.id", &Topics::group_id(&options.group, &channel)),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", &reset),

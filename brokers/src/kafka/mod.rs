@@ -5,7 +5,7 @@
 //! - `C`: publish = produce with the envelope key as record key (same key → same
 //!   partition → order), metadata in headers, idempotent producer with `acks=all`;
 //!   returns after the delivery report;
-//! - each group is a consumer group (`enable.auto.commit=false`, eager
+//! - each group is a consumer group `<G>.<C>` (`enable.auto.commit=false`, eager
 //!   assignment by default). Offsets are committed only up to the first message not yet finished
 //!   in each partition, so a crash never skips unfinished work; on revocation the
 //!   finished prefix of the revoked partitions is committed and their in-flight
@@ -54,6 +54,12 @@ impl Topics {
     }
     pub(crate) fn delay(channel: &str) -> String {
         format!("{channel}-delay")
+    }
+    /// The Kafka consumer group of anybroker group `group` on `channel`: one per
+    /// channel, so members joining on one channel never rebalance another channel's
+    /// consumers (a Kafka group spans every topic its members read).
+    pub(crate) fn group_id(group: &str, channel: &str) -> String {
+        format!("{group}.{channel}")
     }
     /// The group whose committed offset on `C-dlt` marks what was replayed.
     pub(crate) fn replay_group(channel: &str) -> String {
