@@ -113,6 +113,8 @@ pub(crate) struct KafkaSubscription {
     receiving: tokio::sync::Mutex<()>,
     /// Records read while waiting for the first assignment, handed out first.
     early: Mutex<std::collections::VecDeque<OwnedMessage>>,
+    /// Deliveries ready beyond what the last `recv` could take (its `max`).
+    ready: Mutex<std::collections::VecDeque<Delivery>>,
     next_tag: AtomicU64,
     closed: AtomicBool,
 }
@@ -171,6 +173,7 @@ impl KafkaSubscription {
             in_flight: Mutex::new(FxHashMap::default()),
             receiving: tokio::sync::Mutex::new(()),
             early: Mutex::default(),
+            ready: Mutex::default(),
             next_tag: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         };
@@ -360,17 +363,23 @@ impl Subscription for KafkaSubscription {
             return Ok(Vec::new());
         }
         let _one = self.receiving.lock().await;
+        let max = max.max(1);
         let early: Vec<OwnedMessage> = self.early.lock().unwrap().drain(..).collect();
-        if !early.is_empty() {
-            let out: Vec<Delivery> = early.into_iter().filter_map(|m| self.accept(m)).collect();
-            if !out.is_empty() {
-                return Ok(out);
+        for m in early {
+            if let Some(d) = self.accept(m) {
+                self.ready.lock().unwrap().push_back(d);
             }
         }
         let first = loop {
             let (released, next_resume) = self.release_due();
-            if !released.is_empty() {
-                return Ok(released);
+            {
+                // Never more than `max` at once: the caller's window counts on it.
+                let mut ready = self.ready.lock().unwrap();
+                ready.extend(released);
+                if !ready.is_empty() {
+                    let n = ready.len().min(max);
+                    return Ok(ready.drain(..n).collect());
+                }
             }
             let wake = next_resume.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let message = tokio::select! {
@@ -387,7 +396,7 @@ impl Subscription for KafkaSubscription {
             }
         };
         let mut out = vec![first];
-        while out.len() < max.max(1) {
+        while out.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
                     if let Some(d) = self.accept(m.detach()) {
