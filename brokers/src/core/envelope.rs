@@ -173,6 +173,13 @@ pub fn new_message_id() -> Arc<str> {
     Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
 }
 
+/// Microseconds since the Unix epoch, as backends carry publish and due times.
+pub fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros() as u64
+}
+
 /// Milliseconds since the Unix epoch, as used in time headers.
 pub fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

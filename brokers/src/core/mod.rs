@@ -11,8 +11,8 @@ mod subscription;
 pub use broker_api::{BrokerKind, MessagePublisher};
 pub use capabilities::Capabilities;
 pub use envelope::{
-    header, new_message_id, unix_millis, DeadLetter, DeadLetterReason, Envelope, Headers,
-    CONTENT_TYPE_JSON,
+    header, new_message_id, unix_micros, unix_millis, DeadLetter, DeadLetterReason, Envelope,
+    Headers, CONTENT_TYPE_JSON,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use retry::RetryPolicy;

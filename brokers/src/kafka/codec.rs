@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
-use crate::core::Envelope;
+use crate::core::{unix_micros, Envelope};
 
 const ID: &str = "anybroker-id";
 const PUBLISHED_AT: &str = "anybroker-published-at";
@@ -19,12 +19,6 @@ pub(crate) const GROUP: &str = "anybroker-group";
 pub(crate) const ORIGINAL_TOPIC: &str = "x-anybroker-original-topic";
 pub(crate) const ORIGINAL_PARTITION: &str = "x-anybroker-original-partition";
 pub(crate) const ORIGINAL_OFFSET: &str = "x-anybroker-original-offset";
-
-pub(crate) fn unix_micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros() as u64
-}
 
 /// The headers carrying `envelope`'s metadata and application headers, plus `extra`
 /// (due time, group).

@@ -16,9 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
-use super::codec::{
-    from_record, unix_micros, DUE, GROUP, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC,
-};
+use super::codec::{from_record, DUE, GROUP, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC};
 use super::error::from_kafka;
 use super::offsets::{OffsetTracker, Partition};
 use super::publisher::{client_config, KafkaBroker};
@@ -27,6 +25,7 @@ use crate::core::{
     Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement, SubscribeOptions,
     Subscription,
 };
+use crate::unix_micros;
 
 /// What the consumer task and the rebalance callback share.
 #[derive(Default)]
@@ -220,7 +219,7 @@ impl KafkaSubscription {
             held.push_back(m);
             return None;
         }
-        let (mut envelope, routing) = from_record(&self.channel, &m);
+        let (envelope, routing) = from_record(&self.channel, &m);
         if routing.group.as_deref().is_some_and(|g| g != self.group) {
             state.offsets.delivered(&partition, offset);
             state.offsets.finished(&partition, offset);
@@ -244,15 +243,6 @@ impl KafkaSubscription {
         }
         state.offsets.delivered(&partition, offset);
         drop(state);
-        envelope
-            .headers
-            .insert(ORIGINAL_TOPIC.to_string(), m.topic().to_string());
-        envelope
-            .headers
-            .insert(ORIGINAL_PARTITION.to_string(), m.partition().to_string());
-        envelope
-            .headers
-            .insert(ORIGINAL_OFFSET.to_string(), offset.to_string());
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         self.in_flight.lock().unwrap().insert(
             tag,
@@ -262,9 +252,6 @@ impl KafkaSubscription {
                 envelope: envelope.clone(),
             },
         );
-        envelope.headers.remove(ORIGINAL_TOPIC);
-        envelope.headers.remove(ORIGINAL_PARTITION);
-        envelope.headers.remove(ORIGINAL_OFFSET);
         Some(Delivery::new(envelope, DeliveryTag(tag, 0)))
     }
 
@@ -324,9 +311,6 @@ impl KafkaSubscription {
         match settlement {
             Settlement::Retry { delay, error } => {
                 let mut envelope = f.envelope.clone();
-                for h in [ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET] {
-                    envelope.headers.remove(h);
-                }
                 envelope.record_failure(&error);
                 let n = envelope
                     .attempt
@@ -342,7 +326,15 @@ impl KafkaSubscription {
                     .await
             }
             Settlement::DeadLetter(dead) => {
-                let envelope = f.envelope.clone().into_dead_letter(&dead);
+                // Where it was read from, written only on the dead letter.
+                let (topic, partition) = &f.partition;
+                let envelope = f
+                    .envelope
+                    .clone()
+                    .with_header(ORIGINAL_TOPIC, &**topic)
+                    .with_header(ORIGINAL_PARTITION, partition.to_string())
+                    .with_header(ORIGINAL_OFFSET, f.offset.to_string())
+                    .into_dead_letter(&dead);
                 self.broker
                     .produce(&Topics::dead_letters(&self.channel), &envelope, &[])
                     .await

@@ -446,7 +446,7 @@ impl MessagePublisher for KafkaBroker {
         Self::validate_name(&envelope.channel)?;
         let topic = Topics::delay(&envelope.channel);
         self.ensure_topics(std::slice::from_ref(&topic)).await?;
-        let due = super::codec::unix_micros(std::time::SystemTime::now() + delay).to_string();
+        let due = crate::unix_micros(std::time::SystemTime::now() + delay).to_string();
         self.produce(&topic, &envelope, &[(super::codec::DUE, &due)])
             .await
     }

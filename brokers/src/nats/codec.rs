@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::header::HeaderName;
 use async_nats::HeaderMap;
 
-use crate::core::Envelope;
+use crate::core::{unix_micros, Envelope};
 
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 const KEY: &str = "Anybroker-Key";
@@ -15,12 +15,6 @@ const CONTENT_TYPE: &str = "Anybroker-Content-Type";
 const ATTEMPT: &str = "Anybroker-Attempt";
 /// When a delayed message is due, in microseconds since the Unix epoch.
 pub(crate) const DUE: &str = "Anybroker-Due";
-
-pub(crate) fn unix_micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros() as u64
-}
 
 // Header names built once, so a publish does not parse or allocate them.
 const MSG_ID_NAME: HeaderName = HeaderName::from_static(MSG_ID);

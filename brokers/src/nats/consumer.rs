@@ -11,13 +11,14 @@ use futures::{FutureExt, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
-use super::codec::{consumer_name, from_message, unix_micros, DUE};
+use super::codec::{consumer_name, from_message, DUE};
 use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
 use crate::core::{
     header, unix_millis, Delivery, DeliveryTag, Error, Result, Settlement, SubscribeOptions,
     Subscription,
 };
+use crate::unix_micros;
 
 /// How long the stream must stay quiet at close before the member stops giving back.
 const CLOSE_QUIET: Duration = Duration::from_millis(100);

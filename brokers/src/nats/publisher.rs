@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream;
 use async_trait::async_trait;
 
-use super::codec::{from_message, stream_name, to_headers, unix_micros, DUE};
+use super::codec::{from_message, stream_name, to_headers, DUE};
 use super::consumer::JetStreamSubscription;
 use super::core_mode::CoreSubscription;
 use super::error::from_nats;
@@ -16,6 +16,7 @@ use crate::core::{
     BrokerKind, Capabilities, Envelope, Error, MessagePublisher, Result, SubscribeOptions,
     Subscription,
 };
+use crate::unix_micros;
 
 /// Requests travel on core NATS, on `<channel>.rpc`: outside the channel's stream, so
 /// JetStream neither stores them nor answers them with a PubAck.

@@ -6,19 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::core::Envelope;
+use crate::core::{unix_micros, Envelope};
 
 const KEY: &str = "x-anybroker-key";
 const PUBLISHED_AT: &str = "x-anybroker-published-at";
 const ATTEMPT: &str = "x-anybroker-attempt";
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
-
-fn unix_micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros() as i64
-}
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
@@ -33,7 +27,7 @@ pub(crate) fn to_properties(envelope: &Envelope) -> BasicProperties {
     }
     h.insert(
         PUBLISHED_AT.into(),
-        AMQPValue::LongLongInt(unix_micros(envelope.published_at)),
+        AMQPValue::LongLongInt(unix_micros(envelope.published_at) as i64),
     );
     if envelope.attempt != 1 {
         h.insert(ATTEMPT.into(), AMQPValue::LongUInt(envelope.attempt));

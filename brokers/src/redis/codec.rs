@@ -6,13 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::Value;
 
-use crate::core::{Envelope, Error, ErrorKind, Result};
-
-fn unix_micros(t: std::time::SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros() as u64
-}
+use crate::core::{unix_micros, Envelope, Error, ErrorKind, Result};
 
 const ID: &str = "id";
 const KEY: &str = "k";
