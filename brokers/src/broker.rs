@@ -44,6 +44,19 @@ impl BrokerConfig {
         }
     }
 
+    /// How this backend carries channels, in a word: `embedded` (memory), `topics`
+    /// (Kafka), `queues` (RabbitMQ), `streams` or `pubsub` (Redis), `jetstream` or
+    /// `core` (NATS). For tables and logs; the guarantees are in [`Capabilities`].
+    pub fn mode(&self) -> &'static str {
+        match self {
+            BrokerConfig::Memory(_) => "embedded",
+            BrokerConfig::Kafka(_) => "topics",
+            BrokerConfig::Redis(c) => c.mode.name(),
+            BrokerConfig::RabbitMq(_) => "queues",
+            BrokerConfig::Nats(c) => c.mode.name(),
+        }
+    }
+
     /// Checks values serde cannot; the message names the key within the table.
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self {

@@ -19,6 +19,16 @@ pub enum NatsMode {
     Core,
 }
 
+impl NatsMode {
+    /// The mode's name as written in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatsMode::Jetstream => "jetstream",
+            NatsMode::Core => "core",
+        }
+    }
+}
+
 /// `kind = "nats"`.
 ///
 /// ```toml

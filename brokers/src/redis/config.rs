@@ -20,6 +20,16 @@ pub enum RedisMode {
     Pubsub,
 }
 
+impl RedisMode {
+    /// The mode's name as written in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisMode::Streams => "streams",
+            RedisMode::Pubsub => "pubsub",
+        }
+    }
+}
+
 /// `kind = "redis"`.
 ///
 /// ```toml
