@@ -31,6 +31,9 @@ struct Args {
     /// Largest allowed growth of peak resident memory over the baseline.
     #[arg(long, default_value_t = 1.2)]
     max_growth: f64,
+    /// The embedded broker's `max_backlog`; default: the broker's own default.
+    #[arg(long)]
+    max_backlog: Option<usize>,
     /// Internal: run one size in this process and print its figures.
     #[arg(long, hide = true)]
     child: Option<usize>,
@@ -49,11 +52,12 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} not in /proc/self/status"))
 }
 
-async fn child(n: usize, window: usize) {
-    let config = RouterConfig::from_toml_str(
-        "default_broker = \"memory\"\n[brokers.memory]\nkind = \"memory\"\n",
-    )
-    .expect("config");
+async fn child(n: usize, window: usize, max_backlog: Option<usize>) {
+    let mut toml = "default_broker = \"memory\"\n[brokers.memory]\nkind = \"memory\"\n".to_string();
+    if let Some(max) = max_backlog {
+        toml.push_str(&format!("max_backlog = {max}\n"));
+    }
+    let config = RouterConfig::from_toml_str(&toml).expect("config");
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let router = MessageRouter::builder(config)
@@ -105,7 +109,7 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime")
-            .block_on(child(n, args.window));
+            .block_on(child(n, args.window, args.max_backlog));
         return;
     }
     println!(
@@ -120,13 +124,23 @@ fn main() {
     let mut baseline = None;
     let mut worst: f64 = 0.0;
     for n in &args.sizes {
-        let out = std::process::Command::new(&me)
-            .args(["--child", &n.to_string(), "--window", &args.window.to_string()])
-            .output()
-            .expect("run child");
+        let mut child = std::process::Command::new(&me);
+        child.args([
+            "--child",
+            &n.to_string(),
+            "--window",
+            &args.window.to_string(),
+        ]);
+        if let Some(max) = args.max_backlog {
+            child.args(["--max-backlog", &max.to_string()]);
+        }
+        let out = child.output().expect("run child");
         assert!(out.status.success(), "child for {n} failed: {out:?}");
         let line = String::from_utf8_lossy(&out.stdout);
-        let f: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
         let (peak, last, rate) = (f[1], f[2], f[3]);
         let growth = peak / *baseline.get_or_insert(peak);
         worst = worst.max(growth);
@@ -139,7 +153,11 @@ fn main() {
             growth
         );
     }
-    let verdict = if worst <= args.max_growth { "flat" } else { "NOT flat" };
+    let verdict = if worst <= args.max_growth {
+        "flat"
+    } else {
+        "NOT flat"
+    };
     println!(
         "{verdict}: largest peak is {worst:.2}x the baseline's (allowed {:.2}x)",
         args.max_growth

@@ -98,17 +98,20 @@ pub async fn round(servers: &str, args: &Args) -> Figures {
     let publish = n as f64 / start.elapsed().as_secs_f64();
 
     let t = topic(servers).await;
-    let consumer: StreamConsumer = base(servers)
-        .set("group.id", "bench-raw")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let group = format!("bench-raw-{}", uuid::Uuid::new_v4().simple());
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        base(servers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap(),
+    );
     consumer.subscribe(&[&t]).unwrap();
     let handled = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let reader = {
-        let (handled, latencies) = (handled.clone(), latencies.clone());
+        let (handled, latencies, consumer) = (handled.clone(), latencies.clone(), consumer.clone());
         tokio::spawn(async move {
             let mut stream = consumer.stream();
             while let Some(Ok(m)) = stream.next().await {
@@ -131,6 +134,16 @@ pub async fn round(servers: &str, args: &Args) -> Figures {
             }
         })
     };
+    // As anybroker's subscribe does: timing starts once the group assigned the partition
+    // (the reader's polling drives the join).
+    let joined = Instant::now();
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(30),
+            "raw consumer got no partition"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let start = Instant::now();
     publish_all(&producer, &t, &messages, args.window).await;
     tokio::time::timeout(Duration::from_secs(300), reader)

@@ -24,9 +24,7 @@ impl Row {
             Outcome::Ran {
                 measured,
                 capabilities,
-            } => {
-                measured.publish_errors == 0 && (measured.lost == 0 || !capabilities.persistent)
-            }
+            } => measured.publish_errors == 0 && (measured.lost == 0 || !capabilities.persistent),
             Outcome::Failed(_) => false,
         }
     }

@@ -1,5 +1,7 @@
 //! Config of the embedded broker.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// `kind = "memory"`: the embedded broker, inside the process, no server needed.
@@ -7,8 +9,37 @@ use serde::{Deserialize, Serialize};
 /// ```toml
 /// [brokers.memory]
 /// kind = "memory"
+/// max_backlog = 4096       # per channel; 0 = no bound
+/// publish_timeout = "30s"  # longest a publish waits for room
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
-pub struct MemoryConfig {}
+pub struct MemoryConfig {
+    /// Messages a channel holds that some consuming group has not taken yet. At the
+    /// bound, publish waits until the slowest group takes one (backpressure: the
+    /// process's memory stays flat however fast it publishes). Applies once the channel
+    /// has a consumer group; before that messages are kept without bound, waiting for
+    /// one. `0` = no bound. Default 4,096 (16 default windows).
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog: usize,
+    /// Longest a publish waits for room before failing with `Timeout`. Default 30 s.
+    #[serde(default = "default_publish_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+}
+
+fn default_max_backlog() -> usize {
+    4_096
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_backlog: default_max_backlog(),
+            publish_timeout: default_publish_timeout(),
+        }
+    }
+}

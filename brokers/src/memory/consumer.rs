@@ -58,8 +58,14 @@ impl Subscription for MemorySubscription {
             let now = Instant::now();
             let deadline = {
                 let mut state = self.topic.lock();
+                let before = state.log.len();
                 let out = state.take(&self.group, self.member, max, now);
                 if !out.is_empty() {
+                    let shrank = state.log.len() < before;
+                    drop(state);
+                    if shrank {
+                        self.topic.room.notify_waiters();
+                    }
                     return Ok(out);
                 }
                 state.next_deadline(&self.group)

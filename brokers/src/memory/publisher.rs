@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     closed: crate::core::ShutdownFlag,
     next_member: AtomicU64,
+    /// 0 = unbounded.
+    max_backlog: usize,
+    publish_timeout: Duration,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -43,12 +46,14 @@ impl Default for MemoryBroker {
 
 impl MemoryBroker {
     /// A new, empty broker.
-    pub fn new(_config: &MemoryConfig) -> Self {
+    pub fn new(config: &MemoryConfig) -> Self {
         MemoryBroker {
             shared: Arc::new(Shared {
                 topics: RwLock::new(HashMap::default()),
                 closed: crate::core::ShutdownFlag::new("memory"),
                 next_member: AtomicU64::new(1),
+                max_backlog: config.max_backlog,
+                publish_timeout: config.publish_timeout,
             }),
         }
     }
@@ -80,6 +85,38 @@ impl MemoryBroker {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.closed.is_closed()
+    }
+
+    /// The slow path of publish: the channel is at `max_backlog`, so wait until a group
+    /// takes a message (or `publish_timeout` passes).
+    async fn publish_when_room(&self, topic: &Topic, envelope: Envelope) -> Result<()> {
+        let deadline = Instant::now() + self.shared.publish_timeout;
+        loop {
+            let room = topic.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            self.check_open("publish")?;
+            {
+                let mut state = topic.lock();
+                if !state.is_full(self.shared.max_backlog) {
+                    state.log.push_back(envelope);
+                    drop(state);
+                    topic.notify.notify_waiters();
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(Error::new(
+                    crate::core::ErrorKind::Timeout,
+                    format!(
+                        "channel {:?} holds max_backlog = {} messages its consumers have not taken, and none was taken within publish_timeout = {:?}",
+                        &*envelope.channel, self.shared.max_backlog, self.shared.publish_timeout
+                    ),
+                )
+                .with_broker("memory")
+                .with_operation("publish"));
+            }
+        }
     }
 
     /// Messages published on `channel` that no group has taken yet, plus delayed ones.
@@ -119,9 +156,16 @@ impl MessagePublisher for MemoryBroker {
     async fn publish(&self, envelope: Envelope) -> Result<()> {
         self.check_open("publish")?;
         let topic = self.topic(&envelope.channel);
-        topic.lock().log.push_back(envelope);
-        topic.notify.notify_waiters();
-        Ok(())
+        {
+            let mut state = topic.lock();
+            if !state.is_full(self.shared.max_backlog) {
+                state.log.push_back(envelope);
+                drop(state);
+                topic.notify.notify_waiters();
+                return Ok(());
+            }
+        }
+        self.publish_when_room(&topic, envelope).await
     }
 
     async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {
@@ -212,6 +256,7 @@ impl MessagePublisher for MemoryBroker {
             .collect();
         for t in topics {
             t.notify.notify_waiters();
+            t.room.notify_waiters();
         }
         Ok(())
     }

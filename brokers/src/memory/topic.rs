@@ -15,6 +15,8 @@ pub(crate) struct Topic {
     pub(crate) state: Mutex<TopicState>,
     /// Woken whenever something may have become deliverable or a deadline moved.
     pub(crate) notify: Notify,
+    /// Woken when groups took messages from the log: a publisher waiting for room.
+    pub(crate) room: Notify,
 }
 
 impl Topic {
@@ -22,6 +24,7 @@ impl Topic {
         Topic {
             state: Mutex::new(TopicState::default()),
             notify: Notify::new(),
+            room: Notify::new(),
         }
     }
 
@@ -89,6 +92,12 @@ pub(crate) struct Group {
 }
 
 impl TopicState {
+    /// At the backlog bound: the log (what the slowest group has not taken; it is
+    /// trimmed to that) holds `max_backlog` messages and some group consumes the channel.
+    pub(crate) fn is_full(&self, max_backlog: usize) -> bool {
+        max_backlog > 0 && self.log.len() >= max_backlog && !self.groups.is_empty()
+    }
+
     pub(crate) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq

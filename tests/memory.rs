@@ -1,0 +1,167 @@
+//! Embedded-broker behaviour beyond the conformance suite: the backlog bound that keeps
+//! a fast publisher from growing the process's memory without limit.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anybroker::{handler_fn, ErrorKind, MessageContext, MessageRouter, RouterConfig};
+
+mod common;
+use common::{unique_channel, wait_until, Numbered};
+
+fn config(max_backlog: usize, publish_timeout: &str) -> RouterConfig {
+    RouterConfig::from_toml_str(&format!(
+        "default_broker = \"memory\"\n[brokers.memory]\nkind = \"memory\"\n\
+         max_backlog = {max_backlog}\npublish_timeout = \"{publish_timeout}\"\n"
+    ))
+    .unwrap()
+}
+
+/// At `max_backlog` untaken messages, publish waits for the consumer instead of
+/// growing the channel; every message still arrives once, in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
+    const N: u64 = 3_000;
+    let ch = unique_channel::<Numbered>("backlog");
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            let (seen, mut gate) = (seen.clone(), gate_rx.clone());
+            async move {
+                // Held until the test opens the gate, so the backlog fills up.
+                let _ = gate.wait_for(|open| *open).await;
+                seen.lock().unwrap().push(m.seq);
+                Ok(())
+            }
+        })
+    };
+    let mut bounded = anybroker_brokers::memory::MemoryConfig::default();
+    bounded.max_backlog = 100;
+    let broker = anybroker::MemoryBroker::new(&bounded);
+    let router = MessageRouter::builder(config(100, "30s"))
+        .with_broker("memory", broker.clone())
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let publisher = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            for seq in 0..N {
+                router.publish(ch, &Numbered { seq }).await.unwrap();
+            }
+        })
+    };
+    // The consumer holds its window (256 by default) and the channel 100 more; the
+    // handler is held, so the publisher cannot get further than that.
+    wait_until(
+        "the channel is at its bound",
+        Duration::from_secs(10),
+        || broker.backlog(ch.name()) == 100,
+    )
+    .await;
+    assert!(
+        !publisher.is_finished(),
+        "publish did not wait at the bound"
+    );
+    assert_eq!(broker.backlog(ch.name()), 100, "the bound holds");
+    gate_tx.send(true).unwrap();
+    publisher.await.unwrap();
+    wait_until("all handled", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() as u64 >= N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>(), "each message once");
+}
+
+/// A publish that finds no room within `publish_timeout` fails with `Timeout` naming
+/// the channel and the bound; it is not silently dropped or queued past the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_publish_times_out_when_nobody_takes() {
+    let ch = unique_channel::<Numbered>("backlog_timeout");
+    let (_gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let handler = handler_fn(move |_m: Numbered, _cx: MessageContext| {
+        let mut gate = gate_rx.clone();
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(())
+        }
+    });
+    let config = {
+        let mut c = config(10, "200ms");
+        c.channels
+            .entry(ch.name().to_string())
+            .or_default()
+            .prefetch = Some(1);
+        c
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let mut refused = None;
+    for seq in 0..100 {
+        if let Err(e) = router.publish(ch, &Numbered { seq }).await {
+            refused = Some((seq, e));
+            break;
+        }
+    }
+    let (seq, e) = refused.expect("a publish past the bound fails");
+    // One in the handler, one fetched behind it at most, ten in the channel.
+    assert!((10..=12).contains(&seq), "refused at {seq}");
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let text = e.to_string();
+    assert!(
+        text.contains(ch.name()) && text.contains("max_backlog = 10"),
+        "{text}"
+    );
+    drop(router);
+}
+
+/// Before any group consumes a channel, messages are kept without bound: a publisher
+/// that runs before its consumers is never blocked by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_backlog_is_unbounded_before_a_consumer_exists() {
+    const N: u64 = 500;
+    let ch = unique_channel::<Numbered>("backlog_no_group");
+    let mut bounded = anybroker_brokers::memory::MemoryConfig::default();
+    bounded.max_backlog = 10;
+    let shared = anybroker::MemoryBroker::new(&bounded);
+    let publisher = MessageRouter::builder(config(10, "200ms"))
+        .with_broker("memory", shared.clone())
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        publisher.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let consumer = {
+        let seen = seen.clone();
+        MessageRouter::builder(config(10, "200ms"))
+            .with_broker("memory", shared)
+            .handle(
+                ch,
+                handler_fn(move |m: Numbered, _cx: MessageContext| {
+                    seen.lock().unwrap().push(m.seq);
+                    async { Ok(()) }
+                }),
+            )
+            .start()
+            .await
+            .unwrap()
+    };
+    wait_until("all handled", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() as u64 >= N
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), (0..N).collect::<Vec<_>>());
+}
