@@ -146,6 +146,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!();
     report::print_table(&rows);
+    for path in std::iter::once(&args.chart).chain(&args.json) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
     match chart::write(&args.chart, &rows, args.messages) {
         Ok(()) => println!("chart: {}", args.chart.display()),
         Err(e) => println!("chart not written: {e}"),
