@@ -36,6 +36,10 @@ struct State {
     paused: FxHashMap<Partition, (Instant, std::collections::VecDeque<OwnedMessage>)>,
     /// Partitions the group has assigned to this member.
     assigned: usize,
+    /// Per owned partition, the highest offset taken from the stream. librdkafka
+    /// restarts a resumed partition where it was when paused, so records taken (and
+    /// held) after the pause arrive again; those are dropped, not delivered twice.
+    taken: FxHashMap<Partition, i64>,
 }
 
 /// Commits the finished prefix of partitions being revoked and forgets them, so the
@@ -66,6 +70,7 @@ impl ConsumerContext for Rebalancing {
             let mut state = self.state.lock().unwrap();
             for p in &revoked {
                 state.paused.remove(p);
+                state.taken.remove(p);
             }
             state.assigned = state.assigned.saturating_sub(revoked.len());
             state.offsets.revoke(&revoked)
@@ -206,6 +211,21 @@ impl KafkaSubscription {
             Arc::from(m.topic())
         };
         (topic, m.partition())
+    }
+
+    /// A record read from the stream: dropped if this member already took it (a
+    /// resumed partition is re-read from where it was paused), else accepted.
+    fn take(&self, m: OwnedMessage) -> Option<Delivery> {
+        let partition = self.partition_of(&m);
+        {
+            let mut state = self.state.lock().unwrap();
+            let taken = state.taken.entry(partition).or_insert(-1);
+            if m.offset() <= *taken {
+                return None;
+            }
+            *taken = m.offset();
+        }
+        self.accept(m)
     }
 
     /// Turns a record into a delivery, or handles it here: a record already fetched
@@ -358,7 +378,7 @@ impl Subscription for KafkaSubscription {
         let max = max.max(1);
         let early: Vec<OwnedMessage> = self.early.lock().unwrap().drain(..).collect();
         for m in early {
-            if let Some(d) = self.accept(m) {
+            if let Some(d) = self.take(m) {
                 self.ready.lock().unwrap().push_back(d);
             }
         }
@@ -380,7 +400,7 @@ impl Subscription for KafkaSubscription {
             };
             match message {
                 Ok(m) => {
-                    if let Some(d) = self.accept(m.detach()) {
+                    if let Some(d) = self.take(m.detach()) {
                         break d;
                     }
                 }
@@ -391,7 +411,7 @@ impl Subscription for KafkaSubscription {
         while out.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
-                    if let Some(d) = self.accept(m.detach()) {
+                    if let Some(d) = self.take(m.detach()) {
                         out.push(d);
                     }
                 }
