@@ -268,3 +268,36 @@ async fn redis_over_tls_with_private_ca() {
     router.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// An unreachable Redis fails `start` with one `Unreachable` error that names the URL
+/// (password hidden) and the operation once.
+#[tokio::test]
+async fn redis_unreachable_is_one_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // bound, then released: nothing listens there now
+    let ch = unique_channel::<Numbered>("unreachable");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"redis\"\n[brokers.redis]\nkind = \"redis\"\n\
+         url = \"redis://:hunter2@127.0.0.1:{port}\"\n"
+    ))
+    .unwrap();
+    let err = MessageRouter::builder(config)
+        .handle(
+            ch,
+            handler_fn(|_m: Numbered, _cx: MessageContext| async { Ok(()) }),
+        )
+        .start()
+        .await
+        .expect_err("nothing listens there");
+    let text = err.to_string();
+    assert_eq!(err.kind(), anybroker::ErrorKind::Unreachable, "{text}");
+    assert!(
+        text.contains(&format!("cannot connect to redis://:***@127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert_eq!(text.matches("unreachable").count(), 1, "{text}");
+}

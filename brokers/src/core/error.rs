@@ -103,6 +103,13 @@ impl Error {
         self
     }
 
+    /// Replaces the message, keeping kind, retryability, context and source (e.g. to
+    /// say what was being done when a client error was converted).
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
     /// Adds the broker name as context.
     pub fn with_broker(mut self, broker: impl Into<String>) -> Self {
         self.broker = Some(broker.into());

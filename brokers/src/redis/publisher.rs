@@ -52,11 +52,8 @@ impl RedisBroker {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
-            .map_err(|e| from_redis(e, "connect"))
             .map_err(|e| {
-                Error::new(e.kind(), format!("cannot connect to {}", config.url))
-                    .with_broker("redis")
-                    .with_source(e)
+                from_redis(e, "connect").with_message(format!("cannot connect to {}", config.url))
             })?;
         Ok(RedisBroker {
             inner: Arc::new(Inner {
