@@ -213,28 +213,22 @@ impl KafkaSubscription {
         (topic, m.partition())
     }
 
-    /// A record read from the stream: dropped if this member already took it (a
-    /// resumed partition is re-read from where it was paused), else accepted.
-    fn take(&self, m: OwnedMessage) -> Option<Delivery> {
-        let partition = self.partition_of(&m);
-        {
-            let mut state = self.state.lock().unwrap();
-            let taken = state.taken.entry(partition).or_insert(-1);
-            if m.offset() <= *taken {
-                return None;
-            }
-            *taken = m.offset();
-        }
-        self.accept(m)
-    }
-
-    /// Turns a record into a delivery, or handles it here: a record already fetched
-    /// from a paused partition is dropped (it is read again after the resume), another
-    /// group's retry is skipped, a record not yet due pauses its partition at it.
-    fn accept(&self, m: OwnedMessage) -> Option<Delivery> {
+    /// Turns a record into a delivery, or handles it here: a record of a paused
+    /// partition is held behind it, in order; another group's retry is skipped; a record not yet due pauses its partition at it.
+    /// `from_stream`: read from the consumer now, so dropped if this member took it
+    /// already (librdkafka re-reads a resumed partition from where it was paused);
+    /// false for held records handed out again.
+    fn accept(&self, m: OwnedMessage, from_stream: bool) -> Option<Delivery> {
         let partition = self.partition_of(&m);
         let offset = m.offset();
         let mut state = self.state.lock().unwrap();
+        if from_stream {
+            let taken = state.taken.entry(partition.clone()).or_insert(-1);
+            if offset <= *taken {
+                return None;
+            }
+            *taken = offset;
+        }
         if let Some((_, held)) = state.paused.get_mut(&partition) {
             held.push_back(m);
             return None;
@@ -295,7 +289,7 @@ impl KafkaSubscription {
         let mut out = Vec::new();
         for (partition, held) in due {
             for m in held {
-                out.extend(self.accept(m));
+                out.extend(self.accept(m, false));
             }
             if !self.state.lock().unwrap().paused.contains_key(&partition) {
                 let mut tpl = TopicPartitionList::new();
@@ -378,7 +372,7 @@ impl Subscription for KafkaSubscription {
         let max = max.max(1);
         let early: Vec<OwnedMessage> = self.early.lock().unwrap().drain(..).collect();
         for m in early {
-            if let Some(d) = self.take(m) {
+            if let Some(d) = self.accept(m, true) {
                 self.ready.lock().unwrap().push_back(d);
             }
         }
@@ -400,7 +394,7 @@ impl Subscription for KafkaSubscription {
             };
             match message {
                 Ok(m) => {
-                    if let Some(d) = self.take(m.detach()) {
+                    if let Some(d) = self.accept(m.detach(), true) {
                         break d;
                     }
                 }
@@ -411,7 +405,7 @@ impl Subscription for KafkaSubscription {
         while out.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
-                    if let Some(d) = self.take(m.detach()) {
+                    if let Some(d) = self.accept(m.detach(), true) {
                         out.push(d);
                     }
                 }

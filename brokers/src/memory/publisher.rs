@@ -89,22 +89,17 @@ impl MemoryBroker {
 
     /// The slow path of publish: the channel is at `max_backlog`, so wait until a group
     /// takes a message (or `publish_timeout` passes).
-    async fn publish_when_room(&self, topic: &Topic, envelope: Envelope) -> Result<()> {
+    async fn publish_when_room(&self, topic: &Topic, mut envelope: Envelope) -> Result<()> {
         let deadline = Instant::now() + self.shared.publish_timeout;
         loop {
             let room = topic.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             self.check_open("publish")?;
-            {
-                let mut state = topic.lock();
-                if !state.is_full(self.shared.max_backlog) {
-                    state.log.push_back(envelope);
-                    drop(state);
-                    topic.notify.notify_waiters();
-                    return Ok(());
-                }
-            }
+            envelope = match topic.try_append(envelope, self.shared.max_backlog) {
+                None => return Ok(()),
+                Some(back) => back,
+            };
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return Err(Error::new(
                     crate::core::ErrorKind::Timeout,
@@ -156,16 +151,10 @@ impl MessagePublisher for MemoryBroker {
     async fn publish(&self, envelope: Envelope) -> Result<()> {
         self.check_open("publish")?;
         let topic = self.topic(&envelope.channel);
-        {
-            let mut state = topic.lock();
-            if !state.is_full(self.shared.max_backlog) {
-                state.log.push_back(envelope);
-                drop(state);
-                topic.notify.notify_waiters();
-                return Ok(());
-            }
+        match topic.try_append(envelope, self.shared.max_backlog) {
+            None => Ok(()),
+            Some(envelope) => self.publish_when_room(&topic, envelope).await,
         }
-        self.publish_when_room(&topic, envelope).await
     }
 
     async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {

@@ -28,6 +28,20 @@ impl Topic {
         }
     }
 
+    /// Appends `envelope` to the log and wakes the consumers, unless the log is at
+    /// `max_backlog`: then the envelope comes back, for the caller to wait for room.
+    pub(crate) fn try_append(&self, envelope: Envelope, max_backlog: usize) -> Option<Envelope> {
+        {
+            let mut state = self.lock();
+            if state.is_full(max_backlog) {
+                return Some(envelope);
+            }
+            state.log.push_back(envelope);
+        }
+        self.notify.notify_waiters();
+        None
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, TopicState> {
         // A panic while holding the lock leaves consistent state (no partial updates
         // span an unwind point), so a poisoned lock is still usable.
