@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// ```toml
 /// [brokers.memory]
 /// kind = "memory"
-/// max_backlog = 4096       # per channel; 0 = no bound
+/// max_backlog = 1024       # per channel; 0 = no bound
 /// publish_timeout = "30s"  # longest a publish waits for room
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +20,7 @@ pub struct MemoryConfig {
     /// bound, publish waits until the slowest group takes one (backpressure: the
     /// process's memory stays flat however fast it publishes). Applies once the channel
     /// has a consumer group; before that messages are kept without bound, waiting for
-    /// one. `0` = no bound. Default 4,096 (16 default windows).
+    /// one. `0` = no bound. Default 1,024 (4 default windows).
     #[serde(default = "default_max_backlog")]
     pub max_backlog: usize,
     /// Longest a publish waits for room before failing with `Timeout`. Default 30 s.
@@ -29,7 +29,7 @@ pub struct MemoryConfig {
 }
 
 fn default_max_backlog() -> usize {
-    4_096
+    1_024
 }
 fn default_publish_timeout() -> Duration {
     Duration::from_secs(30)
