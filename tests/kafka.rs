@@ -1,6 +1,6 @@
-//! Kafka-specific tests against the Kafka-protocol broker on 127.0.0.1:9092 (tansu in
-//! CI): a consumer that vanishes before committing, and poison records produced around
-//! the library.
+//! Kafka-specific tests: against the Kafka-protocol broker on 127.0.0.1:9092 (tansu in
+//! CI), a consumer that vanishes before committing and poison records produced around
+//! the library; on librdkafka's mock cluster, its brokers taken down under load.
 #![cfg(feature = "kafka")]
 
 use std::collections::HashMap;
@@ -11,10 +11,11 @@ use std::time::Duration;
 use alarm_domain::AlarmToLog;
 use anybroker::{handler_fn, header, MessageContext, MessageRouter, RouterConfig};
 use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod common;
-use common::{unique_channel, wait_until, wait_until_async, Numbered};
+use common::{restart_under_load, unique_channel, wait_until, wait_until_async, Numbered};
 
 fn router_config() -> RouterConfig {
     RouterConfig::from_toml_str(
@@ -133,4 +134,32 @@ async fn kafka_poison_records_are_dead_lettered() {
         .iter()
         .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
     assert_eq!(handled.load(Ordering::SeqCst), VALID);
+}
+
+/// Publishing 10,000 messages while consuming, on librdkafka's mock cluster, with every
+/// broker of the cluster taken down and brought up again twice mid-stream: every
+/// message is handled at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_mock_restart_under_load_loses_none() {
+    const BROKERS: i32 = 3;
+    let cluster = MockCluster::new(BROKERS).unwrap();
+    // The mock has no CreateTopics API: topics are created on first use.
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"kafka\"\n[brokers.kafka]\nkind = \"kafka\"\n\
+         bootstrap_servers = \"{}\"\ncreate_topics = false\n\
+         properties = {{ \"fetch.wait.max.ms\" = \"10\" }}\n",
+        cluster.bootstrap_servers()
+    ))
+    .unwrap();
+    restart_under_load("kafka-mock", config, async || {
+        for id in 1..=BROKERS {
+            cluster.broker_down(id).unwrap();
+        }
+        // The outage itself: clients see every connection refused meanwhile.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for id in 1..=BROKERS {
+            cluster.broker_up(id).unwrap();
+        }
+    })
+    .await;
 }

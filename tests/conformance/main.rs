@@ -70,3 +70,9 @@ mod kafka {
          properties = { \"fetch.wait.max.ms\" = \"10\" }"
     ));
 }
+
+/// Kafka on librdkafka's mock cluster (in-process, real Kafka protocol on loopback).
+#[cfg(feature = "kafka")]
+mod kafka_mock {
+    conformance_cases!(crate::support::Target::kafka_mock());
+}

@@ -155,7 +155,13 @@ impl KafkaBroker {
         }
         let c = &self.inner.config;
         if !c.create_topics {
-            // The cluster creates them on first use (or they were provisioned).
+            // The cluster creates them on first use (a producer's metadata request asks
+            // it to) or they were provisioned. Either way they must exist before a
+            // consumer subscribes: librdkafka notices a topic that appears later only
+            // at its next metadata refresh (minutes), so its records would wait.
+            for name in &missing {
+                self.wait_visible(name).await?;
+            }
             self.inner
                 .topics
                 .write()
@@ -228,9 +234,14 @@ impl KafkaBroker {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
+                let what = if self.inner.config.create_topics {
+                    "created but not visible"
+                } else {
+                    "does not exist and the cluster did not create it on first use (create_topics = false)"
+                };
                 return Err(Error::new(
                     ErrorKind::Timeout,
-                    format!("topic {topic:?} created but not visible within {CALL_TIMEOUT:?}"),
+                    format!("topic {topic:?} {what} within {CALL_TIMEOUT:?}"),
                 )
                 .with_broker("kafka"));
             }
