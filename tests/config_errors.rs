@@ -128,6 +128,23 @@ fn bad_kafka_bootstrap_servers() {
 }
 
 #[test]
+fn kafka_properties_the_backend_owns_are_refused() {
+    for table in ["properties", "producer_properties", "consumer_properties"] {
+        let e = load_error(&format!(
+            "[brokers.k]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+             {table} = {{ \"enable.auto.commit\" = \"true\" }}\n"
+        ));
+        assert_mentions(
+            &e,
+            &[
+                &format!("brokers.k.{table}.\"enable.auto.commit\""),
+                "set by the backend",
+            ],
+        );
+    }
+}
+
+#[test]
 fn bad_duration() {
     let e = load_error(&format!(
         "{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"memory\"\nretry = {{ initial = \"2 parsecs\" }}\n"
@@ -283,13 +300,18 @@ fn secrets_never_in_debug_output() {
         "[brokers.redis]\nkind = \"redis\"\nurl = \"redis://user:s3cr3t@127.0.0.1:6379/0\"\n\
          [brokers.r]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:s3cr3t@127.0.0.1:5672/%2f\"\n\
          [brokers.n]\nkind = \"nats\"\nurl = \"nats://u:s3cr3t@127.0.0.1:4222\"\n\
-         [brokers.k]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"sasl.password\" = \"s3cr3t\" }\n",
+         [brokers.k]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"sasl.password\" = \"s3cr3t\" }\n\
+         producer_properties = { \"ssl.key.password\" = \"s3cr3t\" }\n\
+         consumer_properties = { \"sasl.oauthbearer.client.secret\" = \"s3cr3t\" }\n",
     )
     .unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("s3cr3t"), "{debug}");
-    assert!(
-        debug.contains("sasl.password"),
-        "property names stay visible: {debug}"
-    );
+    for name in [
+        "sasl.password",
+        "ssl.key.password",
+        "sasl.oauthbearer.client.secret",
+    ] {
+        assert!(debug.contains(name), "property names stay visible: {debug}");
+    }
 }

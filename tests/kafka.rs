@@ -17,11 +17,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 mod common;
 use common::{restart_under_load, unique_channel, wait_until, wait_until_async, Numbered};
 
+/// tansu's settings (see the `kafka` module of the conformance suite): a short fetch
+/// wait, and one record per batch so its high watermark is right.
 fn router_config() -> RouterConfig {
     RouterConfig::from_toml_str(
         "default_broker = \"kafka\"\n[defaults]\nretry = { attempts = 3, initial = \"50ms\" }\n\
          [brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\npartitions = 2\n\
-         properties = { \"fetch.wait.max.ms\" = \"10\" }\n",
+         consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }\n\
+         producer_properties = { \"batch.num.messages\" = \"1\" }\n",
     )
     .unwrap()
 }
@@ -143,11 +146,14 @@ async fn kafka_poison_records_are_dead_lettered() {
 async fn kafka_mock_restart_under_load_loses_none() {
     const BROKERS: i32 = 3;
     let cluster = MockCluster::new(BROKERS).unwrap();
-    // The mock has no CreateTopics API: topics are created on first use.
+    // The mock has no CreateTopics API: topics are created on first use. Its group
+    // coordinator waits out the session timeout on a rejoin, so the session is short;
+    // the publisher here awaits each message, so lingering for a batch only slows it.
     let config = RouterConfig::from_toml_str(&format!(
         "default_broker = \"kafka\"\n[brokers.kafka]\nkind = \"kafka\"\n\
          bootstrap_servers = \"{}\"\ncreate_topics = false\n\
-         properties = {{ \"fetch.wait.max.ms\" = \"10\" }}\n",
+         consumer_properties = {{ \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\", \
+         \"heartbeat.interval.ms\" = \"500\" }}\nproducer_properties = {{ \"linger.ms\" = \"0\" }}\n",
         cluster.bootstrap_servers()
     ))
     .unwrap();
@@ -155,8 +161,9 @@ async fn kafka_mock_restart_under_load_loses_none() {
         for id in 1..=BROKERS {
             cluster.broker_down(id).unwrap();
         }
-        // The outage itself: clients see every connection refused meanwhile.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The outage itself, longer than the session timeout: the coordinator drops
+        // the member, which must rejoin, and what it had not committed is read again.
+        tokio::time::sleep(Duration::from_secs(8)).await;
         for id in 1..=BROKERS {
             cluster.broker_up(id).unwrap();
         }

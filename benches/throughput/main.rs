@@ -216,7 +216,7 @@ async fn main() {
     if args.wants("kafka") {
         // tansu (CI's Kafka-protocol broker) answers a fetch only after fetch.wait.max.ms.
         let table = "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
-                     properties = { \"fetch.wait.max.ms\" = \"10\" }";
+                     consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }";
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
             if args.runs("anybroker") {

@@ -76,7 +76,7 @@ impl Target {
             "kafka-mock",
             &format!(
                 "kind = \"kafka\"\nbootstrap_servers = \"{servers}\"\ncreate_topics = false\n\
-                 properties = {{ \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\", \
+                 consumer_properties = {{ \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\", \
                  \"heartbeat.interval.ms\" = \"500\" }}"
             ),
         )

@@ -16,7 +16,9 @@ use crate::Secret;
 /// replication_factor = 3
 /// create_topics = true              # false: the cluster creates or has them
 /// auto_offset_reset = "earliest"     # where a new group starts
-/// properties = { "compression.type" = "zstd", "sasl.password" = "…" }   # any librdkafka property
+/// properties = { "security.protocol" = "SASL_SSL", "sasl.password" = "…" }   # every client
+/// producer_properties = { "compression.type" = "zstd", "linger.ms" = "20" }
+/// consumer_properties = { "fetch.min.bytes" = "1024" }
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,11 +40,20 @@ pub struct KafkaConfig {
     /// Where a group without a committed offset starts: `earliest` (default) or `latest`.
     #[serde(default = "default_auto_offset_reset")]
     pub auto_offset_reset: String,
-    /// Any librdkafka property (producer and consumer), passed through and applied
-    /// after the backend's own defaults (`compression.type = lz4`, `linger.ms = 5`);
-    /// values never appear in Debug output.
+    /// Any librdkafka property, given to every client the backend makes (producer,
+    /// consumers, admin) after the backend's own defaults; values never appear in
+    /// Debug output.
     #[serde(default)]
     pub properties: BTreeMap<String, Secret>,
+    /// librdkafka properties for the producer only (librdkafka warns when a consumer
+    /// gets a producer property), applied after `properties` and the backend's
+    /// producer defaults (`compression.type = lz4`, `linger.ms = 5`, idempotence,
+    /// `acks = all`).
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, Secret>,
+    /// librdkafka properties for the consumers only, applied after `properties`.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, Secret>,
 }
 
 fn default_partitions() -> i32 {
@@ -67,6 +78,14 @@ impl std::fmt::Debug for KafkaConfig {
             .field("create_topics", &self.create_topics)
             .field("auto_offset_reset", &self.auto_offset_reset)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field(
+                "producer_properties",
+                &self.producer_properties.keys().collect::<Vec<_>>(),
+            )
+            .field(
+                "consumer_properties",
+                &self.consumer_properties.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -97,11 +116,17 @@ impl KafkaConfig {
                 self.auto_offset_reset
             ));
         }
-        for owned in ["enable.auto.commit", "group.id", "bootstrap.servers"] {
-            if self.properties.contains_key(owned) {
-                return Err(format!(
-                    "properties.\"{owned}\": set by the backend (commits follow handling; groups come from handlers; servers from bootstrap_servers)"
-                ));
+        for (table, properties) in [
+            ("properties", &self.properties),
+            ("producer_properties", &self.producer_properties),
+            ("consumer_properties", &self.consumer_properties),
+        ] {
+            for owned in ["enable.auto.commit", "group.id", "bootstrap.servers"] {
+                if properties.contains_key(owned) {
+                    return Err(format!(
+                        "{table}.\"{owned}\": set by the backend (commits follow handling; groups come from handlers; servers from bootstrap_servers)"
+                    ));
+                }
             }
         }
         Ok(())

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::codec::{from_record, DUE, GROUP, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC};
 use super::error::from_kafka;
 use super::offsets::{OffsetTracker, Partition};
-use super::publisher::{client_config, KafkaBroker};
+use super::publisher::{client_config, Client, KafkaBroker};
 use super::Topics;
 use crate::core::{
     Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement, SubscribeOptions,
@@ -139,6 +139,7 @@ impl KafkaSubscription {
         let reset = broker.config().auto_offset_reset.clone();
         let consumer: StreamConsumer<Rebalancing> = client_config(
             broker.config(),
+            Client::Consumer,
             &[
                 ("group.id", &Topics::group_id(&options.group, &channel)),
                 ("enable.auto.commit", "false"),
@@ -147,7 +148,7 @@ impl KafkaSubscription {
                 // Eager assignment (librdkafka's default, range then roundrobin): one
                 // rebalance hands every member its partitions together, so a member
                 // that has joined is not starved by a second cooperative round. Set
-                // `partition.assignment.strategy` in `properties` to choose another.
+                // `partition.assignment.strategy` in `consumer_properties` to choose another.
                 ("partition.assignment.strategy", "range,roundrobin"),
                 (
                     "allow.auto.create.topics",

@@ -50,15 +50,33 @@ impl std::fmt::Debug for KafkaBroker {
     }
 }
 
-/// The client settings every producer and consumer shares: servers, then the
-/// user's properties (which may override the backend's defaults set before).
-pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+/// Which kind of client a [`client_config`] is for: each gets the shared
+/// `properties` and its own table.
+#[derive(Clone, Copy)]
+pub(crate) enum Client {
+    Producer,
+    Consumer,
+    Admin,
+}
+
+/// The settings of one client: servers, the backend's `defaults`, then the user's
+/// `properties` and the table of this kind of client (which may override defaults).
+pub(crate) fn client_config(
+    config: &KafkaConfig,
+    client: Client,
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers);
     for (k, v) in defaults {
         c.set(*k, *v);
     }
-    for (k, v) in &config.properties {
+    let own = match client {
+        Client::Producer => Some(&config.producer_properties),
+        Client::Consumer => Some(&config.consumer_properties),
+        Client::Admin => None,
+    };
+    for (k, v) in config.properties.iter().chain(own.into_iter().flatten()) {
         c.set(k, v.expose());
     }
     c
@@ -79,6 +97,7 @@ impl KafkaBroker {
     pub async fn connect(config: &KafkaConfig) -> Result<Self> {
         let producer: FutureProducer = client_config(
             config,
+            Client::Producer,
             &[
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
@@ -89,7 +108,7 @@ impl KafkaBroker {
         )
         .create()
         .map_err(|e| from_kafka(e, "connect").with_broker("kafka"))?;
-        let admin: AdminClient<DefaultClientContext> = client_config(config, &[])
+        let admin: AdminClient<DefaultClientContext> = client_config(config, Client::Admin, &[])
             .create()
             .map_err(|e| from_kafka(e, "connect"))?;
         // librdkafka connects lazily: ask for metadata so an unreachable cluster fails here.
@@ -312,6 +331,7 @@ impl KafkaBroker {
         let consumer: Arc<StreamConsumer> = Arc::new(
             client_config(
                 &self.inner.config,
+                Client::Consumer,
                 &[
                     ("group.id", &group),
                     ("enable.auto.commit", "false"),
@@ -367,20 +387,13 @@ impl KafkaBroker {
         let mut moved = 0;
         let mut cursor = TopicPartitionList::new();
         let mut messages = consumer.stream();
-        // Read up to each partition's high watermark, then on until the stream is quiet
-        // for a moment: some Kafka-protocol brokers (tansu 0.6) report a high watermark
-        // short of the last records, and a record must not be left out for that.
-        while read.len() + moved < limit {
-            let wait = if remaining.is_empty() {
-                Duration::from_millis(300)
-            } else {
-                CALL_TIMEOUT
-            };
-            let m = match tokio::time::timeout(wait, messages.next()).await {
+        // What was dead-lettered when the call began: up to each partition's high
+        // watermark; a record written since is left to the next call.
+        while read.len() + moved < limit && !remaining.is_empty() {
+            let m = match tokio::time::timeout(CALL_TIMEOUT, messages.next()).await {
                 Ok(Some(Ok(m))) => m.detach(),
                 Ok(Some(Err(e))) => return Err(from_kafka(e, "dead letters").with_channel(channel)),
                 Ok(None) => break,
-                Err(_) if remaining.is_empty() => break,
                 Err(_) => {
                     return Err(Error::new(
                         ErrorKind::Timeout,
@@ -391,10 +404,15 @@ impl KafkaBroker {
                     .with_broker("kafka"))
                 }
             };
-            if let Some(high) = remaining.get(&m.partition()) {
-                if m.offset() + 1 >= *high {
-                    remaining.remove(&m.partition());
-                }
+            let Some(&high) = remaining.get(&m.partition()) else {
+                continue;
+            };
+            if m.offset() >= high {
+                remaining.remove(&m.partition());
+                continue;
+            }
+            if m.offset() + 1 >= high {
+                remaining.remove(&m.partition());
             }
             let (envelope, _) = from_record(&channel_arc, &m);
             if replay {
