@@ -206,7 +206,7 @@ impl Subscription for JetStreamSubscription {
                     // Stored in the dead-letter stream before the original is terminated.
                     if let Err(e) = self
                         .broker
-                        .js_publish(format!("{}.dlt", self.channel), &dead, None)
+                        .js_publish(format!("{}.dlt", self.channel), dead, None)
                         .await
                     {
                         first_error.get_or_insert(e);
@@ -344,7 +344,7 @@ async fn move_delayed(broker: NatsBroker, channel: Arc<str>) {
                 }
                 let envelope = from_message(&channel, "", m.headers.as_ref(), m.payload.clone());
                 broker
-                    .js_publish(channel.to_string(), &envelope, None)
+                    .js_publish(channel.to_string(), envelope, None)
                     .await?;
                 let _ = m.ack().await;
             }

@@ -207,26 +207,31 @@ impl NatsBroker {
     pub(crate) async fn js_publish(
         &self,
         subject: impl async_nats::subject::ToSubject,
-        envelope: &Envelope,
+        envelope: Envelope,
         extra: Option<(&'static str, String)>,
     ) -> Result<()> {
-        let mut headers = to_headers(envelope);
+        let mut headers = to_headers(&envelope);
         if let Some((name, value)) = extra {
             headers.insert(name, value);
         }
+        // The payload is moved, not cloned: cloning a `Bytes` made from a `Vec`
+        // allocates its shared form, one more allocation per publish.
+        let Envelope {
+            channel, payload, ..
+        } = envelope;
         let ack = self
             .inner
             .js
             .send_publish(
                 subject,
                 jetstream::message::PublishMessage::build()
-                    .payload(envelope.payload.clone())
+                    .payload(payload)
                     .headers(headers),
             )
             .await
-            .map_err(|e| from_nats(e, "publish").with_channel(&*envelope.channel))?;
+            .map_err(|e| from_nats(e, "publish").with_channel(&*channel))?;
         ack.await
-            .map_err(|e| from_nats(e, "publish").with_channel(&*envelope.channel))?;
+            .map_err(|e| from_nats(e, "publish").with_channel(&*channel))?;
         Ok(())
     }
 
@@ -306,15 +311,19 @@ impl MessagePublisher for NatsBroker {
                 self.ensure_known(&envelope.channel, "", &envelope.channel)
                     .await?;
                 let subject = self.subject(&envelope.channel)?;
-                self.js_publish(subject, &envelope, None).await
+                self.js_publish(subject, envelope, None).await
             }
             NatsMode::Core => {
                 let subject = self.subject(&envelope.channel)?;
+                let headers = to_headers(&envelope);
+                let Envelope {
+                    channel, payload, ..
+                } = envelope;
                 self.inner
                     .client
-                    .publish_with_headers(subject, to_headers(&envelope), envelope.payload.clone())
+                    .publish_with_headers(subject, headers, payload)
                     .await
-                    .map_err(|e| from_nats(e, "publish").with_channel(&*envelope.channel))
+                    .map_err(|e| from_nats(e, "publish").with_channel(&*channel))
             }
         }
     }
@@ -326,7 +335,7 @@ impl MessagePublisher for NatsBroker {
         self.ensure_known(&envelope.channel, DELAYED, &subject)
             .await?;
         let due = unix_micros(SystemTime::now() + delay).to_string();
-        self.js_publish(subject, &envelope, Some((DUE, due))).await
+        self.js_publish(subject, envelope, Some((DUE, due))).await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
@@ -365,8 +374,7 @@ impl MessagePublisher for NatsBroker {
         for (seq, envelope) in dead {
             // Published first, deleted after: a crash in between duplicates, never loses.
             let replayed = envelope.into_replayed().with_id(crate::new_message_id());
-            self.js_publish(channel.to_string(), &replayed, None)
-                .await?;
+            self.js_publish(channel.to_string(), replayed, None).await?;
             stream
                 .delete_message(seq)
                 .await
