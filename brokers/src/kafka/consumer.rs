@@ -146,9 +146,11 @@ impl KafkaSubscription {
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", &reset),
                 // Eager assignment (librdkafka's default, range then roundrobin): one
-                // rebalance hands every member its partitions together, so a member
-                // that has joined is not starved by a second cooperative round. Set
-                // `partition.assignment.strategy` in `consumer_properties` to choose another.
+                // rebalance hands every member its partitions together, and range
+                // splits each topic over the members. cooperative-sticky balances the
+                // partition count over all the topics, so a member may get only retry
+                // topics (seen on the mock cluster). Set `partition.assignment.strategy`
+                // in `consumer_properties` to choose another.
                 ("partition.assignment.strategy", "range,roundrobin"),
                 (
                     "allow.auto.create.topics",
