@@ -24,7 +24,8 @@ pub(crate) const ORIGINAL_OFFSET: &str = "x-anybroker-original-offset";
 /// (due time, group).
 pub(crate) fn to_headers(envelope: &Envelope, extra: &[(&str, &str)]) -> OwnedHeaders {
     let published_at = unix_micros(envelope.published_at).to_string();
-    let attempt = envelope.attempt.to_string();
+    // Written only for a redelivery, so a first publish formats nothing.
+    let attempt = (envelope.attempt != 1).then(|| envelope.attempt.to_string());
     let mut h = OwnedHeaders::new_with_capacity(4 + envelope.headers.len() + extra.len())
         .insert(Header {
             key: ID,
@@ -40,7 +41,7 @@ pub(crate) fn to_headers(envelope: &Envelope, extra: &[(&str, &str)]) -> OwnedHe
             value: Some(envelope.content_type.as_bytes()),
         });
     }
-    if envelope.attempt != 1 {
+    if let Some(attempt) = &attempt {
         h = h.insert(Header {
             key: ATTEMPT,
             value: Some(attempt.as_bytes()),
