@@ -15,17 +15,17 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod common;
-use common::{restart_under_load, unique_channel, wait_until, wait_until_async, Numbered};
+use common::{
+    kafka_mock_table, restart_under_load, unique_channel, wait_until, wait_until_async, Numbered,
+    KAFKA_TANSU_TABLE,
+};
 
-/// tansu's settings (see the `kafka` module of the conformance suite): a short fetch
-/// wait, and one record per batch so its high watermark is right.
+/// tansu with the settings it needs (see `KAFKA_TANSU_TABLE`), 3 attempts per message.
 fn router_config() -> RouterConfig {
-    RouterConfig::from_toml_str(
-        "default_broker = \"kafka\"\n[defaults]\nretry = { attempts = 3, initial = \"50ms\" }\n\
-         [brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\npartitions = 2\n\
-         consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }\n\
-         producer_properties = { \"batch.num.messages\" = \"1\" }\n",
-    )
+    RouterConfig::from_toml_str(&format!(
+        "default_broker = \"kafka\"\n[defaults]\nretry = {{ attempts = 3, initial = \"50ms\" }}\n\
+         [brokers.kafka]\n{KAFKA_TANSU_TABLE}"
+    ))
     .unwrap()
 }
 
@@ -146,15 +146,10 @@ async fn kafka_poison_records_are_dead_lettered() {
 async fn kafka_mock_restart_under_load_loses_none() {
     const BROKERS: i32 = 3;
     let cluster = MockCluster::new(BROKERS).unwrap();
-    // The mock has no CreateTopics API: topics are created on first use. Its group
-    // coordinator waits out the session timeout on a rejoin, so the session is short;
-    // the publisher here awaits each message, so lingering for a batch only slows it.
+    // The publisher here awaits each message, so lingering for a batch only slows it.
     let config = RouterConfig::from_toml_str(&format!(
-        "default_broker = \"kafka\"\n[brokers.kafka]\nkind = \"kafka\"\n\
-         bootstrap_servers = \"{}\"\ncreate_topics = false\n\
-         consumer_properties = {{ \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\", \
-         \"heartbeat.interval.ms\" = \"500\" }}\nproducer_properties = {{ \"linger.ms\" = \"0\" }}\n",
-        cluster.bootstrap_servers()
+        "default_broker = \"kafka\"\n[brokers.kafka]\n{}producer_properties = {{ \"linger.ms\" = \"0\" }}\n",
+        kafka_mock_table(&cluster.bootstrap_servers())
     ))
     .unwrap();
     restart_under_load("kafka-mock", config, async || {

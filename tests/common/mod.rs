@@ -199,6 +199,29 @@ pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// The `[brokers.x]` body for tansu on 127.0.0.1:9092, with the two settings tansu 0.6
+/// needs and a real Kafka does not: it answers a fetch only after `fetch.wait.max.ms`,
+/// hence the short wait; and it reports a partition's high watermark as its last
+/// batch's first offset + 1, so a fetch that starts inside a multi-record last batch (a
+/// partition resumed after a due-time pause) gets nothing until another record
+/// arrives, hence one record per produced batch.
+pub const KAFKA_TANSU_TABLE: &str = "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+     partitions = 2\nconsumer_properties = { \"fetch.wait.max.ms\" = \"10\" }\n\
+     producer_properties = { \"batch.num.messages\" = \"1\" }\n";
+
+/// The `[brokers.x]` body for librdkafka's mock cluster at `servers`. It has no
+/// CreateTopics API, so topics are created on first use, as a cluster with
+/// `auto.create.topics.enable` does. When a member joins a non-empty group, its
+/// coordinator waits the session timeout less a second for the others to rejoin (a
+/// real broker ends the round once they have), so the session is short.
+pub fn kafka_mock_table(servers: &str) -> String {
+    format!(
+        "kind = \"kafka\"\nbootstrap_servers = \"{servers}\"\ncreate_topics = false\n\
+         consumer_properties = {{ \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\", \
+         \"heartbeat.interval.ms\" = \"500\" }}\n"
+    )
+}
+
 /// Stops `server` with `signal`, waits a moment (the outage itself), starts it again.
 #[allow(dead_code)]
 pub async fn restart(server: &mut OwnServer, signal: &str) {

@@ -60,19 +60,13 @@ mod rabbitmq {
     ));
 }
 
-/// Kafka, against the Kafka-protocol broker (tansu) on 127.0.0.1:9092, with the two
-/// settings tansu 0.6 needs and a real Kafka does not: it answers a fetch only after
-/// `fetch.wait.max.ms`, hence the short wait; and it reports a partition's high
-/// watermark as its last batch's first offset + 1, so a fetch that starts inside a
-/// multi-record last batch (a partition resumed after a due-time pause) gets nothing
-/// until another record arrives, hence one record per produced batch.
+/// Kafka, against the Kafka-protocol broker (tansu) on 127.0.0.1:9092, with the
+/// settings tansu needs (see `KAFKA_TANSU_TABLE`).
 #[cfg(feature = "kafka")]
 mod kafka {
     conformance_cases!(crate::support::Target::server(
         "kafka",
-        "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\npartitions = 2\n\
-         consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }\n\
-         producer_properties = { \"batch.num.messages\" = \"1\" }"
+        crate::common::KAFKA_TANSU_TABLE
     ));
 }
 

@@ -57,11 +57,8 @@ impl Target {
     }
 
     /// Kafka on librdkafka's mock cluster: an in-process Kafka-protocol cluster of three
-    /// brokers, one per test process (nextest runs each case in its own). It has no
-    /// CreateTopics API, so topics are created on first use, as a cluster with
-    /// `auto.create.topics.enable` does. When a member joins a non-empty group, the
-    /// mock's coordinator waits the session timeout less a second for the others to
-    /// rejoin (a real broker ends the round once they have), so the session is short.
+    /// brokers, one per test process (nextest runs each case in its own), with the
+    /// settings the mock needs (see `kafka_mock_table`).
     #[cfg(feature = "kafka")]
     pub fn kafka_mock() -> Self {
         static SERVERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -72,14 +69,7 @@ impl Target {
             std::mem::forget(cluster);
             servers
         });
-        Target::server(
-            "kafka-mock",
-            &format!(
-                "kind = \"kafka\"\nbootstrap_servers = \"{servers}\"\ncreate_topics = false\n\
-                 consumer_properties = {{ \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\", \
-                 \"heartbeat.interval.ms\" = \"500\" }}"
-            ),
-        )
+        Target::server("kafka-mock", &crate::common::kafka_mock_table(servers))
     }
 
     /// A fire-and-forget mode: channels default to one attempt, since it cannot retry.

@@ -162,8 +162,12 @@ impl KafkaBroker {
         Ok(())
     }
 
-    /// Creates the topics not known to exist yet and waits until their metadata is
-    /// visible, so producing and subscribing right after works.
+    /// Creates the topics not known to exist yet (with `create_topics`) and waits until
+    /// their metadata is visible, so producing and subscribing right after works.
+    /// Without `create_topics` the cluster creates them on first use (the metadata
+    /// request asks it to) or they were provisioned; either way they must exist before
+    /// a consumer subscribes, since librdkafka notices a topic that appears later only
+    /// at its next metadata refresh (minutes).
     pub(crate) async fn ensure_topics(&self, names: &[String]) -> Result<()> {
         let missing: Vec<&String> = {
             let known = self.inner.topics.read().unwrap();
@@ -172,23 +176,24 @@ impl KafkaBroker {
         if missing.is_empty() {
             return Ok(());
         }
-        let c = &self.inner.config;
-        if !c.create_topics {
-            // The cluster creates them on first use (a producer's metadata request asks
-            // it to) or they were provisioned. Either way they must exist before a
-            // consumer subscribes: librdkafka notices a topic that appears later only
-            // at its next metadata refresh (minutes), so its records would wait.
-            for name in &missing {
-                self.wait_visible(name).await?;
-            }
-            self.inner
-                .topics
-                .write()
-                .unwrap()
-                .extend(missing.into_iter().cloned());
-            return Ok(());
+        if self.inner.config.create_topics {
+            self.create_topics(&missing).await?;
         }
-        let new: Vec<NewTopic> = missing
+        for name in &missing {
+            self.wait_visible(name).await?;
+        }
+        self.inner
+            .topics
+            .write()
+            .unwrap()
+            .extend(missing.into_iter().cloned());
+        Ok(())
+    }
+
+    /// Creates `names` with the admin API; one that exists already is fine.
+    async fn create_topics(&self, names: &[&String]) -> Result<()> {
+        let c = &self.inner.config;
+        let new: Vec<NewTopic> = names
             .iter()
             .map(|n| {
                 NewTopic::new(
@@ -220,14 +225,6 @@ impl KafkaBroker {
                 }
             }
         }
-        for name in &missing {
-            self.wait_visible(name).await?;
-        }
-        self.inner
-            .topics
-            .write()
-            .unwrap()
-            .extend(missing.into_iter().cloned());
         Ok(())
     }
 
@@ -407,12 +404,11 @@ impl KafkaBroker {
             let Some(&high) = remaining.get(&m.partition()) else {
                 continue;
             };
-            if m.offset() >= high {
-                remaining.remove(&m.partition());
-                continue;
-            }
             if m.offset() + 1 >= high {
                 remaining.remove(&m.partition());
+            }
+            if m.offset() >= high {
+                continue;
             }
             let (envelope, _) = from_record(&channel_arc, &m);
             if replay {
