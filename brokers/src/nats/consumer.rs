@@ -88,7 +88,7 @@ impl JetStreamSubscription {
             .unwrap_or((1, 0));
         let mut envelope = from_message(
             &self.channel,
-            &sequence.to_string(),
+            || sequence.to_string(),
             message.headers.as_ref(),
             message.payload.clone(),
         );
@@ -342,7 +342,8 @@ async fn move_delayed(broker: NatsBroker, channel: Arc<str>) {
                         .await;
                     continue;
                 }
-                let envelope = from_message(&channel, "", m.headers.as_ref(), m.payload.clone());
+                let envelope =
+                    from_message(&channel, String::new, m.headers.as_ref(), m.payload.clone());
                 broker
                     .js_publish(channel.to_string(), envelope, None)
                     .await?;

@@ -75,7 +75,7 @@ impl CoreSubscription {
         }
         let envelope = from_message(
             &self.channel,
-            &tag.to_string(),
+            || tag.to_string(),
             m.headers.as_ref(),
             m.payload,
         );

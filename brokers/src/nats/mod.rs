@@ -14,7 +14,9 @@
 //!   moves it to `C` when due, with the same `Nats-Msg-Id` so a mover crash between
 //!   publish and ack cannot duplicate it.
 //!
-//! Core mode: plain subjects, a queue group per consumer group; fire-and-forget.
+//! Core mode: plain subjects, a queue group per consumer group; fire-and-forget. The
+//! id and publish time travel in one `Anybroker-Meta` header (see `codec`); a reader
+//! takes either layout.
 //!
 //! The config is always compiled; the client only with the `nats` feature.
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream;
 use async_trait::async_trait;
 
-use super::codec::{from_message, stream_name, to_headers, DUE};
+use super::codec::{from_message, stream_name, to_headers, IdHeaders, DUE};
 use super::consumer::JetStreamSubscription;
 use super::core_mode::CoreSubscription;
 use super::error::from_nats;
@@ -210,7 +210,7 @@ impl NatsBroker {
         envelope: Envelope,
         extra: Option<(&'static str, String)>,
     ) -> Result<()> {
-        let mut headers = to_headers(&envelope);
+        let mut headers = to_headers(&envelope, IdHeaders::JetStream);
         if let Some((name, value)) = extra {
             headers.insert(name, value);
         }
@@ -265,8 +265,12 @@ impl NatsBroker {
         let mut seq = first.max(1);
         while seq <= last && out.len() < limit {
             if let Ok(m) = stream.get_raw_message(seq).await {
-                let envelope =
-                    from_message(&channel_arc, &seq.to_string(), Some(&m.headers), m.payload);
+                let envelope = from_message(
+                    &channel_arc,
+                    || seq.to_string(),
+                    Some(&m.headers),
+                    m.payload,
+                );
                 out.push((seq, envelope));
             }
             seq += 1;
@@ -315,7 +319,7 @@ impl MessagePublisher for NatsBroker {
             }
             NatsMode::Core => {
                 let subject = self.subject(&envelope.channel)?;
-                let headers = to_headers(&envelope);
+                let headers = to_headers(&envelope, IdHeaders::Core);
                 let Envelope {
                     channel, payload, ..
                 } = envelope;
@@ -390,7 +394,7 @@ impl MessagePublisher for NatsBroker {
         let channel = envelope.channel.clone();
         let request = async_nats::Request::new()
             .payload(envelope.payload.clone())
-            .headers(to_headers(&envelope))
+            .headers(to_headers(&envelope, IdHeaders::Core))
             .timeout(Some(timeout));
         let reply = self
             .inner
@@ -418,7 +422,7 @@ impl MessagePublisher for NatsBroker {
             })?;
         Ok(from_message(
             &channel,
-            "",
+            String::new,
             reply.headers.as_ref(),
             reply.payload,
         ))
