@@ -10,7 +10,8 @@
 //! accepted it), no consumer running. End to end: the same publishing while one
 //! consumer (prefetch = window) decodes each AlarmToLog and acknowledges it; from the
 //! first publish to the last message handled. Latency: publish time (carried in the
-//! message) to handling. Rounds alternate anybroker and raw; each figure is the median.
+//! message) to handling. Rounds alternate anybroker and raw; each figure is the median,
+//! and a ratio is the median of the per-round pairs' ratios (with their range).
 
 mod anybroker_runs;
 #[cfg(feature = "kafka")]
@@ -110,14 +111,52 @@ fn side_by_side(broker: &str, raw_client: &str, ours: &[Figures], raw: &[Figures
     if ours.is_empty() || raw.is_empty() {
         return;
     }
-    let (ours, raw) = (summarize(ours), summarize(raw));
+    // Each round of ours ran right next to one of raw's: the median of those pairs'
+    // ratios cancels the machine's drift better than a ratio of two medians.
+    let paired = |figure: fn(&Figures) -> f64| -> (f64, f64, f64) {
+        let ratios: Vec<f64> = ours
+            .iter()
+            .zip(raw)
+            .map(|(o, r)| figure(o) / figure(r))
+            .collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        (median(ratios), lo, hi)
+    };
+    let (publish, p_lo, p_hi) = paired(|f| f.publish);
+    let (e2e, e_lo, e_hi) = paired(|f| f.end_to_end);
     println!(
-        "{:<8} {:<10} {:>13.2}x {:>11.2}x",
-        broker,
-        "ratio",
-        ours.publish / raw.publish,
-        ours.end_to_end / raw.end_to_end
+        "{:<8} {:<10} {:>13.2}x {:>11.2}x   per-round pairs: publish {p_lo:.2}-{p_hi:.2}x, e2e {e_lo:.2}-{e_hi:.2}x",
+        broker, "ratio", publish, e2e
     );
+}
+
+/// Runs the rounds, ours and raw back to back, swapping which goes first each round so
+/// neither always runs on the other's leftovers (a server still compacting, say).
+async fn paired_rounds<O, R>(
+    args: &Args,
+    mut ours: impl FnMut() -> O,
+    mut raw: impl FnMut() -> R,
+) -> (Vec<Figures>, Vec<Figures>)
+where
+    O: std::future::Future<Output = Figures>,
+    R: std::future::Future<Output = Figures>,
+{
+    let (mut our_rounds, mut raw_rounds) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let ours_first = round % 2 == 0;
+        if ours_first && args.runs("anybroker") {
+            our_rounds.push(ours().await);
+        }
+        if args.runs("raw") {
+            raw_rounds.push(raw().await);
+        }
+        if !ours_first && args.runs("anybroker") {
+            our_rounds.push(ours().await);
+        }
+    }
+    (our_rounds, raw_rounds)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -147,16 +186,16 @@ async fn main() {
     #[cfg(feature = "redis")]
     if args.wants("redis") {
         let table = "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"";
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for _ in 0..args.rounds {
-            if args.runs("anybroker") {
-                ours.push(anybroker_runs::round(table, &args, args.window).await);
+        let (ours, raw) = paired_rounds(
+            &args,
+            || async {
+                let figures = anybroker_runs::round(table, &args, args.window).await;
                 raw_redis::delete_bench_keys("redis://127.0.0.1:6379").await;
-            }
-            if args.runs("raw") {
-                raw.push(raw_redis::round("redis://127.0.0.1:6379", &args).await);
-            }
-        }
+                figures
+            },
+            || raw_redis::round("redis://127.0.0.1:6379", &args),
+        )
+        .await;
         side_by_side("redis", "redis-rs", &ours, &raw);
     }
     #[cfg(not(feature = "redis"))]
@@ -166,16 +205,16 @@ async fn main() {
     if args.wants("rabbitmq") {
         const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
         let table = format!("kind = \"rabbitmq\"\nurl = \"{URL}\"");
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for _ in 0..args.rounds {
-            if args.runs("anybroker") {
-                ours.push(anybroker_runs::round(&table, &args, args.window).await);
+        let (ours, raw) = paired_rounds(
+            &args,
+            || async {
+                let figures = anybroker_runs::round(&table, &args, args.window).await;
                 raw_rabbitmq::delete_bench_queues(URL).await;
-            }
-            if args.runs("raw") {
-                raw.push(raw_rabbitmq::round(URL, &args).await);
-            }
-        }
+                figures
+            },
+            || raw_rabbitmq::round(URL, &args),
+        )
+        .await;
         side_by_side("rabbitmq", "lapin", &ours, &raw);
     }
     #[cfg(not(feature = "rabbitmq"))]
@@ -184,30 +223,27 @@ async fn main() {
     #[cfg(feature = "nats")]
     if args.wants("nats-js") {
         let table = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"";
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for _ in 0..args.rounds {
-            if args.runs("anybroker") {
-                ours.push(anybroker_runs::round(table, &args, args.window).await);
+        let (ours, raw) = paired_rounds(
+            &args,
+            || async {
+                let figures = anybroker_runs::round(table, &args, args.window).await;
                 raw_nats::delete_bench_streams("nats://127.0.0.1:4222").await;
-            }
-            if args.runs("raw") {
-                raw.push(raw_nats::round("nats://127.0.0.1:4222", &args).await);
-            }
-        }
+                figures
+            },
+            || raw_nats::round("nats://127.0.0.1:4222", &args),
+        )
+        .await;
         side_by_side("nats-js", "async-nats", &ours, &raw);
     }
     #[cfg(feature = "nats")]
     if args.wants("nats") {
         let table = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmode = \"core\"";
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for _ in 0..args.rounds {
-            if args.runs("anybroker") {
-                ours.push(anybroker_runs::round(table, &args, 1).await);
-            }
-            if args.runs("raw") {
-                raw.push(raw_nats::core_round("nats://127.0.0.1:4222", &args).await);
-            }
-        }
+        let (ours, raw) = paired_rounds(
+            &args,
+            || anybroker_runs::round(table, &args, 1),
+            || raw_nats::core_round("nats://127.0.0.1:4222", &args),
+        )
+        .await;
         side_by_side("nats", "async-nats", &ours, &raw);
     }
     #[cfg(not(feature = "nats"))]
@@ -217,15 +253,12 @@ async fn main() {
         // tansu (CI's Kafka-protocol broker) answers a fetch only after fetch.wait.max.ms.
         let table = "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
                      consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }";
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for _ in 0..args.rounds {
-            if args.runs("anybroker") {
-                ours.push(anybroker_runs::round(table, &args, args.window).await);
-            }
-            if args.runs("raw") {
-                raw.push(raw_kafka::round("127.0.0.1:9092", &args).await);
-            }
-        }
+        let (ours, raw) = paired_rounds(
+            &args,
+            || anybroker_runs::round(table, &args, args.window),
+            || raw_kafka::round("127.0.0.1:9092", &args),
+        )
+        .await;
         side_by_side("kafka", "rdkafka", &ours, &raw);
     }
     #[cfg(not(feature = "kafka"))]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::codec::{parse_entries, to_fields, write_fields};
+use super::codec::{fields_size, parse_entries, to_fields, write_fields};
 use super::consumer::StreamSubscription;
 use super::error::from_redis;
 use super::pubsub::PubSubSubscription;
@@ -120,8 +120,10 @@ impl RedisBroker {
 
     /// `XADD <stream> MAXLEN ~ max_len * fields…`
     pub(crate) fn xadd(&self, stream: &str, envelope: &Envelope) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream)
+        let (field_args, field_bytes) = fields_size(envelope);
+        let mut cmd = redis::Cmd::with_capacity(6 + field_args, 32 + stream.len() + field_bytes);
+        cmd.arg("XADD")
+            .arg(stream)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.inner.config.max_len)
