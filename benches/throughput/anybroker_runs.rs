@@ -120,5 +120,6 @@ pub async fn round(broker_table: &str, args: &Args, publish_window: usize) -> Fi
         end_to_end,
         p50: percentile(&l, 0.5),
         p99: percentile(&l, 0.99),
+        ..Default::default()
     }
 }

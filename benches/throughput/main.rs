@@ -60,11 +60,35 @@ impl Args {
 }
 
 /// One measured round.
+#[derive(Default)]
 pub struct Figures {
     pub publish: f64,
     pub end_to_end: f64,
     pub p50: Duration,
     pub p99: Duration,
+    /// This process' CPU time (user + system) over the round, per message handled.
+    pub cpu_per_message: Duration,
+}
+
+/// CPU time this process has used so far, all threads, user and system.
+fn process_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF cannot fail.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Runs one round and charges it the CPU time it used: each message is published
+/// twice (publish-only, then end to end) and handled once.
+async fn measured(args: &Args, round: impl std::future::Future<Output = Figures>) -> Figures {
+    let before = process_cpu_time();
+    let mut figures = round.await;
+    figures.cpu_per_message = (process_cpu_time() - before) / args.messages as u32;
+    figures
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -85,18 +109,25 @@ fn summarize(rounds: &[Figures]) -> Figures {
         end_to_end: median(rounds.iter().map(|r| r.end_to_end).collect()),
         p50: Duration::from_secs_f64(median(rounds.iter().map(|r| r.p50.as_secs_f64()).collect())),
         p99: Duration::from_secs_f64(median(rounds.iter().map(|r| r.p99.as_secs_f64()).collect())),
+        cpu_per_message: Duration::from_secs_f64(median(
+            rounds
+                .iter()
+                .map(|r| r.cpu_per_message.as_secs_f64())
+                .collect(),
+        )),
     }
 }
 
 fn row(broker: &str, client: &str, f: &Figures) {
     println!(
-        "{:<8} {:<10} {:>14.0} {:>12.0} {:>9.2}ms {:>9.2}ms",
+        "{:<8} {:<10} {:>14.0} {:>12.0} {:>9.2}ms {:>9.2}ms {:>10.1}",
         broker,
         client,
         f.publish,
         f.end_to_end,
         f.p50.as_secs_f64() * 1e3,
-        f.p99.as_secs_f64() * 1e3
+        f.p99.as_secs_f64() * 1e3,
+        f.cpu_per_message.as_secs_f64() * 1e6
     );
 }
 
@@ -126,9 +157,11 @@ fn side_by_side(broker: &str, raw_client: &str, ours: &[Figures], raw: &[Figures
     };
     let (publish, p_lo, p_hi) = paired(|f| f.publish);
     let (e2e, e_lo, e_hi) = paired(|f| f.end_to_end);
+    // Inverted so that, like the rest, above 1 means anybroker does better.
+    let (cpu, c_lo, c_hi) = paired(|f| 1.0 / f.cpu_per_message.as_secs_f64());
     println!(
-        "{:<8} {:<10} {:>13.2}x {:>11.2}x   per-round pairs: publish {p_lo:.2}-{p_hi:.2}x, e2e {e_lo:.2}-{e_hi:.2}x",
-        broker, "ratio", publish, e2e
+        "{:<8} {:<10} {:>13.2}x {:>11.2}x {:>23.2}x   per-round pairs: publish {p_lo:.2}-{p_hi:.2}x, e2e {e_lo:.2}-{e_hi:.2}x, cpu {c_lo:.2}-{c_hi:.2}x",
+        broker, "ratio", publish, e2e, cpu
     );
 }
 
@@ -147,13 +180,13 @@ where
     for round in 0..args.rounds {
         let ours_first = round % 2 == 0;
         if ours_first && args.runs("anybroker") {
-            our_rounds.push(ours().await);
+            our_rounds.push(measured(args, ours()).await);
         }
         if args.runs("raw") {
-            raw_rounds.push(raw().await);
+            raw_rounds.push(measured(args, raw()).await);
         }
         if !ours_first && args.runs("anybroker") {
-            our_rounds.push(ours().await);
+            our_rounds.push(measured(args, ours()).await);
         }
     }
     (our_rounds, raw_rounds)
@@ -171,14 +204,15 @@ async fn main() {
         args.rounds
     );
     println!(
-        "{:<8} {:<10} {:>14} {:>12} {:>11} {:>11}",
-        "broker", "client", "publish msg/s", "e2e msg/s", "p50", "p99"
+        "{:<8} {:<10} {:>14} {:>12} {:>11} {:>11} {:>10}",
+        "broker", "client", "publish msg/s", "e2e msg/s", "p50", "p99", "cpu us/msg"
     );
 
     if args.wants("memory") && args.runs("anybroker") {
         let mut memory = Vec::new();
         for _ in 0..args.rounds {
-            memory.push(anybroker_runs::round("kind = \"memory\"", &args, 1).await);
+            memory
+                .push(measured(&args, anybroker_runs::round("kind = \"memory\"", &args, 1)).await);
         }
         row("memory", "anybroker", &summarize(&memory));
     }

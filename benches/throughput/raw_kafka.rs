@@ -158,5 +158,6 @@ pub async fn round(servers: &str, args: &Args) -> Figures {
         end_to_end,
         p50: percentile(&l, 0.5),
         p99: percentile(&l, 0.99),
+        ..Default::default()
     }
 }

@@ -174,6 +174,7 @@ pub async fn round(url: &str, args: &Args) -> Figures {
         end_to_end,
         p50: percentile(&l, 0.5),
         p99: percentile(&l, 0.99),
+        ..Default::default()
     }
 }
 

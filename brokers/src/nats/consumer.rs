@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
-use super::codec::{consumer_name, from_message, DUE};
+use super::codec::{consumer_name, delivery_numbers, from_message, DUE};
 use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
 use crate::core::{
@@ -23,10 +23,12 @@ use crate::unix_micros;
 /// How long the stream must stay quiet at close before the member stops giving back.
 const CLOSE_QUIET: Duration = Duration::from_millis(100);
 
+/// A delivery not settled yet. Its envelope is rebuilt from the message if it is
+/// dead-lettered, rather than cloned for every delivery.
 struct InFlight {
     message: jetstream::Message,
-    envelope: crate::Envelope,
     stream_sequence: u64,
+    attempt: u32,
 }
 
 pub(crate) struct JetStreamSubscription {
@@ -83,16 +85,12 @@ impl JetStreamSubscription {
 
     fn deliver(&self, message: jetstream::Message) -> Delivery {
         let (attempt, sequence) = message
-            .info()
-            .map(|i| (i.delivered.max(1) as u32, i.stream_sequence))
+            .reply
+            .as_deref()
+            .and_then(delivery_numbers)
+            .map(|(delivered, sequence)| (delivered.max(1) as u32, sequence))
             .unwrap_or((1, 0));
-        let mut envelope = from_message(
-            &self.channel,
-            || sequence.to_string(),
-            message.headers.as_ref(),
-            message.payload.clone(),
-        );
-        envelope.attempt = attempt;
+        let mut envelope = self.envelope_of(&message, sequence, attempt);
         if let Some((first, error)) = self.failures.lock().unwrap().get(&sequence) {
             envelope
                 .headers
@@ -106,11 +104,27 @@ impl JetStreamSubscription {
             tag,
             InFlight {
                 message,
-                envelope: envelope.clone(),
                 stream_sequence: sequence,
+                attempt,
             },
         );
         Delivery::new(envelope, DeliveryTag(tag, 0))
+    }
+
+    fn envelope_of(
+        &self,
+        message: &jetstream::Message,
+        sequence: u64,
+        attempt: u32,
+    ) -> crate::Envelope {
+        let mut envelope = from_message(
+            &self.channel,
+            || sequence.to_string(),
+            message.headers.as_ref(),
+            message.payload.clone(),
+        );
+        envelope.attempt = attempt;
+        envelope
     }
 }
 
@@ -194,7 +208,7 @@ impl Subscription for JetStreamSubscription {
                     f.message.ack_with(AckKind::Nak(Some(delay))).await
                 }
                 Settlement::DeadLetter(dead) => {
-                    let mut envelope = f.envelope;
+                    let mut envelope = self.envelope_of(&f.message, f.stream_sequence, f.attempt);
                     envelope.headers.remove(header::FIRST_FAILED_AT);
                     let first_failure = self.failures.lock().unwrap().remove(&f.stream_sequence);
                     if let Some((first, _)) = first_failure {
