@@ -167,6 +167,7 @@ fn side_by_side(broker: &str, raw_client: &str, ours: &[Figures], raw: &[Figures
 
 /// Runs the rounds, ours and raw back to back, swapping which goes first each round so
 /// neither always runs on the other's leftovers (a server still compacting, say).
+#[allow(dead_code)] // unused when no broker feature is on
 async fn paired_rounds<O, R>(
     args: &Args,
     mut ours: impl FnMut() -> O,
