@@ -33,8 +33,8 @@ pub(crate) enum IdHeaders {
     /// `Nats-Msg-Id` (JetStream deduplicates on it) and `Anybroker-Published-At`.
     JetStream,
     /// One `Anybroker-Meta` header: nothing on core NATS reads `Nats-Msg-Id`, and every
-    /// header costs the client a map entry out and a parse in (about 1,500 instructions
-    /// each way, measured with callgrind), a third of core NATS' per-message cost.
+    /// header costs the client a map entry out and a parse in (one header fewer took a
+    /// 12,000-message callgrind run from 555 M to 495 M instructions; BENCHMARKS.md).
     Core,
 }
 
