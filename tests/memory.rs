@@ -1,10 +1,13 @@
 //! Embedded-broker behaviour beyond the conformance suite: the backlog bound that keeps
 //! a fast publisher from growing the process's memory without limit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anybroker::{handler_fn, ErrorKind, MessageContext, MessageRouter, RouterConfig};
+use anybroker::{
+    handler_fn, ErrorKind, MessageContext, MessageRouter, PublishOptions, RouterConfig,
+};
 
 mod common;
 use common::{unique_channel, wait_until, Numbered};
@@ -17,19 +20,31 @@ fn config(max_backlog: usize, publish_timeout: &str) -> RouterConfig {
     .unwrap()
 }
 
+fn with_prefetch(mut config: RouterConfig, channel: &str, prefetch: usize) -> RouterConfig {
+    config
+        .channels
+        .entry(channel.to_string())
+        .or_default()
+        .prefetch = Some(prefetch);
+    config
+}
+
 /// At `max_backlog` untaken messages, publish waits for the consumer instead of
 /// growing the channel; every message still arrives once, in publish order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
     const N: u64 = 3_000;
+    const WINDOW: usize = 4;
     let ch = unique_channel::<Numbered>("backlog");
     let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let entered = Arc::new(AtomicUsize::new(0));
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
     let handler = {
-        let seen = seen.clone();
+        let (seen, entered) = (seen.clone(), entered.clone());
         handler_fn(move |m: Numbered, _cx: MessageContext| {
-            let (seen, mut gate) = (seen.clone(), gate_rx.clone());
+            let (seen, entered, mut gate) = (seen.clone(), entered.clone(), gate_rx.clone());
             async move {
+                entered.fetch_add(1, Ordering::SeqCst);
                 // Held until the test opens the gate, so the backlog fills up.
                 let _ = gate.wait_for(|open| *open).await;
                 seen.lock().unwrap().push(m.seq);
@@ -40,7 +55,7 @@ async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
     let mut bounded = anybroker_brokers::memory::MemoryConfig::default();
     bounded.max_backlog = 100;
     let broker = anybroker::MemoryBroker::new(&bounded);
-    let router = MessageRouter::builder(config(100, "30s"))
+    let router = MessageRouter::builder(with_prefetch(config(100, "30s"), ch.name(), WINDOW))
         .with_broker("memory", broker.clone())
         .handle(ch, handler)
         .start()
@@ -54,12 +69,12 @@ async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
             }
         })
     };
-    // The consumer holds its window (256 by default) and the channel 100 more; the
-    // handler is held, so the publisher cannot get further than that.
+    // Once the consumer holds its whole window in the (held) handler it can take no
+    // more, so the channel fills to its bound and stays there.
     wait_until(
-        "the channel is at its bound",
+        "the window is held and the channel at its bound",
         Duration::from_secs(10),
-        || broker.backlog(ch.name()) == 100,
+        || entered.load(Ordering::SeqCst) == WINDOW && broker.backlog(ch.name()) == 100,
     )
     .await;
     assert!(
@@ -67,6 +82,11 @@ async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
         "publish did not wait at the bound"
     );
     assert_eq!(broker.backlog(ch.name()), 100, "the bound holds");
+    assert_eq!(
+        entered.load(Ordering::SeqCst),
+        WINDOW,
+        "nothing past the window"
+    );
     gate_tx.send(true).unwrap();
     publisher.await.unwrap();
     wait_until("all handled", Duration::from_secs(30), || {
@@ -77,6 +97,83 @@ async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
     let mut seen = seen.lock().unwrap().clone();
     seen.sort_unstable();
     assert_eq!(seen, (0..N).collect::<Vec<_>>(), "each message once");
+}
+
+/// Messages parked behind a busy key count towards the bound: one slow key cannot
+/// grow the channel without limit, and the publisher resumes as soon as the key's
+/// messages are handed out, not at `publish_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_messages_parked_behind_a_key_count_towards_the_bound() {
+    const N: u64 = 500;
+    let ch = unique_channel::<Numbered>("backlog_keyed");
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let handler = {
+        let (seen, entered) = (seen.clone(), entered.clone());
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            let (seen, entered, mut gate) = (seen.clone(), entered.clone(), gate_rx.clone());
+            async move {
+                entered.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.wait_for(|open| *open).await;
+                seen.lock().unwrap().push(m.seq);
+                Ok(())
+            }
+        })
+    };
+    let mut bounded = anybroker_brokers::memory::MemoryConfig::default();
+    bounded.max_backlog = 10;
+    let broker = anybroker::MemoryBroker::new(&bounded);
+    // A publish that found no room would fail after 30 s; the test ends long before.
+    let router = MessageRouter::builder(config(10, "30s"))
+        .with_broker("memory", broker.clone())
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let publisher = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            for seq in 0..N {
+                router
+                    .publish_with(ch, &Numbered { seq }, PublishOptions::new().key("one"))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    // One message of the key is in the handler; the rest wait behind it, at most 10.
+    wait_until(
+        "the key is held and the channel at its bound",
+        Duration::from_secs(10),
+        || entered.load(Ordering::SeqCst) == 1 && broker.backlog(ch.name()) == 10,
+    )
+    .await;
+    assert!(
+        !publisher.is_finished(),
+        "publish did not wait at the bound"
+    );
+    assert_eq!(broker.backlog(ch.name()), 10, "the bound holds");
+    assert_eq!(
+        entered.load(Ordering::SeqCst),
+        1,
+        "one message of the key at a time"
+    );
+    gate_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), publisher)
+        .await
+        .expect("the publisher resumed as the key's messages were handed out")
+        .unwrap();
+    wait_until("all handled", Duration::from_secs(10), || {
+        seen.lock().unwrap().len() as u64 >= N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        (0..N).collect::<Vec<_>>(),
+        "each message once, in key order"
+    );
 }
 
 /// A publish that finds no room within `publish_timeout` fails with `Timeout` naming
@@ -92,15 +189,7 @@ async fn memory_publish_times_out_when_nobody_takes() {
             Ok(())
         }
     });
-    let config = {
-        let mut c = config(10, "200ms");
-        c.channels
-            .entry(ch.name().to_string())
-            .or_default()
-            .prefetch = Some(1);
-        c
-    };
-    let router = MessageRouter::builder(config)
+    let router = MessageRouter::builder(with_prefetch(config(10, "200ms"), ch.name(), 1))
         .handle(ch, handler)
         .start()
         .await

@@ -58,17 +58,20 @@ impl Subscription for MemorySubscription {
             let now = Instant::now();
             let deadline = {
                 let mut state = self.topic.lock();
-                let before = state.log.len();
+                let before = state.held();
                 let out = state.take(&self.group, self.member, max, now);
-                if !out.is_empty() {
-                    let shrank = state.log.len() < before;
-                    drop(state);
-                    if shrank {
-                        self.topic.room.notify_waiters();
-                    }
-                    return Ok(out);
+                // Taking can free room even when it hands nothing out (another
+                // group's cursor moved the trim point), so check either way.
+                let freed = state.held() < before;
+                let deadline = out.is_empty().then(|| state.next_deadline(&self.group));
+                drop(state);
+                if freed {
+                    self.topic.room.notify_waiters();
                 }
-                state.next_deadline(&self.group)
+                match deadline {
+                    None => return Ok(out),
+                    Some(deadline) => deadline,
+                }
             };
             match deadline {
                 Some(deadline) => {
@@ -84,6 +87,8 @@ impl Subscription for MemorySubscription {
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         let mut wake = false;
+        // A parked message became ready: it no longer counts towards the backlog bound.
+        let mut freed = false;
         let mut unknown = 0usize;
         let mut released = Vec::new();
         {
@@ -99,8 +104,7 @@ impl Subscription for MemorySubscription {
                 match settlement {
                     Settlement::Ack => {
                         if let Some(key) = &envelope.key {
-                            wake |= group.key_queues.get(key).is_some_and(|q| !q.is_empty());
-                            group.release_key(key);
+                            freed |= group.release_key(key);
                         }
                     }
                     Settlement::Retry { delay, error } => {
@@ -116,8 +120,7 @@ impl Subscription for MemorySubscription {
                     }
                     Settlement::DeadLetter(dead_letter) => {
                         if let Some(key) = &envelope.key {
-                            wake |= group.key_queues.get(key).is_some_and(|q| !q.is_empty());
-                            group.release_key(key);
+                            freed |= group.release_key(key);
                         }
                         state
                             .dead
@@ -134,8 +137,11 @@ impl Subscription for MemorySubscription {
                 group.ready.push_front(envelope);
             }
         }
-        if wake {
+        if wake || freed {
             self.topic.notify.notify_waiters();
+        }
+        if freed {
+            self.topic.room.notify_waiters();
         }
         if unknown > 0 {
             return Err(Error::new(

@@ -114,16 +114,13 @@ impl MemoryBroker {
         }
     }
 
-    /// Messages published on `channel` that no group has taken yet, plus delayed ones.
+    /// Messages published on `channel` that some group has not handed to a consumer
+    /// yet (the most any one group has parked behind a busy key included), plus
+    /// delayed ones: what `max_backlog` bounds, and the delayed messages beside it.
     pub fn backlog(&self, channel: &str) -> usize {
         let topic = self.topic(channel);
         let state = topic.lock();
-        let min = state.groups.values().map(|g| g.cursor).min();
-        let untaken = match min {
-            Some(c) => (state.base + state.log.len() as u64 - c) as usize,
-            None => state.log.len(),
-        };
-        untaken + state.delayed.len()
+        state.held() + state.delayed.len()
     }
 }
 

@@ -102,14 +102,26 @@ pub(crate) struct Group {
     /// Keys currently held by a message of this group, with the messages of that key
     /// that arrived meanwhile, in log order.
     pub(crate) key_queues: HashMap<Arc<str>, VecDeque<Envelope>>,
+    /// Messages waiting in `key_queues`: taken from the log but not handed out, so
+    /// they count towards the backlog bound like the log does.
+    pub(crate) parked: usize,
     pub(crate) next_tag: u64,
 }
 
 impl TopicState {
-    /// At the backlog bound: the log (what the slowest group has not taken; it is
-    /// trimmed to that) holds `max_backlog` messages and some group consumes the channel.
+    /// At the backlog bound: the channel holds `max_backlog` messages some group has
+    /// not handed out, and some group consumes the channel.
     pub(crate) fn is_full(&self, max_backlog: usize) -> bool {
-        max_backlog > 0 && self.log.len() >= max_backlog && !self.groups.is_empty()
+        max_backlog > 0 && !self.groups.is_empty() && self.held() >= max_backlog
+    }
+
+    /// Messages held for the groups and not handed out yet: the log (trimmed to what
+    /// the slowest group has not taken) and the largest set of messages a group
+    /// parked behind a busy key. Parked messages count, or a slow key would let the
+    /// channel grow without bound.
+    pub(crate) fn held(&self) -> usize {
+        let parked = self.groups.values().map(|g| g.parked).max().unwrap_or(0);
+        self.log.len() + parked
     }
 
     pub(crate) fn next_seq(&mut self) -> u64 {
@@ -176,6 +188,7 @@ impl TopicState {
             if let Some(key) = &envelope.key {
                 if let Some(queue) = group.key_queues.get_mut(key) {
                     queue.push_back(envelope);
+                    group.parked += 1;
                     continue;
                 }
                 group.key_queues.insert(key.clone(), VecDeque::new());
@@ -222,14 +235,20 @@ impl Group {
     }
 
     /// A keyed message is done (acked or dead-lettered): its key passes to the next
-    /// message of that key, or is freed.
-    pub(crate) fn release_key(&mut self, key: &Arc<str>) {
-        if let Some(queue) = self.key_queues.get_mut(key) {
-            match queue.pop_front() {
-                Some(next) => self.ready.push_back(next),
-                None => {
-                    self.key_queues.remove(key);
-                }
+    /// message of that key, or is freed. True when a parked message became ready.
+    pub(crate) fn release_key(&mut self, key: &Arc<str>) -> bool {
+        let Some(queue) = self.key_queues.get_mut(key) else {
+            return false;
+        };
+        match queue.pop_front() {
+            Some(next) => {
+                self.parked -= 1;
+                self.ready.push_back(next);
+                true
+            }
+            None => {
+                self.key_queues.remove(key);
+                false
             }
         }
     }
