@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MemoryConfig {
-    /// Messages a channel holds that some consuming group has not taken yet. At the
-    /// bound, publish waits until the slowest group takes one (backpressure: the
+    /// Messages a channel holds that some consuming group has not handed out yet
+    /// (messages waiting behind a busy key included). At the bound, publish waits
+    /// until the slowest group hands one out (backpressure: the
     /// process's memory stays flat however fast it publishes). Applies once the channel
     /// has a consumer group; before that messages are kept without bound, waiting for
     /// one. `0` = no bound. Default 1,024 (4 default windows).
