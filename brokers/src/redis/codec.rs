@@ -157,6 +157,18 @@ pub(crate) fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// A string reply's text, moved out without copying when it is valid UTF-8.
+fn into_text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// A reply's bytes, moved out without copying.
 fn into_bytes(v: Value) -> Vec<u8> {
     match v {
@@ -192,8 +204,7 @@ pub(crate) fn parse_entries(v: Value) -> Result<Vec<Entry>> {
         let mut parts = into_items(entry).into_iter();
         let id = parts
             .next()
-            .as_ref()
-            .and_then(text)
+            .and_then(into_text)
             .ok_or_else(|| malformed("a stream read"))?;
         let mut fields = Vec::new();
         if let Some(body) = parts.next() {

@@ -1,7 +1,7 @@
 //! A member of a consumer group reading a channel's Redis stream (and its group's
 //! retry stream).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,8 +55,8 @@ const PROMOTE_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Source {
-    Main,
-    Retry,
+    Main = 0,
+    Retry = 1,
 }
 
 struct InFlight {
@@ -433,7 +433,8 @@ impl Subscription for StreamSubscription {
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         let mut pipe = redis::pipe();
         let mut only_acks = true;
-        let mut acks: HashMap<Source, Vec<String>> = HashMap::new();
+        // Entry ids to ack, per source: [main stream, retry stream].
+        let mut acks: [Vec<String>; 2] = Default::default();
         let mut unknown = 0;
         {
             let mut in_flight = self.in_flight.lock().unwrap();
@@ -478,14 +479,14 @@ impl Subscription for StreamSubscription {
                     #[allow(unreachable_patterns)]
                     _ => return Err(Error::unsupported("unknown settlement").with_broker("redis")),
                 }
-                acks.entry(f.source).or_default().push(f.id);
+                acks[f.source as usize].push(f.id);
             }
         }
-        for (source, ids) in &acks {
+        for (source, ids) in [Source::Main, Source::Retry].into_iter().zip(&acks) {
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            self.ack(&mut pipe, *source, &refs);
+            self.ack(&mut pipe, source, &refs);
         }
-        if !acks.is_empty() {
+        if acks.iter().any(|ids| !ids.is_empty()) {
             // Everything of the batch in one MULTI: no dead letter or retry without the
             // ack of its original, and no ack without them. Plain acks need no MULTI.
             if !only_acks {
