@@ -1,6 +1,5 @@
 //! Envelope <-> NATS headers and payload.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,15 +40,19 @@ pub(crate) enum IdHeaders {
 /// The headers carrying `envelope`'s metadata and application headers.
 pub(crate) fn to_headers(envelope: &Envelope, ids: IdHeaders) -> HeaderMap {
     let mut h = HeaderMap::new();
-    let micros = unix_micros(envelope.published_at);
+    // itoa, not `format!`: the formatting machinery cost ~450 instructions a publish.
+    let mut digits = itoa::Buffer::new();
+    let micros = digits.format(unix_micros(envelope.published_at));
     match ids {
         IdHeaders::JetStream => {
             h.insert(MSG_ID_NAME, &*envelope.id);
-            h.insert(PUBLISHED_AT_NAME, micros.to_string());
+            h.insert(PUBLISHED_AT_NAME, micros);
         }
         IdHeaders::Core => {
-            let mut meta = String::with_capacity(21 + envelope.id.len());
-            let _ = write!(meta, "{micros} {}", envelope.id);
+            let mut meta = String::with_capacity(micros.len() + 1 + envelope.id.len());
+            meta.push_str(micros);
+            meta.push(' ');
+            meta.push_str(&envelope.id);
             h.insert(META_NAME, meta);
         }
     }
