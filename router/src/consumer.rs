@@ -211,10 +211,24 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
     // Keys with a message being handled, and the messages of that key waiting behind it.
     let mut busy_keys: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
     let mut finished: Vec<(DeliveryTag, Settlement)> = Vec::new();
-    let start = |delivery: Delivery| -> BoxFuture<'static, Finished> {
-        spec.handler
+    // Starts a handler and polls it once here: one that finishes without waiting (most
+    // do) never costs a `FuturesUnordered` task. One that waits is pushed, and polled
+    // again there with a real waker, so the no-op waker of this first poll is never
+    // the one it relies on.
+    let start = |delivery: Delivery,
+                 running: &mut FuturesUnordered<BoxFuture<'static, Finished>>|
+     -> Option<Finished> {
+        let mut handling = spec
+            .handler
             .clone()
-            .run(delivery, spec.broker.clone(), spec.policy)
+            .run(delivery, spec.broker.clone(), spec.policy);
+        match handling.as_mut().now_or_never() {
+            Some(done) => Some(done),
+            None => {
+                running.push(handling);
+                None
+            }
+        }
     };
 
     let mut stopping = false;
@@ -222,16 +236,8 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
         tokio::select! {
             Some(done) = running.next(), if !running.is_empty() => {
                 let mut next = Some(done);
-                while let Some((tag, key, settlement)) = next.take() {
-                    if let Some(key) = key {
-                        if let Some(queue) = busy_keys.get_mut(&key) {
-                            match queue.pop_front() {
-                                Some(d) => running.push(start(d)),
-                                None => { busy_keys.remove(&key); }
-                            }
-                        }
-                    }
-                    finished.push((tag, settlement));
+                while let Some(done) = next.take() {
+                    finish(done, &mut busy_keys, &mut running, &mut finished, &start);
                     next = running.next().now_or_never().flatten();
                 }
                 let _ = settle_tx.send(std::mem::take(&mut finished));
@@ -239,16 +245,25 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     for delivery in batch {
-                        match &delivery.envelope.key {
+                        let done = match &delivery.envelope.key {
                             Some(key) => match busy_keys.get_mut(key) {
-                                Some(queue) => queue.push_back(delivery),
+                                Some(queue) => {
+                                    queue.push_back(delivery);
+                                    None
+                                }
                                 None => {
                                     busy_keys.insert(key.clone(), VecDeque::new());
-                                    running.push(start(delivery));
+                                    start(delivery, &mut running)
                                 }
                             },
-                            None => running.push(start(delivery)),
+                            None => start(delivery, &mut running),
+                        };
+                        if let Some(done) = done {
+                            finish(done, &mut busy_keys, &mut running, &mut finished, &start);
                         }
+                    }
+                    if !finished.is_empty() {
+                        let _ = settle_tx.send(std::mem::take(&mut finished));
                     }
                 }
                 None => stopping = true,
@@ -281,6 +296,32 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
     }
     if let Err(e) = spec.subscription.close().await {
         tracing::warn!(channel = %spec.channel, broker = %spec.broker, error = %e, "closing subscription failed");
+    }
+}
+
+/// Records a finished delivery's settlement and passes its key to the next message of
+/// that key, which may itself finish at once (a loop, not recursion: a long queue of
+/// one key must not grow the stack).
+fn finish(
+    done: Finished,
+    busy_keys: &mut HashMap<Arc<str>, VecDeque<Delivery>>,
+    running: &mut FuturesUnordered<BoxFuture<'static, Finished>>,
+    finished: &mut Vec<(DeliveryTag, Settlement)>,
+    start: &impl Fn(Delivery, &mut FuturesUnordered<BoxFuture<'static, Finished>>) -> Option<Finished>,
+) {
+    let mut next = Some(done);
+    while let Some((tag, key, settlement)) = next.take() {
+        finished.push((tag, settlement));
+        let Some(key) = key else { continue };
+        let Some(queue) = busy_keys.get_mut(&key) else {
+            continue;
+        };
+        match queue.pop_front() {
+            Some(delivery) => next = start(delivery, running),
+            None => {
+                busy_keys.remove(&key);
+            }
+        }
     }
 }
 

@@ -530,6 +530,55 @@ pub async fn same_key_order_kept_under_concurrency(t: &Target) {
     );
 }
 
+/// Same-key order also holds when handlers finish without ever waiting: the runtime
+/// then passes a key to its next message at once, many times over within one batch.
+pub async fn same_key_order_kept_when_handlers_finish_at_once(t: &Target) {
+    require!(t, ordering_by_key);
+    const KEYS: u64 = 4;
+    const PER_KEY: u64 = 250;
+    let ch = unique_channel::<TestMessage>("ordering_sync");
+    let rec = Recorder::default();
+    let handler = {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            rec.record(seen(&m, &cx, 0));
+            async { Ok(()) }
+        })
+    };
+    let router = t.router("").handle(ch, handler).start().await.unwrap();
+    for i in 0..PER_KEY {
+        for k in 0..KEYS {
+            router
+                .publish_with(
+                    ch,
+                    &TestMessage::new(i * KEYS + k),
+                    PublishOptions::new().key(format!("key-{k}")),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    wait_until("all handled", LONG, || {
+        rec.distinct() as u64 == KEYS * PER_KEY
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for s in rec.all() {
+        per_key
+            .entry(s.key.clone().unwrap())
+            .or_default()
+            .push(s.seq);
+    }
+    assert_eq!(per_key.len() as u64, KEYS);
+    for (key, seqs) in &per_key {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {seqs:?}"
+        );
+    }
+}
+
 /// Where declared, same-key order holds across the members of a group and across
 /// retries: a later message of a key waits until the earlier one is done.
 pub async fn same_key_order_kept_across_members_and_retries(t: &Target) {
@@ -1003,6 +1052,7 @@ macro_rules! conformance_cases {
             panicking_handler_is_retried,
             two_groups_each_get_all_members_split,
             same_key_order_kept_under_concurrency,
+            same_key_order_kept_when_handlers_finish_at_once,
             same_key_order_kept_across_members_and_retries,
             delayed_publish_not_delivered_early,
             shutdown_with_in_flight_loses_none,
