@@ -29,6 +29,65 @@ fn with_prefetch(mut config: RouterConfig, channel: &str, prefetch: usize) -> Ro
     config
 }
 
+/// Starts a router whose embedded broker is one the test keeps, to read its backlog;
+/// built from `config`'s `[brokers.memory]`.
+async fn start_bounded(
+    config: RouterConfig,
+    ch: anybroker::Channel<Numbered>,
+    handler: impl anybroker::MessageHandler<Numbered>,
+) -> (MessageRouter, anybroker::MemoryBroker) {
+    let anybroker_brokers::BrokerConfig::Memory(memory) = &config.brokers["memory"] else {
+        panic!("the test config has a memory broker");
+    };
+    let broker = anybroker::MemoryBroker::new(memory);
+    let router = MessageRouter::builder(config)
+        .with_broker("memory", broker.clone())
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    (router, broker)
+}
+
+/// What a test sees of a handler that holds every message until the gate opens, so
+/// the channel's backlog fills up behind it.
+struct Held {
+    /// Sequence numbers handled, in the order their handlers finished.
+    seen: Arc<Mutex<Vec<u64>>>,
+    /// Handlers started (held or done).
+    entered: Arc<AtomicUsize>,
+    /// Send `true` to let every held handler finish.
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl Held {
+    fn handler() -> (Held, impl anybroker::MessageHandler<Numbered>) {
+        let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let entered = Arc::new(AtomicUsize::new(0));
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
+        let handler = {
+            let (seen, entered) = (seen.clone(), entered.clone());
+            handler_fn(move |m: Numbered, _cx: MessageContext| {
+                let (seen, entered, mut gate) = (seen.clone(), entered.clone(), gate_rx.clone());
+                async move {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    let _ = gate.wait_for(|open| *open).await;
+                    seen.lock().unwrap().push(m.seq);
+                    Ok(())
+                }
+            })
+        };
+        (
+            Held {
+                seen,
+                entered,
+                gate,
+            },
+            handler,
+        )
+    }
+}
+
 /// At `max_backlog` untaken messages, publish waits for the consumer instead of
 /// growing the channel; every message still arrives once, in publish order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,31 +95,14 @@ async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
     const N: u64 = 3_000;
     const WINDOW: usize = 4;
     let ch = unique_channel::<Numbered>("backlog");
-    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let entered = Arc::new(AtomicUsize::new(0));
-    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
-    let handler = {
-        let (seen, entered) = (seen.clone(), entered.clone());
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            let (seen, entered, mut gate) = (seen.clone(), entered.clone(), gate_rx.clone());
-            async move {
-                entered.fetch_add(1, Ordering::SeqCst);
-                // Held until the test opens the gate, so the backlog fills up.
-                let _ = gate.wait_for(|open| *open).await;
-                seen.lock().unwrap().push(m.seq);
-                Ok(())
-            }
-        })
-    };
-    let mut bounded = anybroker_brokers::memory::MemoryConfig::default();
-    bounded.max_backlog = 100;
-    let broker = anybroker::MemoryBroker::new(&bounded);
-    let router = MessageRouter::builder(with_prefetch(config(100, "30s"), ch.name(), WINDOW))
-        .with_broker("memory", broker.clone())
-        .handle(ch, handler)
-        .start()
-        .await
-        .unwrap();
+    let (held, handler) = Held::handler();
+    let (seen, entered, gate_tx) = (held.seen, held.entered, held.gate);
+    let (router, broker) = start_bounded(
+        with_prefetch(config(100, "30s"), ch.name(), WINDOW),
+        ch,
+        handler,
+    )
+    .await;
     let publisher = {
         let router = router.clone();
         tokio::spawn(async move {
@@ -106,31 +148,10 @@ async fn memory_publish_waits_at_backlog_bound_and_loses_none() {
 async fn memory_messages_parked_behind_a_key_count_towards_the_bound() {
     const N: u64 = 500;
     let ch = unique_channel::<Numbered>("backlog_keyed");
-    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let entered = Arc::new(AtomicUsize::new(0));
-    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
-    let handler = {
-        let (seen, entered) = (seen.clone(), entered.clone());
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            let (seen, entered, mut gate) = (seen.clone(), entered.clone(), gate_rx.clone());
-            async move {
-                entered.fetch_add(1, Ordering::SeqCst);
-                let _ = gate.wait_for(|open| *open).await;
-                seen.lock().unwrap().push(m.seq);
-                Ok(())
-            }
-        })
-    };
-    let mut bounded = anybroker_brokers::memory::MemoryConfig::default();
-    bounded.max_backlog = 10;
-    let broker = anybroker::MemoryBroker::new(&bounded);
+    let (held, handler) = Held::handler();
+    let (seen, entered, gate_tx) = (held.seen, held.entered, held.gate);
     // A publish that found no room would fail after 30 s; the test ends long before.
-    let router = MessageRouter::builder(config(10, "30s"))
-        .with_broker("memory", broker.clone())
-        .handle(ch, handler)
-        .start()
-        .await
-        .unwrap();
+    let (router, broker) = start_bounded(config(10, "30s"), ch, handler).await;
     let publisher = {
         let router = router.clone();
         tokio::spawn(async move {

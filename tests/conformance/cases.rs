@@ -465,6 +465,49 @@ pub async fn two_groups_each_get_all_members_split(t: &Target) {
     println!("{}: g1 members {first} + {second}, g2 {}", t.name, g2.len());
 }
 
+/// Publishes `per_key` messages on each of `keys` keys, taking turns between the keys
+/// (`seq = i * keys + k`, key `key-{k}`); waits until all are recorded, shuts the router
+/// down and checks every key's messages were handled in publish order.
+async fn handle_keyed_round_robin(
+    router: &anybroker::MessageRouter,
+    ch: anybroker::Channel<TestMessage>,
+    rec: &Recorder,
+    keys: u64,
+    per_key: u64,
+) {
+    for i in 0..per_key {
+        for k in 0..keys {
+            router
+                .publish_with(
+                    ch,
+                    &TestMessage::new(i * keys + k),
+                    PublishOptions::new().key(format!("key-{k}")),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    wait_until("all handled", LONG, || {
+        rec.distinct() as u64 == keys * per_key
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let mut seqs_of: HashMap<String, Vec<u64>> = HashMap::new();
+    for s in rec.all() {
+        seqs_of
+            .entry(s.key.clone().unwrap())
+            .or_default()
+            .push(s.seq);
+    }
+    assert_eq!(seqs_of.len() as u64, keys, "every key was handled");
+    for (key, seqs) in &seqs_of {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {seqs:?}"
+        );
+    }
+}
+
 /// Messages with the same key are handled in publish order by a group, while
 /// different keys are handled concurrently.
 pub async fn same_key_order_kept_under_concurrency(t: &Target) {
@@ -493,37 +536,7 @@ pub async fn same_key_order_kept_under_concurrency(t: &Target) {
         })
     };
     let router = t.router("").handle(ch, handler).start().await.unwrap();
-    for i in 0..PER_KEY {
-        for k in 0..KEYS {
-            let seq = i * KEYS + k;
-            router
-                .publish_with(
-                    ch,
-                    &TestMessage::new(seq),
-                    PublishOptions::new().key(format!("key-{k}")),
-                )
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("all handled", LONG, || {
-        rec.distinct() as u64 == KEYS * PER_KEY
-    })
-    .await;
-    router.shutdown().await.unwrap();
-    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
-    for s in rec.all() {
-        per_key
-            .entry(s.key.clone().unwrap())
-            .or_default()
-            .push(s.seq);
-    }
-    for (key, seqs) in &per_key {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "key {key} out of order: {seqs:?}"
-        );
-    }
+    handle_keyed_round_robin(&router, ch, &rec, KEYS, PER_KEY).await;
     assert!(
         max_in_flight.load(Ordering::SeqCst) > 1,
         "different keys were handled concurrently"
@@ -546,37 +559,7 @@ pub async fn same_key_order_kept_when_handlers_finish_at_once(t: &Target) {
         })
     };
     let router = t.router("").handle(ch, handler).start().await.unwrap();
-    for i in 0..PER_KEY {
-        for k in 0..KEYS {
-            router
-                .publish_with(
-                    ch,
-                    &TestMessage::new(i * KEYS + k),
-                    PublishOptions::new().key(format!("key-{k}")),
-                )
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("all handled", LONG, || {
-        rec.distinct() as u64 == KEYS * PER_KEY
-    })
-    .await;
-    router.shutdown().await.unwrap();
-    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
-    for s in rec.all() {
-        per_key
-            .entry(s.key.clone().unwrap())
-            .or_default()
-            .push(s.seq);
-    }
-    assert_eq!(per_key.len() as u64, KEYS);
-    for (key, seqs) in &per_key {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "key {key} out of order: {seqs:?}"
-        );
-    }
+    handle_keyed_round_robin(&router, ch, &rec, KEYS, PER_KEY).await;
 }
 
 /// Where declared, same-key order holds across the members of a group and across
@@ -613,36 +596,7 @@ pub async fn same_key_order_kept_across_members_and_retries(t: &Target) {
         .start()
         .await
         .unwrap();
-    for i in 0..PER_KEY {
-        for k in 0..KEYS {
-            router
-                .publish_with(
-                    ch,
-                    &TestMessage::new(i * KEYS + k),
-                    PublishOptions::new().key(format!("key-{k}")),
-                )
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("all handled", LONG, || {
-        rec.distinct() as u64 == KEYS * PER_KEY
-    })
-    .await;
-    router.shutdown().await.unwrap();
-    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
-    for s in rec.all() {
-        per_key
-            .entry(s.key.clone().unwrap())
-            .or_default()
-            .push(s.seq);
-    }
-    for (key, seqs) in &per_key {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "key {key} out of order: {seqs:?}"
-        );
-    }
+    handle_keyed_round_robin(&router, ch, &rec, KEYS, PER_KEY).await;
     let members: std::collections::HashSet<usize> = rec.all().iter().map(|s| s.handler).collect();
     assert_eq!(members.len(), 2, "both registrations handled messages");
 }
