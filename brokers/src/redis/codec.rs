@@ -226,7 +226,7 @@ pub(crate) fn parse_read(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
         Value::Nil => {}
         Value::Map(m) => {
             for (k, entries) in m {
-                let key = text(&k).ok_or_else(|| malformed("XREADGROUP"))?;
+                let key = into_text(k).ok_or_else(|| malformed("XREADGROUP"))?;
                 out.push((key, parse_entries(entries)?));
             }
         }
@@ -235,8 +235,7 @@ pub(crate) fn parse_read(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
                 let mut parts = into_items(stream).into_iter();
                 let key = parts
                     .next()
-                    .as_ref()
-                    .and_then(text)
+                    .and_then(into_text)
                     .ok_or_else(|| malformed("XREADGROUP"))?;
                 let entries = match parts.next() {
                     Some(e) => parse_entries(e)?,
@@ -254,8 +253,7 @@ pub(crate) fn parse_autoclaim(v: Value) -> Result<(String, Vec<Entry>)> {
     let mut parts = into_items(v).into_iter();
     let cursor = parts
         .next()
-        .as_ref()
-        .and_then(text)
+        .and_then(into_text)
         .ok_or_else(|| malformed("XAUTOCLAIM"))?;
     let entries = match parts.next() {
         Some(e) => parse_entries(e)?,
