@@ -591,7 +591,9 @@ fn build_envelope<M: Serialize>(
         .with_channel(&**channel)
         .with_source(e)
     })?;
-    let mut envelope = Envelope::new(channel.clone(), Bytes::from(payload)).with_headers(headers);
+    // Fields set in place: a builder call would move the whole envelope again.
+    let mut envelope = Envelope::new(channel.clone(), Bytes::from(payload));
+    envelope.headers = headers;
     envelope.key = key;
     Ok(envelope)
 }

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::new_message_id;
+
 /// String headers carried with a message.
 pub type Headers = BTreeMap<String, String>;
 
@@ -165,12 +167,6 @@ impl Envelope {
         self.attempt = 1;
         self
     }
-}
-
-/// A new unique message id (UUID v4, hyphenated).
-pub fn new_message_id() -> Arc<str> {
-    let mut buf = uuid::Uuid::encode_buffer();
-    Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
 }
 
 /// Microseconds since the Unix epoch, as backends carry publish and due times.

@@ -4,6 +4,7 @@ mod broker_api;
 mod capabilities;
 mod envelope;
 mod error;
+mod message_id;
 mod retry;
 mod shutdown;
 mod subscription;
@@ -11,10 +12,11 @@ mod subscription;
 pub use broker_api::{BrokerKind, MessagePublisher};
 pub use capabilities::Capabilities;
 pub use envelope::{
-    header, new_message_id, unix_micros, unix_millis, DeadLetter, DeadLetterReason, Envelope,
-    Headers, CONTENT_TYPE_JSON,
+    header, unix_micros, unix_millis, DeadLetter, DeadLetterReason, Envelope, Headers,
+    CONTENT_TYPE_JSON,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use message_id::{new_message_id, MESSAGE_ID_LEN};
 pub use retry::RetryPolicy;
 pub(crate) use shutdown::ShutdownFlag;
 pub use subscription::{
