@@ -152,7 +152,10 @@ impl Subscription for JetStreamSubscription {
                 .with_channel(&*self.channel));
             }
         };
-        let mut out = vec![self.deliver(first)];
+        // Room for the whole batch at once: growing by doubling copies every delivery
+        // (~160 bytes each) several times over.
+        let mut out = Vec::with_capacity(max.max(1));
+        out.push(self.deliver(first));
         while out.len() < max.max(1) {
             match messages.next().now_or_never() {
                 Some(Some(Ok(m))) => out.push(self.deliver(m)),

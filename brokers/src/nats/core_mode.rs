@@ -90,7 +90,10 @@ impl Subscription for CoreSubscription {
         let Some(first) = sub.next().await else {
             return Ok(Vec::new());
         };
-        let mut out = vec![self.deliver(first)];
+        // Room for the whole batch at once: growing by doubling copies every delivery
+        // (~160 bytes each) several times over.
+        let mut out = Vec::with_capacity(max.max(1));
+        out.push(self.deliver(first));
         while out.len() < max.max(1) {
             match sub.next().now_or_never() {
                 Some(Some(m)) => out.push(self.deliver(m)),
