@@ -14,6 +14,7 @@ pub use anybroker_brokers::{
     header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, Envelope, Error,
     ErrorKind, Headers, MessagePublisher, Result, RetryPolicy,
 };
+pub use anybroker_brokers::{message_id_time, new_message_id, MESSAGE_ID_LEN};
 pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
 pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};

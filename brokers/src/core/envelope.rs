@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::new_message_id;
+use super::message_id_at;
 
 /// String headers carried with a message.
 pub type Headers = BTreeMap<String, String>;
@@ -61,14 +61,16 @@ pub struct Envelope {
 impl Envelope {
     /// A new envelope with a fresh id, JSON content type, published now, attempt 1.
     pub fn new(channel: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
+        // One clock read for both: the id carries the publish time (see `message_id`).
+        let now = SystemTime::now();
         Envelope {
-            id: new_message_id(),
+            id: message_id_at(now),
             channel: channel.into(),
             key: None,
             headers: Headers::new(),
             content_type: JSON.clone(),
             payload: payload.into(),
-            published_at: SystemTime::now(),
+            published_at: now,
             attempt: 1,
         }
     }
