@@ -71,8 +71,8 @@ fn render(out: &mut [u8], mut bits: u128) {
 }
 
 /// The time an id made by [`new_message_id`] or [`message_id_at`] carries; `None` for
-/// any other string. A foreign id of the same shape (22 characters of the alphabet)
-/// reads as some time too: callers use this only where anybroker wrote the id.
+/// any string not of their shape. A foreign id of that shape (22 characters of the
+/// alphabet) reads as some time too, which nothing here can tell from a real one.
 pub fn message_id_time(id: &str) -> Option<SystemTime> {
     let id = id.as_bytes();
     if id.len() != MESSAGE_ID_LEN {
@@ -94,7 +94,7 @@ pub fn message_id_time(id: &str) -> Option<SystemTime> {
 
 /// Whether `id` carries exactly `time` (to the microsecond), so a backend may send
 /// the id alone.
-pub(crate) fn message_id_carries(id: &str, time: SystemTime) -> bool {
+pub fn message_id_carries(id: &str, time: SystemTime) -> bool {
     message_id_time(id).is_some_and(|t| unix_micros(t) == unix_micros(time))
 }
 
@@ -113,14 +113,6 @@ const SYMBOL_VALUES: [u8; 256] = {
 const NOT_A_SYMBOL: u8 = u8::MAX;
 
 #[cfg(test)]
-fn symbol_value(symbol: u8) -> Option<u8> {
-    match SYMBOL_VALUES[symbol as usize] {
-        NOT_A_SYMBOL => None,
-        value => Some(value),
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
@@ -129,14 +121,15 @@ mod tests {
     fn the_symbol_table_inverts_the_alphabet() {
         for (value, &symbol) in ALPHABET.iter().enumerate() {
             assert_eq!(
-                symbol_value(symbol),
-                Some(value as u8),
+                SYMBOL_VALUES[symbol as usize], value as u8,
                 "{}",
                 symbol as char
             );
         }
-        assert_eq!(symbol_value(b' '), None);
-        assert_eq!(symbol_value(b'.'), None);
+        let outside = (0..=255u8).filter(|b| !ALPHABET.contains(b));
+        assert!(outside
+            .map(|b| SYMBOL_VALUES[b as usize])
+            .all(|v| v == NOT_A_SYMBOL));
     }
 
     #[test]

@@ -16,8 +16,9 @@ pub use envelope::{
     CONTENT_TYPE_JSON,
 };
 pub use error::{Error, ErrorKind, Result};
-pub(crate) use message_id::message_id_carries;
-pub use message_id::{message_id_at, message_id_time, new_message_id, MESSAGE_ID_LEN};
+pub use message_id::{
+    message_id_at, message_id_carries, message_id_time, new_message_id, MESSAGE_ID_LEN,
+};
 pub use retry::RetryPolicy;
 pub(crate) use shutdown::ShutdownFlag;
 pub use subscription::{
