@@ -74,6 +74,17 @@ fn render(out: &mut [u8], mut bits: u128) {
 /// any string not of their shape. A foreign id of that shape (22 characters of the
 /// alphabet) reads as some time too, which nothing here can tell from a real one.
 pub fn message_id_time(id: &str) -> Option<SystemTime> {
+    id_micros(id).map(|micros| UNIX_EPOCH + Duration::from_micros(micros))
+}
+
+/// Whether `id` carries exactly `time` (to the microsecond), so a backend may send
+/// the id alone.
+pub fn message_id_carries(id: &str, time: SystemTime) -> bool {
+    id_micros(id) == Some(unix_micros(time))
+}
+
+/// The microseconds in an id of the made shape.
+fn id_micros(id: &str) -> Option<u64> {
     let id = id.as_bytes();
     if id.len() != MESSAGE_ID_LEN {
         return None;
@@ -89,13 +100,7 @@ pub fn message_id_time(id: &str) -> Option<SystemTime> {
         invalid |= SYMBOL_VALUES[symbol as usize];
     }
     // Valid values are below 64 and NOT_A_SYMBOL is not: no branch a symbol.
-    (invalid < 64).then(|| UNIX_EPOCH + Duration::from_micros(micros))
-}
-
-/// Whether `id` carries exactly `time` (to the microsecond), so a backend may send
-/// the id alone.
-pub fn message_id_carries(id: &str, time: SystemTime) -> bool {
-    message_id_time(id).is_some_and(|t| unix_micros(t) == unix_micros(time))
+    (invalid < 64).then_some(micros)
 }
 
 /// Each byte's place in the alphabet, `NOT_A_SYMBOL` for bytes outside it: one load

@@ -27,6 +27,18 @@ impl Delivery {
     }
 }
 
+/// A batch of up to `max` deliveries begun with `first`, with room for the rest up
+/// front: grown by doubling, filling it copied every delivery (~160 bytes) several
+/// times over. The room is capped so a large window does not allocate past malloc's
+/// small-block range when only a few messages are ready.
+#[cfg(any(feature = "nats", feature = "kafka", feature = "rabbitmq"))]
+pub(crate) fn batch_of(first: Delivery, max: usize) -> Vec<Delivery> {
+    const MOST_ROOM: usize = 256;
+    let mut batch = Vec::with_capacity(max.clamp(1, MOST_ROOM));
+    batch.push(first);
+    batch
+}
+
 /// How a delivery ends.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

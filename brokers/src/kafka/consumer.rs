@@ -22,8 +22,8 @@ use super::offsets::{OffsetTracker, Partition};
 use super::publisher::{client_config, Client, KafkaBroker};
 use super::Topics;
 use crate::core::{
-    Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement, SubscribeOptions,
-    Subscription,
+    batch_of, Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement,
+    SubscribeOptions, Subscription,
 };
 use crate::unix_micros;
 
@@ -404,7 +404,7 @@ impl Subscription for KafkaSubscription {
                 Err(e) => return Err(from_kafka(e, "fetch").with_channel(&*self.channel)),
             }
         };
-        let mut out = vec![first];
+        let mut out = batch_of(first, max);
         while out.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => {

@@ -46,17 +46,19 @@ pub(crate) fn to_headers(envelope: &Envelope, ids: IdHeaders) -> HeaderMap {
     let time_in_id = message_id_carries(&envelope.id, envelope.published_at);
     // itoa, not `format!`: the formatting machinery cost ~450 instructions a publish.
     let mut digits = itoa::Buffer::new();
-    let micros = unix_micros(envelope.published_at);
     match ids {
         IdHeaders::JetStream => {
             h.insert(MSG_ID_NAME, &*envelope.id);
             if !time_in_id {
-                h.insert(PUBLISHED_AT_NAME, digits.format(micros));
+                h.insert(
+                    PUBLISHED_AT_NAME,
+                    digits.format(unix_micros(envelope.published_at)),
+                );
             }
         }
         IdHeaders::Core if time_in_id => h.insert(META_NAME, &*envelope.id),
         IdHeaders::Core => {
-            let micros = digits.format(micros);
+            let micros = digits.format(unix_micros(envelope.published_at));
             let mut meta = String::with_capacity(micros.len() + 1 + envelope.id.len());
             meta.push_str(micros);
             meta.push(' ');

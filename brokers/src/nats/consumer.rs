@@ -15,8 +15,8 @@ use super::codec::{consumer_name, delivery_numbers, from_message, DUE};
 use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
 use crate::core::{
-    header, unix_millis, Delivery, DeliveryTag, Error, Result, Settlement, SubscribeOptions,
-    Subscription,
+    batch_of, header, unix_millis, Delivery, DeliveryTag, Error, Result, Settlement,
+    SubscribeOptions, Subscription,
 };
 use crate::unix_micros;
 
@@ -152,10 +152,7 @@ impl Subscription for JetStreamSubscription {
                 .with_channel(&*self.channel));
             }
         };
-        // Room for the whole batch at once: growing by doubling copies every delivery
-        // (~160 bytes each) several times over.
-        let mut out = Vec::with_capacity(max.max(1));
-        out.push(self.deliver(first));
+        let mut out = batch_of(self.deliver(first), max);
         while out.len() < max.max(1) {
             match messages.next().now_or_never() {
                 Some(Some(Ok(m))) => out.push(self.deliver(m)),

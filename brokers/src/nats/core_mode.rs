@@ -10,7 +10,9 @@ use tokio::sync::Mutex;
 use super::codec::from_message;
 use super::error::from_nats;
 use super::NatsBroker;
-use crate::core::{Delivery, DeliveryTag, Result, Settlement, SubscribeOptions, Subscription};
+use crate::core::{
+    batch_of, Delivery, DeliveryTag, Result, Settlement, SubscribeOptions, Subscription,
+};
 
 pub(crate) struct CoreSubscription {
     subscriber: Mutex<async_nats::Subscriber>,
@@ -90,10 +92,7 @@ impl Subscription for CoreSubscription {
         let Some(first) = sub.next().await else {
             return Ok(Vec::new());
         };
-        // Room for the whole batch at once: growing by doubling copies every delivery
-        // (~160 bytes each) several times over.
-        let mut out = Vec::with_capacity(max.max(1));
-        out.push(self.deliver(first));
+        let mut out = batch_of(self.deliver(first), max);
         while out.len() < max.max(1) {
             match sub.next().now_or_never() {
                 Some(Some(m)) => out.push(self.deliver(m)),

@@ -20,7 +20,7 @@ use super::error::from_lapin;
 use super::publisher::RabbitMqBroker;
 use super::{topology, Names};
 use crate::core::{
-    header, Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement,
+    batch_of, header, Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement,
     SubscribeOptions, Subscription,
 };
 
@@ -233,7 +233,7 @@ impl Subscription for RabbitSubscription {
                 });
             }
         };
-        let mut out = vec![self.deliver(first)];
+        let mut out = batch_of(self.deliver(first), max);
         while out.len() < max.max(1) {
             match current.consumer.next().now_or_never() {
                 Some(Some(Ok(d))) => out.push(self.deliver(d)),
