@@ -15,8 +15,8 @@
 //!   publish and ack cannot duplicate it.
 //!
 //! Core mode: plain subjects, a queue group per consumer group; fire-and-forget. The
-//! id and publish time travel in one `Anybroker-Meta` header (see `codec`); a reader
-//! takes either layout.
+//! id and publish time travel in one `Anybroker-Message-Id` header (see `codec`); a
+//! reader takes either layout, and the header's earlier name.
 //!
 //! The config is always compiled; the client only with the `nats` feature.
 
