@@ -41,8 +41,7 @@ pub async fn wait_for_all(handled: &AtomicUsize, done: &tokio::sync::Notify, n: 
 }
 
 fn fresh_channel() -> Channel<AlarmToLog> {
-    let name = format!("bench.alarm.to.log.{}", uuid::Uuid::new_v4().simple());
-    Channel::new(Box::leak(name.into_boxed_str()))
+    Channel::new(Box::leak(crate::fresh_channel_name().into_boxed_str()))
 }
 
 async fn publish_all(

@@ -59,6 +59,12 @@ impl Args {
     }
 }
 
+/// A fresh channel name, of one shape for both clients: a longer subject or key costs
+/// every message a few bytes to write, route and parse.
+pub fn fresh_channel_name() -> String {
+    format!("bench.alarm.to.log.{}", uuid::Uuid::new_v4().simple())
+}
+
 /// One measured round.
 #[derive(Default)]
 pub struct Figures {

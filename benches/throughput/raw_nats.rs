@@ -68,7 +68,7 @@ pub async fn round(url: &str, args: &Args) -> Figures {
     let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client);
 
-    let subject = format!("bench.raw.{}", uuid::Uuid::new_v4().simple());
+    let subject = crate::fresh_channel_name();
     let s = stream(&js, &subject).await;
     let start = Instant::now();
     publish_all(&js, &subject, &messages, args.window).await;
@@ -77,7 +77,7 @@ pub async fn round(url: &str, args: &Args) -> Figures {
         .await
         .unwrap();
 
-    let subject = format!("bench.raw.{}", uuid::Uuid::new_v4().simple());
+    let subject = crate::fresh_channel_name();
     let s = stream(&js, &subject).await;
     let consumer = s
         .get_or_create_consumer(
@@ -183,11 +183,11 @@ pub async fn core_round(url: &str, args: &Args) -> Figures {
         }
     };
     let start = Instant::now();
-    publish_all(format!("bench.core.{}", uuid::Uuid::new_v4().simple())).await;
+    publish_all(crate::fresh_channel_name()).await;
     let publish = n as f64 / start.elapsed().as_secs_f64();
     client.flush().await.unwrap();
 
-    let subject = format!("bench.core.{}", uuid::Uuid::new_v4().simple());
+    let subject = crate::fresh_channel_name();
     let mut subscriber = client
         .queue_subscribe(subject.clone(), "g".into())
         .await

@@ -4,17 +4,19 @@
 //! and settle.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anybroker_brokers::{
     DeadLetter, DeadLetterReason, Delivery, DeliveryTag, Envelope, RetryPolicy, Settlement,
     Subscription,
 };
-use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::channel::Message;
 use crate::handler::{HandlerError, MessageContext, MessageHandler};
@@ -29,15 +31,36 @@ pub(crate) enum HandleResult {
 /// What a finished delivery comes to: its tag, its key (to free it) and its settlement.
 pub(crate) type Finished = (DeliveryTag, Option<Arc<str>>, Settlement);
 
-/// A handler with its payload type erased: decodes, calls, catches a panic and
-/// decides the settlement, all in one boxed future per delivery.
-pub(crate) trait ErasedHandler: Send + Sync {
+/// Runs one delivery: decodes, calls, catches a panic and decides the settlement.
+/// The consumer runtime is generic over it, so the per-delivery future is a concrete
+/// type: no box and no virtual call per message (the type is erased once per consumer,
+/// by [`SpawnConsumer`]).
+pub(crate) trait DeliveryHandler: Send + Sync + 'static {
     fn run(
-        self: Arc<Self>,
+        &self,
         delivery: Delivery,
         broker: Arc<str>,
         policy: RetryPolicy,
-    ) -> BoxFuture<'static, Finished>;
+    ) -> impl Future<Output = Finished> + Send + '_;
+}
+
+/// A handler with its types erased, as the router keeps it: starts a consumer task.
+pub(crate) trait SpawnConsumer: Send + Sync {
+    fn spawn_consumer(
+        self: Arc<Self>,
+        spec: ConsumerSpec,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()>;
+}
+
+impl<H: DeliveryHandler> SpawnConsumer for H {
+    fn spawn_consumer(
+        self: Arc<Self>,
+        spec: ConsumerSpec,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(run_consumer(spec, self, stop))
+    }
 }
 
 pub(crate) struct TypedHandler<M, H> {
@@ -56,31 +79,24 @@ impl<M: Message, H: MessageHandler<M>> TypedHandler<M, H> {
                 ))
             }
         };
-        let context = MessageContext::new(Arc::new(envelope), broker);
-        match self.handler.handle(message, &context).await {
+        let context = MessageContext::new(envelope, broker);
+        match self.handler.handle_owned(message, context).await {
             Ok(()) => HandleResult::Handled,
             Err(e) => HandleResult::Failed(e),
         }
     }
 }
 
-impl<M: Message, H: MessageHandler<M>> ErasedHandler for TypedHandler<M, H> {
-    fn run(
-        self: Arc<Self>,
-        delivery: Delivery,
-        broker: Arc<str>,
-        policy: RetryPolicy,
-    ) -> BoxFuture<'static, Finished> {
-        Box::pin(async move {
-            let tag = delivery.tag;
-            let key = delivery.envelope.key.clone();
-            let attempt = delivery.envelope.attempt;
-            let result = AssertUnwindSafe(self.call(delivery.envelope, broker))
-                .catch_unwind()
-                .await
-                .map_err(panic_text);
-            (tag, key, settlement_for(result, attempt, &policy))
-        })
+impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
+    async fn run(&self, delivery: Delivery, broker: Arc<str>, policy: RetryPolicy) -> Finished {
+        let tag = delivery.tag;
+        let key = delivery.envelope.key.clone();
+        let attempt = delivery.envelope.attempt;
+        let result = AssertUnwindSafe(self.call(delivery.envelope, broker))
+            .catch_unwind()
+            .await
+            .map_err(panic_text);
+        (tag, key, settlement_for(result, attempt, &policy))
     }
 }
 
@@ -91,40 +107,32 @@ pub(crate) struct Responder<M, R, F> {
     pub(crate) _types: std::marker::PhantomData<fn(M) -> R>,
 }
 
-impl<M, R, F, Fut> ErasedHandler for Responder<M, R, F>
+impl<M, R, F, Fut> DeliveryHandler for Responder<M, R, F>
 where
     M: Message,
     R: serde::Serialize + Send + 'static,
     F: Fn(M, MessageContext) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<R, HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
-    fn run(
-        self: Arc<Self>,
-        delivery: Delivery,
-        broker: Arc<str>,
-        _policy: RetryPolicy,
-    ) -> BoxFuture<'static, Finished> {
-        Box::pin(async move {
-            let tag = delivery.tag;
-            let key = delivery.envelope.key.clone();
-            let answer = AssertUnwindSafe(async {
-                let request: M =
-                    serde_json::from_slice(&delivery.envelope.payload).map_err(|e| {
-                        format!("request is not a valid {}: {e}", std::any::type_name::<M>())
-                    })?;
-                let context = MessageContext::new(Arc::new(delivery.envelope), broker);
-                let reply = (self.respond)(request, context)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                serde_json::to_vec(&reply)
-                    .map(bytes::Bytes::from)
-                    .map_err(|e| format!("reply cannot be encoded: {e}"))
-            })
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Err(format!("responder panicked: {}", panic_text(panic))));
-            (tag, key, Settlement::Reply(answer))
+    async fn run(&self, delivery: Delivery, broker: Arc<str>, _policy: RetryPolicy) -> Finished {
+        let tag = delivery.tag;
+        let key = delivery.envelope.key.clone();
+        let answer = AssertUnwindSafe(async {
+            let request: M = serde_json::from_slice(&delivery.envelope.payload).map_err(|e| {
+                format!("request is not a valid {}: {e}", std::any::type_name::<M>())
+            })?;
+            let context = MessageContext::new(delivery.envelope, broker);
+            let reply = (self.respond)(request, context)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&reply)
+                .map(bytes::Bytes::from)
+                .map_err(|e| format!("reply cannot be encoded: {e}"))
         })
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(format!("responder panicked: {}", panic_text(panic))));
+        (tag, key, Settlement::Reply(answer))
     }
 }
 
@@ -168,19 +176,61 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Everything one consumer needs.
+/// Everything one consumer needs besides its handler.
 pub(crate) struct ConsumerSpec {
     pub(crate) subscription: Arc<dyn Subscription>,
-    pub(crate) handler: Arc<dyn ErasedHandler>,
     pub(crate) broker: Arc<str>,
     pub(crate) channel: Arc<str>,
     pub(crate) policy: RetryPolicy,
     pub(crate) prefetch: usize,
 }
 
+/// The handlers being run. Each is polled once when started: one that finishes
+/// without waiting (most do) never costs a `FuturesUnordered` task, and leaves its
+/// allocation for the next one. One that waits is moved into `waiting` and polled again
+/// there with a real waker, so the no-op waker of the first poll is never the one it
+/// relies on.
+struct Running<F> {
+    waiting: FuturesUnordered<Pin<Box<F>>>,
+    spare: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future<Output = Finished>> Running<F> {
+    fn new() -> Self {
+        Running {
+            waiting: FuturesUnordered::new(),
+            spare: None,
+        }
+    }
+
+    fn start(&mut self, handling: F) -> Option<Finished> {
+        let mut slot = match self.spare.take() {
+            Some(mut slot) => {
+                slot.set(handling);
+                slot
+            }
+            None => Box::pin(handling),
+        };
+        match slot.as_mut().now_or_never() {
+            Some(done) => {
+                self.spare = Some(slot);
+                Some(done)
+            }
+            None => {
+                self.waiting.push(slot);
+                None
+            }
+        }
+    }
+}
+
 /// Runs until `stop` turns true, then drains: in-flight handlers finish and are settled,
 /// deliveries not yet started are released to the group.
-pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run_consumer<H: DeliveryHandler>(
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    mut stop: watch::Receiver<bool>,
+) {
     let window = Arc::new(Semaphore::new(spec.prefetch));
     // Unbounded on purpose: the window's permits bound what is in it, and the fetcher
     // must never block on it while the runtime drains at shutdown.
@@ -207,43 +257,27 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
         settle_rx,
     ));
 
-    let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+    let handle = |delivery: Delivery| handler.run(delivery, spec.broker.clone(), spec.policy);
+    let mut running = Running::new();
     // Keys with a message being handled, and the messages of that key waiting behind it.
     let mut busy_keys: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
     let mut finished: Vec<(DeliveryTag, Settlement)> = Vec::new();
-    // Starts a handler and polls it once here: one that finishes without waiting (most
-    // do) never costs a `FuturesUnordered` task. One that waits is pushed, and polled
-    // again there with a real waker, so the no-op waker of this first poll is never
-    // the one it relies on.
-    let start = |delivery: Delivery,
-                 running: &mut FuturesUnordered<BoxFuture<'static, Finished>>|
-     -> Option<Finished> {
-        let mut handling = spec
-            .handler
-            .clone()
-            .run(delivery, spec.broker.clone(), spec.policy);
-        match handling.as_mut().now_or_never() {
-            Some(done) => Some(done),
-            None => {
-                running.push(handling);
-                None
-            }
-        }
-    };
 
     let mut stopping = false;
     while !stopping {
         tokio::select! {
-            Some(done) = running.next(), if !running.is_empty() => {
+            Some(done) = running.waiting.next(), if !running.waiting.is_empty() => {
                 let mut next = Some(done);
                 while let Some(done) = next.take() {
-                    finish(done, &mut busy_keys, &mut running, &mut finished, &start);
-                    next = running.next().now_or_never().flatten();
+                    finish(done, &mut busy_keys, &mut running, &mut finished, &handle);
+                    next = running.waiting.next().now_or_never().flatten();
                 }
                 let _ = settle_tx.send(std::mem::take(&mut finished));
             }
             batch = rx.recv() => match batch {
                 Some(batch) => {
+                    // Most finish at once: room for all their settlements up front.
+                    finished.reserve(batch.len());
                     for delivery in batch {
                         let done = match &delivery.envelope.key {
                             Some(key) => match busy_keys.get_mut(key) {
@@ -253,13 +287,13 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
                                 }
                                 None => {
                                     busy_keys.insert(key.clone(), VecDeque::new());
-                                    start(delivery, &mut running)
+                                    running.start(handle(delivery))
                                 }
                             },
-                            None => start(delivery, &mut running),
+                            None => running.start(handle(delivery)),
                         };
                         if let Some(done) = done {
-                            finish(done, &mut busy_keys, &mut running, &mut finished, &start);
+                            finish(done, &mut busy_keys, &mut running, &mut finished, &handle);
                         }
                     }
                     if !finished.is_empty() {
@@ -284,7 +318,7 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
     if !release.is_empty() {
         let _ = settle_tx.send(release);
     }
-    while let Some((tag, _, settlement)) = running.next().await {
+    while let Some((tag, _, settlement)) = running.waiting.next().await {
         finished.push((tag, settlement));
     }
     if !finished.is_empty() {
@@ -302,12 +336,12 @@ pub(crate) async fn run_consumer(spec: ConsumerSpec, mut stop: watch::Receiver<b
 /// Records a finished delivery's settlement and passes its key to the next message of
 /// that key, which may itself finish at once (a loop, not recursion: a long queue of
 /// one key must not grow the stack).
-fn finish(
+fn finish<F: Future<Output = Finished>>(
     done: Finished,
     busy_keys: &mut HashMap<Arc<str>, VecDeque<Delivery>>,
-    running: &mut FuturesUnordered<BoxFuture<'static, Finished>>,
+    running: &mut Running<F>,
     finished: &mut Vec<(DeliveryTag, Settlement)>,
-    start: &impl Fn(Delivery, &mut FuturesUnordered<BoxFuture<'static, Finished>>) -> Option<Finished>,
+    handle: &impl Fn(Delivery) -> F,
 ) {
     let mut next = Some(done);
     while let Some((tag, key, settlement)) = next.take() {
@@ -317,7 +351,7 @@ fn finish(
             continue;
         };
         match queue.pop_front() {
-            Some(delivery) => next = start(delivery, running),
+            Some(delivery) => next = running.start(handle(delivery)),
             None => {
                 busy_keys.remove(&key);
             }

@@ -32,6 +32,20 @@ pub trait MessageHandler<M>: Send + Sync + 'static {
         message: M,
         context: &MessageContext,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// What the consumer calls: [`handle`](Self::handle), given the context to keep.
+    /// The default lends it to `handle`; override it only for a handler that needs the
+    /// context owned and would otherwise clone it ([`handler_fn`] does).
+    fn handle_owned(
+        &self,
+        message: M,
+        context: MessageContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send
+    where
+        M: Send,
+    {
+        async move { self.handle(message, &context).await }
+    }
 }
 
 /// A handler made of an async closure; see [`handler_fn`].
@@ -67,17 +81,26 @@ where
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         (self.0)(message, context.clone())
     }
+
+    fn handle_owned(
+        &self,
+        message: M,
+        context: MessageContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        (self.0)(message, context)
+    }
 }
 
-/// Metadata of the message being handled.
+/// Metadata of the message being handled. It owns the envelope: a clone copies the
+/// headers, and shares the rest (reference-counted).
 #[derive(Clone)]
 pub struct MessageContext {
-    envelope: Arc<Envelope>,
+    envelope: Envelope,
     broker: Arc<str>,
 }
 
 impl MessageContext {
-    pub(crate) fn new(envelope: Arc<Envelope>, broker: Arc<str>) -> Self {
+    pub(crate) fn new(envelope: Envelope, broker: Arc<str>) -> Self {
         MessageContext { envelope, broker }
     }
 

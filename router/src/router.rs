@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::channel::{Channel, ChannelSet, Message};
 use crate::config::{normalize_channel, RouterConfig};
-use crate::consumer::{run_consumer, ConsumerSpec, ErasedHandler, TypedHandler};
+use crate::consumer::{ConsumerSpec, SpawnConsumer, TypedHandler};
 use crate::handler::MessageHandler;
 
 /// Per-call publish settings: key, headers, delay.
@@ -93,7 +93,7 @@ impl HandlerOptions {
 struct Registration {
     channel: &'static str,
     options: HandlerOptions,
-    handler: Arc<dyn ErasedHandler>,
+    handler: Arc<dyn SpawnConsumer>,
     /// Answers requests instead of consuming published messages.
     serves_requests: bool,
 }
@@ -560,13 +560,15 @@ impl MessageRouter {
                 .map_err(|e| e.with_broker(&*route.broker_name).with_channel(r.channel))?;
             let spec = ConsumerSpec {
                 subscription: Arc::from(subscription),
-                handler: r.handler.clone(),
                 broker: route.broker_name.clone(),
                 channel: route.channel.clone(),
                 policy,
                 prefetch,
             };
-            let handle = tokio::spawn(run_consumer(spec, self.inner.stop.subscribe()));
+            let handle = r
+                .handler
+                .clone()
+                .spawn_consumer(spec, self.inner.stop.subscribe());
             self.inner
                 .consumers
                 .lock()
