@@ -276,8 +276,6 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
             }
             batch = rx.recv() => match batch {
                 Some(batch) => {
-                    // Most finish at once: room for all their settlements up front.
-                    finished.reserve(batch.len());
                     for delivery in batch {
                         let done = match &delivery.envelope.key {
                             Some(key) => match busy_keys.get_mut(key) {
