@@ -6,12 +6,16 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::Value;
 
-use crate::core::{unix_micros, Envelope, Error, ErrorKind, Result};
+use crate::core::{
+    message_id_carries, message_id_time, unix_micros, Envelope, Error, ErrorKind, Result,
+};
 
 const ID: &str = "id";
 const KEY: &str = "k";
 const CONTENT_TYPE: &str = "ct";
-/// Microseconds since the Unix epoch.
+/// Microseconds since the Unix epoch; written only when the id does not carry the
+/// publish time (an id the application chose): one field fewer per entry, i.e. two
+/// arguments fewer to send and store and two allocations fewer to read it.
 const PUBLISHED_AT: &str = "ts";
 const ATTEMPT: &str = "a";
 const PAYLOAD: &str = "p";
@@ -36,10 +40,12 @@ pub(crate) fn to_fields(envelope: &Envelope) -> Vec<(Bytes, Bytes)> {
             Bytes::copy_from_slice(envelope.content_type.as_bytes()),
         ));
     }
-    f.push((
-        Bytes::from_static(PUBLISHED_AT.as_bytes()),
-        Bytes::from(unix_micros(envelope.published_at).to_string()),
-    ));
+    if !message_id_carries(&envelope.id, envelope.published_at) {
+        f.push((
+            Bytes::from_static(PUBLISHED_AT.as_bytes()),
+            Bytes::from(unix_micros(envelope.published_at).to_string()),
+        ));
+    }
     if envelope.attempt != 1 {
         f.push((
             Bytes::from_static(ATTEMPT.as_bytes()),
@@ -89,8 +95,10 @@ pub(crate) fn write_fields(cmd: &mut redis::Cmd, envelope: &Envelope) {
     if &*envelope.content_type != crate::CONTENT_TYPE_JSON {
         cmd.arg(CONTENT_TYPE).arg(envelope.content_type.as_bytes());
     }
-    cmd.arg(PUBLISHED_AT)
-        .arg(unix_micros(envelope.published_at));
+    if !message_id_carries(&envelope.id, envelope.published_at) {
+        cmd.arg(PUBLISHED_AT)
+            .arg(unix_micros(envelope.published_at));
+    }
     if envelope.attempt != 1 {
         cmd.arg(ATTEMPT).arg(envelope.attempt);
     }
@@ -103,7 +111,9 @@ pub(crate) fn write_fields(cmd: &mut redis::Cmd, envelope: &Envelope) {
 
 /// Rebuilds an envelope of `channel` from an entry's fields. Never fails: an entry
 /// not written by anybroker (no payload field) becomes an envelope with an empty
-/// payload, which the router dead-letters as undecodable instead of losing it.
+/// payload, which the router dead-letters as undecodable instead of losing it. The
+/// publish time is the `ts` field's, else the one the id carries, else the time the
+/// stream entry id says Redis added the entry.
 pub(crate) fn from_fields(
     channel: &Arc<str>,
     entry_id: &str,
@@ -117,15 +127,14 @@ pub(crate) fn from_fields(
         .map(|(_, v)| Arc::from(String::from_utf8_lossy(v)))
         .unwrap_or_else(|| Arc::from(entry_id));
     let mut envelope = Envelope::received(channel.clone(), id);
+    let mut published_at = None;
     for (name, value) in fields {
         match name.as_slice() {
             b"id" => {}
             b"k" => envelope.key = Some(Arc::from(String::from_utf8_lossy(&value))),
             b"ct" => envelope.content_type = Arc::from(String::from_utf8_lossy(&value)),
             b"ts" => {
-                if let Some(us) = parse_u64(&value) {
-                    envelope.published_at = UNIX_EPOCH + Duration::from_micros(us);
-                }
+                published_at = parse_u64(&value).map(|us| UNIX_EPOCH + Duration::from_micros(us));
             }
             b"a" => envelope.attempt = parse_u64(&value).map_or(1, |a| a as u32),
             b"p" => envelope.payload = Bytes::from(value),
@@ -138,7 +147,17 @@ pub(crate) fn from_fields(
             _ => {}
         }
     }
+    envelope.published_at = published_at
+        .or_else(|| message_id_time(&envelope.id))
+        .or_else(|| entry_time(entry_id))
+        .unwrap_or(UNIX_EPOCH);
     envelope
+}
+
+/// When Redis added a stream entry: the milliseconds before the `-` of its id.
+fn entry_time(entry_id: &str) -> Option<std::time::SystemTime> {
+    let (ms, _) = entry_id.split_once('-')?;
+    Some(UNIX_EPOCH + Duration::from_millis(ms.parse().ok()?))
 }
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
@@ -320,6 +339,24 @@ mod tests {
         assert_eq!(back.headers, e.headers);
         assert_eq!(back.payload, e.payload);
         assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
+        assert!(
+            !fields.iter().any(|(n, _)| n == PUBLISHED_AT.as_bytes()),
+            "a made id carries the publish time: no ts field"
+        );
+        // An id of the application's own: the time travels in `ts`.
+        let own = e.clone().with_id("order-17");
+        let own_fields: Vec<(Vec<u8>, Vec<u8>)> = to_fields(&own)
+            .into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        assert!(own_fields.iter().any(|(n, _)| n == PUBLISHED_AT.as_bytes()));
+        let back = from_fields(&Arc::from("c"), "1-0", own_fields);
+        assert_eq!(&*back.id, "order-17");
+        assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
+        // An entry written around the library: the entry id's time.
+        let foreign = vec![(b"p".to_vec(), b"{}".to_vec())];
+        let back = from_fields(&Arc::from("c"), "1700000000123-4", foreign);
+        assert_eq!(unix_micros(back.published_at), 1_700_000_000_123_000);
         let mut cmd = redis::cmd("XADD");
         write_fields(&mut cmd, &e);
         let mut direct = redis::cmd("XADD");
