@@ -5,9 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
-use crate::core::{unix_micros, Envelope};
+use crate::core::{message_id_carries, message_id_time, unix_micros, Envelope};
 
 const ID: &str = "anybroker-id";
+/// Microseconds since the Unix epoch; sent only when the id does not carry the
+/// publish time (an id the application chose).
 const PUBLISHED_AT: &str = "anybroker-published-at";
 const CONTENT_TYPE: &str = "anybroker-content-type";
 const ATTEMPT: &str = "anybroker-attempt";
@@ -23,18 +25,21 @@ pub(crate) const ORIGINAL_OFFSET: &str = "x-anybroker-original-offset";
 /// The headers carrying `envelope`'s metadata and application headers, plus `extra`
 /// (due time, group).
 pub(crate) fn to_headers(envelope: &Envelope, extra: &[(&str, &str)]) -> OwnedHeaders {
-    let published_at = unix_micros(envelope.published_at).to_string();
+    let published_at = (!message_id_carries(&envelope.id, envelope.published_at))
+        .then(|| unix_micros(envelope.published_at).to_string());
     // Written only for a redelivery, so a first publish formats nothing.
     let attempt = (envelope.attempt != 1).then(|| envelope.attempt.to_string());
-    let mut h = OwnedHeaders::new_with_capacity(4 + envelope.headers.len() + extra.len())
-        .insert(Header {
+    let mut h =
+        OwnedHeaders::new_with_capacity(4 + envelope.headers.len() + extra.len()).insert(Header {
             key: ID,
             value: Some(envelope.id.as_bytes()),
-        })
-        .insert(Header {
+        });
+    if let Some(published_at) = &published_at {
+        h = h.insert(Header {
             key: PUBLISHED_AT,
             value: Some(published_at.as_bytes()),
         });
+    }
     if &*envelope.content_type != crate::CONTENT_TYPE_JSON {
         h = h.insert(Header {
             key: CONTENT_TYPE,
@@ -70,6 +75,8 @@ pub(crate) struct Routing {
 
 /// Rebuilds an envelope of `channel`; a record produced around the library (no id
 /// header) gets `topic/partition/offset` as its id. The value is kept whatever it is.
+/// The publish time is the header's, else the one the id carries, else the record's
+/// timestamp, else now.
 pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelope, Routing) {
     let mut routing = Routing {
         due: None,
@@ -81,16 +88,17 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
     e.key = message
         .key()
         .map(|k| Arc::from(String::from_utf8_lossy(k).as_ref()));
-    e.published_at = SystemTime::now();
+    let mut published_at = None;
     if let Some(headers) = message.headers() {
         for h in headers.iter() {
             let value = String::from_utf8_lossy(h.value.unwrap_or_default());
             match h.key {
                 ID => id = Some(Arc::from(value.as_ref())),
                 PUBLISHED_AT => {
-                    if let Ok(us) = value.parse::<u64>() {
-                        e.published_at = UNIX_EPOCH + Duration::from_micros(us);
-                    }
+                    published_at = value
+                        .parse::<u64>()
+                        .ok()
+                        .map(|us| UNIX_EPOCH + Duration::from_micros(us));
                 }
                 CONTENT_TYPE => e.content_type = Arc::from(value.as_ref()),
                 ATTEMPT => e.attempt = value.parse().unwrap_or(1),
@@ -110,6 +118,13 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
             message.offset()
         ))
     });
+    e.published_at = published_at
+        .or_else(|| message_id_time(&e.id))
+        .or_else(|| {
+            let ms = message.timestamp().to_millis()?;
+            Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
+        })
+        .unwrap_or_else(SystemTime::now);
     (e, routing)
 }
 
@@ -141,5 +156,35 @@ mod tests {
         assert_eq!(back.attempt, 2);
         assert_eq!(routing.due, Some(123));
         assert_eq!(routing.group.as_deref(), Some("g"));
+        assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
+        let sent = |e: &Envelope| to_headers(e, &[]).iter().any(|h| h.key == PUBLISHED_AT);
+        assert!(!sent(&e), "a made id carries the publish time");
+        // An id of the application's own: the time travels in its header.
+        let own = e.clone().with_id("order-17");
+        assert!(sent(&own));
+        let record = |headers: Option<OwnedHeaders>, timestamp| {
+            OwnedMessage::new(
+                Some(b"{}".to_vec()),
+                None,
+                "a.b".into(),
+                timestamp,
+                0,
+                8,
+                headers,
+            )
+        };
+        let (back, _) = from_record(
+            &Arc::from("a.b"),
+            &record(Some(to_headers(&own, &[])), Timestamp::NotAvailable),
+        );
+        assert_eq!(&*back.id, "order-17");
+        assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
+        // A record produced around the library: the record's own timestamp.
+        let (back, _) = from_record(
+            &Arc::from("a.b"),
+            &record(None, Timestamp::CreateTime(1_700_000_000_123)),
+        );
+        assert_eq!(&*back.id, "a.b/0/8");
+        assert_eq!(unix_micros(back.published_at), 1_700_000_000_123_000);
     }
 }

@@ -6,9 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::core::{unix_micros, Envelope};
+use crate::core::{message_id_carries, message_id_time, unix_micros, Envelope};
 
 const KEY: &str = "x-anybroker-key";
+/// Microseconds since the Unix epoch; sent only when the message id does not carry
+/// the publish time (an id the application chose).
 const PUBLISHED_AT: &str = "x-anybroker-published-at";
 const ATTEMPT: &str = "x-anybroker-attempt";
 /// AMQP delivery mode 2: the broker writes the message to disk.
@@ -25,10 +27,12 @@ pub(crate) fn to_properties(envelope: &Envelope) -> BasicProperties {
     if let Some(k) = &envelope.key {
         h.insert(KEY.into(), text(k));
     }
-    h.insert(
-        PUBLISHED_AT.into(),
-        AMQPValue::LongLongInt(unix_micros(envelope.published_at) as i64),
-    );
+    if !message_id_carries(&envelope.id, envelope.published_at) {
+        h.insert(
+            PUBLISHED_AT.into(),
+            AMQPValue::LongLongInt(unix_micros(envelope.published_at) as i64),
+        );
+    }
     if envelope.attempt != 1 {
         h.insert(ATTEMPT.into(), AMQPValue::LongUInt(envelope.attempt));
     }
@@ -72,6 +76,7 @@ fn as_u64(value: &AMQPValue) -> Option<u64> {
 /// Rebuilds an envelope of `channel` from a delivery's properties and body. A message
 /// published around the library (no message id) gets a fresh id; its body is kept
 /// whatever it is. RabbitMQ's own dead-lettering headers (`x-death`, …) are dropped.
+/// The publish time is the header's, else the one the id carries, else now.
 pub(crate) fn from_delivery(
     channel: &Arc<str>,
     properties: &BasicProperties,
@@ -89,7 +94,7 @@ pub(crate) fn from_delivery(
             e.content_type = Arc::from(ct.as_str());
         }
     }
-    e.published_at = SystemTime::now();
+    e.published_at = message_id_time(&e.id).unwrap_or_else(SystemTime::now);
     let Some(headers) = properties.headers() else {
         return e;
     };
@@ -132,6 +137,23 @@ mod tests {
         assert_eq!(back.headers, e.headers);
         assert_eq!(back.attempt, 3);
         assert_eq!(back.content_type, e.content_type);
+        assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
+        let headers = p.headers().as_ref().unwrap();
+        assert!(
+            !headers.inner().contains_key(PUBLISHED_AT),
+            "a made id carries the publish time"
+        );
+        // An id of the application's own: the time travels in the header.
+        let own = e.clone().with_id("order-17");
+        let p = to_properties(&own);
+        assert!(p
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .contains_key(PUBLISHED_AT));
+        let back = from_delivery(&Arc::from("a.b"), &p, own.payload.to_vec());
+        assert_eq!(&*back.id, "order-17");
         assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
     }
 
