@@ -16,8 +16,8 @@ const ATTEMPT: &str = "Anybroker-Attempt";
 /// Core NATS: the id, or `<micros> <id>` when the id does not carry the publish time.
 /// The name's length is chosen: async-nats builds the header block in a `Vec` grown
 /// from empty, and with a name of 18 characters or more the block (name, 22-character
-/// id) fits after two reallocations, not three (~450 instructions a publish, on the
-/// client's one connection task).
+/// id) fits after two reallocations, not three (`to_bytes` −245 instructions a publish,
+/// measured, on the client's one connection task).
 const META: &str = "Anybroker-Message-Id";
 /// The same header as anybroker 0.1 named it; still read.
 const META_BEFORE: &str = "Anybroker-Meta";
