@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::message_id_at;
+use super::{message_id_at, message_id_carries};
 
 /// String headers carried with a message.
 pub type Headers = BTreeMap<String, String>;
@@ -150,6 +150,13 @@ impl Envelope {
             .or_insert_with(|| now.clone());
         h.insert(header::DEAD_LETTERED_AT.to_string(), now);
         self
+    }
+
+    /// The publish time to send beside the id, in microseconds since the Unix epoch;
+    /// `None` when the id carries it (every id anybroker makes), so a backend sends
+    /// the id alone. Only an id the application chose needs the time beside it.
+    pub fn published_micros_to_send(&self) -> Option<u64> {
+        (!message_id_carries(&self.id, self.published_at)).then(|| unix_micros(self.published_at))
     }
 
     /// Turns a dead letter back into a fresh message for its channel: the reason

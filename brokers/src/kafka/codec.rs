@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
-use crate::core::{message_id_carries, message_id_time, unix_micros, Envelope};
+use crate::core::{message_id_time, Envelope};
 
 const ID: &str = "anybroker-id";
 /// Microseconds since the Unix epoch; sent only when the id does not carry the
@@ -25,8 +25,9 @@ pub(crate) const ORIGINAL_OFFSET: &str = "x-anybroker-original-offset";
 /// The headers carrying `envelope`'s metadata and application headers, plus `extra`
 /// (due time, group).
 pub(crate) fn to_headers(envelope: &Envelope, extra: &[(&str, &str)]) -> OwnedHeaders {
-    let published_at = (!message_id_carries(&envelope.id, envelope.published_at))
-        .then(|| unix_micros(envelope.published_at).to_string());
+    let published_at = envelope
+        .published_micros_to_send()
+        .map(|micros| micros.to_string());
     // Written only for a redelivery, so a first publish formats nothing.
     let attempt = (envelope.attempt != 1).then(|| envelope.attempt.to_string());
     let mut h =
@@ -131,6 +132,7 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::unix_micros;
     use rdkafka::Timestamp;
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::header::HeaderName;
 use async_nats::HeaderMap;
 
-use crate::core::{message_id_carries, message_id_time, unix_micros, Envelope};
+use crate::core::{message_id_time, Envelope};
 
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 const KEY: &str = "Anybroker-Key";
@@ -48,23 +48,18 @@ pub(crate) enum IdHeaders {
 /// The headers carrying `envelope`'s metadata and application headers.
 pub(crate) fn to_headers(envelope: &Envelope, ids: IdHeaders) -> HeaderMap {
     let mut h = HeaderMap::new();
-    // An id anybroker made carries the publish time: then the id travels alone.
-    let time_in_id = message_id_carries(&envelope.id, envelope.published_at);
     // itoa, not `format!`: the formatting machinery cost ~450 instructions a publish.
     let mut digits = itoa::Buffer::new();
-    match ids {
-        IdHeaders::JetStream => {
+    match (ids, envelope.published_micros_to_send()) {
+        (IdHeaders::JetStream, time) => {
             h.insert(MSG_ID_NAME, &*envelope.id);
-            if !time_in_id {
-                h.insert(
-                    PUBLISHED_AT_NAME,
-                    digits.format(unix_micros(envelope.published_at)),
-                );
+            if let Some(micros) = time {
+                h.insert(PUBLISHED_AT_NAME, digits.format(micros));
             }
         }
-        IdHeaders::Core if time_in_id => h.insert(META_NAME, &*envelope.id),
-        IdHeaders::Core => {
-            let micros = digits.format(unix_micros(envelope.published_at));
+        (IdHeaders::Core, None) => h.insert(META_NAME, &*envelope.id),
+        (IdHeaders::Core, Some(micros)) => {
+            let micros = digits.format(micros);
             let mut meta = String::with_capacity(micros.len() + 1 + envelope.id.len());
             meta.push_str(micros);
             meta.push(' ');
@@ -211,6 +206,7 @@ pub(crate) fn consumer_name(group: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::unix_micros;
 
     #[test]
     fn headers_round_trip() {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::core::{message_id_carries, message_id_time, unix_micros, Envelope};
+use crate::core::{message_id_time, Envelope};
 
 const KEY: &str = "x-anybroker-key";
 /// Microseconds since the Unix epoch; sent only when the message id does not carry
@@ -27,11 +27,8 @@ pub(crate) fn to_properties(envelope: &Envelope) -> BasicProperties {
     if let Some(k) = &envelope.key {
         h.insert(KEY.into(), text(k));
     }
-    if !message_id_carries(&envelope.id, envelope.published_at) {
-        h.insert(
-            PUBLISHED_AT.into(),
-            AMQPValue::LongLongInt(unix_micros(envelope.published_at) as i64),
-        );
+    if let Some(micros) = envelope.published_micros_to_send() {
+        h.insert(PUBLISHED_AT.into(), AMQPValue::LongLongInt(micros as i64));
     }
     if envelope.attempt != 1 {
         h.insert(ATTEMPT.into(), AMQPValue::LongUInt(envelope.attempt));
@@ -123,6 +120,7 @@ pub(crate) fn from_delivery(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::unix_micros;
 
     #[test]
     fn properties_round_trip() {

@@ -6,9 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::Value;
 
-use crate::core::{
-    message_id_carries, message_id_time, unix_micros, Envelope, Error, ErrorKind, Result,
-};
+use crate::core::{message_id_time, Envelope, Error, ErrorKind, Result};
 
 const ID: &str = "id";
 const KEY: &str = "k";
@@ -40,10 +38,10 @@ pub(crate) fn to_fields(envelope: &Envelope) -> Vec<(Bytes, Bytes)> {
             Bytes::copy_from_slice(envelope.content_type.as_bytes()),
         ));
     }
-    if !message_id_carries(&envelope.id, envelope.published_at) {
+    if let Some(micros) = envelope.published_micros_to_send() {
         f.push((
             Bytes::from_static(PUBLISHED_AT.as_bytes()),
-            Bytes::from(unix_micros(envelope.published_at).to_string()),
+            Bytes::from(micros.to_string()),
         ));
     }
     if envelope.attempt != 1 {
@@ -95,9 +93,8 @@ pub(crate) fn write_fields(cmd: &mut redis::Cmd, envelope: &Envelope) {
     if &*envelope.content_type != crate::CONTENT_TYPE_JSON {
         cmd.arg(CONTENT_TYPE).arg(envelope.content_type.as_bytes());
     }
-    if !message_id_carries(&envelope.id, envelope.published_at) {
-        cmd.arg(PUBLISHED_AT)
-            .arg(unix_micros(envelope.published_at));
+    if let Some(micros) = envelope.published_micros_to_send() {
+        cmd.arg(PUBLISHED_AT).arg(micros);
     }
     if envelope.attempt != 1 {
         cmd.arg(ATTEMPT).arg(envelope.attempt);
@@ -323,6 +320,7 @@ pub(crate) fn unframe(data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::unix_micros;
 
     #[test]
     fn fields_round_trip() {
