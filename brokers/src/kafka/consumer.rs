@@ -110,7 +110,9 @@ pub(crate) struct KafkaSubscription {
     group: String,
     /// Retry topics this group reads: `C-retry-0 .. C-retry-<n-1>`.
     retry_topics: u32,
-    consumer: StreamConsumer<Rebalancing>,
+    /// The group member; `close` takes it out and ends it off the runtime
+    /// (`leave_group`). `None` once closed.
+    consumer: Mutex<Option<Arc<StreamConsumer<Rebalancing>>>>,
     state: Arc<Mutex<State>>,
     in_flight: Mutex<FxHashMap<u64, InFlight>>,
     /// One `recv` at a time reads the stream.
@@ -124,6 +126,11 @@ pub(crate) struct KafkaSubscription {
 }
 
 impl KafkaSubscription {
+    /// The group member, while the subscription is open.
+    fn consumer(&self) -> Option<Arc<StreamConsumer<Rebalancing>>> {
+        self.consumer.lock().unwrap().clone()
+    }
+
     pub(crate) async fn start(broker: KafkaBroker, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
         let retry_topics = options.retry.attempts.saturating_sub(1);
@@ -175,7 +182,7 @@ impl KafkaSubscription {
             channel,
             group: options.group,
             retry_topics,
-            consumer,
+            consumer: Mutex::new(Some(Arc::new(consumer))),
             state,
             in_flight: Mutex::new(FxHashMap::default()),
             receiving: tokio::sync::Mutex::new(()),
@@ -193,6 +200,9 @@ impl KafkaSubscription {
     /// makes a started router a consuming one. A member that gets no partition (more
     /// members than partitions) goes on after `JOIN_TIMEOUT`, idle until a rebalance.
     async fn wait_for_assignment(&self) {
+        let Some(consumer) = self.consumer() else {
+            return;
+        };
         let deadline = Instant::now() + JOIN_TIMEOUT;
         while self.state.lock().unwrap().assigned == 0 {
             if Instant::now() >= deadline {
@@ -200,7 +210,7 @@ impl KafkaSubscription {
                 return;
             }
             if let Ok(Ok(m)) =
-                tokio::time::timeout(Duration::from_millis(50), self.consumer.recv()).await
+                tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await
             {
                 self.early.lock().unwrap().push_back(m.detach());
             }
@@ -248,7 +258,7 @@ impl KafkaSubscription {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&partition.0, partition.1);
                 // Stop fetching the partition; what was fetched waits here, in order.
-                if let Err(e) = self.consumer.pause(&tpl) {
+                if let Some(Err(e)) = self.consumer().map(|c| c.pause(&tpl)) {
                     tracing::warn!(broker = "kafka", error = %e, "cannot pause a partition for a delayed record");
                 }
                 let at = Instant::now() + Duration::from_micros(due - now);
@@ -297,7 +307,7 @@ impl KafkaSubscription {
             if !self.state.lock().unwrap().paused.contains_key(&partition) {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&partition.0, partition.1);
-                if let Err(e) = self.consumer.resume(&tpl) {
+                if let Some(Err(e)) = self.consumer().map(|c| c.resume(&tpl)) {
                     tracing::warn!(broker = "kafka", error = %e, "cannot resume a partition");
                 }
             }
@@ -317,7 +327,15 @@ impl KafkaSubscription {
     fn commit_finished(&self, mode: CommitMode) -> Result<()> {
         let commits = self.state.lock().unwrap().offsets.take_commits();
         if let Some(tpl) = to_list(&commits) {
-            self.consumer
+            let Some(consumer) = self.consumer() else {
+                return Err(
+                    Error::closed("the subscription was closed before its commit")
+                        .with_broker("kafka")
+                        .with_operation("commit")
+                        .with_channel(&*self.channel),
+                );
+            };
+            consumer
                 .commit(&tpl, mode)
                 .map_err(|e| from_kafka(e, "commit").with_channel(&*self.channel))?;
         }
@@ -372,6 +390,9 @@ impl Subscription for KafkaSubscription {
             return Ok(Vec::new());
         }
         let _one = self.receiving.lock().await;
+        let Some(consumer) = self.consumer() else {
+            return Ok(Vec::new());
+        };
         let max = max.max(1);
         let early: Vec<OwnedMessage> = self.early.lock().unwrap().drain(..).collect();
         for m in early {
@@ -392,7 +413,7 @@ impl Subscription for KafkaSubscription {
             }
             let wake = next_resume.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let message = tokio::select! {
-                m = self.consumer.recv() => m,
+                m = consumer.recv() => m,
                 _ = tokio::time::sleep_until(wake) => continue,
             };
             match message {
@@ -406,7 +427,7 @@ impl Subscription for KafkaSubscription {
         };
         let mut out = batch_of(first, max);
         while out.len() < max {
-            match self.consumer.recv().now_or_never() {
+            match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
                     if let Some(d) = self.accept(m.detach(), true) {
                         out.push(d);
@@ -481,9 +502,73 @@ impl Subscription for KafkaSubscription {
             return Ok(());
         }
         let _one = self.receiving.lock().await;
-        let result = self.commit_finished(CommitMode::Sync);
-        self.consumer.unsubscribe();
         self.in_flight.lock().unwrap().clear();
-        result
+        let Some(consumer) = self.consumer.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let commits = self.state.lock().unwrap().offsets.take_commits();
+        let left = leave_group(consumer, to_list(&commits));
+        let fail = |kind, message: String| {
+            Error::new(kind, message)
+                .with_broker("kafka")
+                .with_operation("close")
+                .with_channel(&*self.channel)
+        };
+        match tokio::time::timeout(CLOSE_TIMEOUT, left).await {
+            Ok(Ok(committed)) => {
+                committed.map_err(|e| from_kafka(e, "commit").with_channel(&*self.channel))
+            }
+            Ok(Err(_)) => Err(fail(
+                ErrorKind::Broker,
+                "the thread closing the consumer ended without a result".into(),
+            )),
+            Err(_) => Err(fail(
+                ErrorKind::Timeout,
+                format!(
+                    "the consumer did not leave its group within {CLOSE_TIMEOUT:?}; it goes on \
+                     closing in the background, and what it had not committed is handled again"
+                ),
+            )),
+        }
     }
+}
+
+impl Drop for KafkaSubscription {
+    /// A subscription dropped without `close` still leaves its group off the runtime.
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.get_mut().unwrap().take() {
+            drop(leave_group(consumer, None));
+        }
+    }
+}
+
+/// Longest wait in `close` for the consumer to commit and leave its group.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Commits `last_commits`, then drops the consumer, on a thread of its own; the
+/// receiver gets the commit's result once the consumer is gone. librdkafka blocks in
+/// both: a sync commit until the coordinator answers, the drop until the group has
+/// revoked the member's partitions, with no time limit (a coordinator that never
+/// answers holds it for good; seen with librdkafka's mock cluster). On a runtime
+/// thread that would stall every task scheduled there, and `close` could never return.
+fn leave_group(
+    consumer: Arc<StreamConsumer<Rebalancing>>,
+    last_commits: Option<TopicPartitionList>,
+) -> tokio::sync::oneshot::Receiver<rdkafka::error::KafkaResult<()>> {
+    let (done, left) = tokio::sync::oneshot::channel();
+    let closing = move || {
+        let committed = match &last_commits {
+            Some(tpl) => consumer.commit(tpl, CommitMode::Sync),
+            None => Ok(()),
+        };
+        drop(consumer);
+        let _ = done.send(committed);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("anybroker-kafka-close".into())
+        .spawn(closing)
+    {
+        tracing::warn!(broker = "kafka", error = %e, "cannot start a thread to close a consumer; closing it here");
+    }
+    left
 }
