@@ -1,6 +1,7 @@
 //! Kafka-specific tests: against the Kafka-protocol broker on 127.0.0.1:9092 (tansu in
 //! CI), a consumer that vanishes before committing and poison records produced around
-//! the library; on librdkafka's mock cluster, its brokers taken down under load.
+//! the library; on librdkafka's mock cluster, its brokers taken down under load and
+//! during shutdown.
 #![cfg(feature = "kafka")]
 
 use std::collections::HashMap;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alarm_domain::AlarmToLog;
-use anybroker::{handler_fn, header, MessageContext, MessageRouter, RouterConfig};
+use anybroker::{handler_fn, header, HandlerOptions, MessageContext, MessageRouter, RouterConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -164,4 +165,81 @@ async fn kafka_mock_restart_under_load_loses_none() {
         }
     })
     .await;
+}
+
+/// Shutdown while every broker of the cluster is down: the members cannot commit nor
+/// leave their group, yet shutdown returns within a bound (librdkafka alone would wait
+/// for the coordinator without limit), and a router started after the outage handles
+/// every message the first did not finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_mock_shutdown_during_outage_returns_and_loses_none() {
+    const BROKERS: i32 = 3;
+    const N: u64 = 400;
+    let cluster = MockCluster::new(BROKERS).unwrap();
+    let config = || {
+        RouterConfig::from_toml_str(&format!(
+            "default_broker = \"kafka\"\n[brokers.kafka]\n{}",
+            kafka_mock_table(&cluster.bootstrap_servers())
+        ))
+        .unwrap()
+    };
+    let ch = unique_channel::<Numbered>("outage-shutdown");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handler = |seen: Arc<Mutex<HashMap<u64, usize>>>| {
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            let seen = seen.clone();
+            async move {
+                // Slow enough that the outage comes with messages unhandled.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+                Ok(())
+            }
+        })
+    };
+    let first = MessageRouter::builder(config())
+        .handle_with(
+            ch,
+            handler(seen.clone()),
+            HandlerOptions::new().consumers(2),
+        )
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        first.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    wait_until("some handled", Duration::from_secs(60), || {
+        seen.lock().unwrap().len() >= 100
+    })
+    .await;
+    for id in 1..=BROKERS {
+        cluster.broker_down(id).unwrap();
+    }
+    // The bound: the Kafka close wait (15 s) plus the producer's flush wait.
+    let began = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), first.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown did not return while the brokers were down"
+    );
+    let shutdown_took = began.elapsed();
+    for id in 1..=BROKERS {
+        cluster.broker_up(id).unwrap();
+    }
+    let by_first = seen.lock().unwrap().len();
+    let second = MessageRouter::builder(config())
+        .handle(ch, handler(seen.clone()))
+        .start()
+        .await
+        .unwrap();
+    wait_until("every message handled", Duration::from_secs(120), || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    second.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    println!(
+        "kafka outage shutdown: took {shutdown_took:?}; first handled {by_first}, {duplicates} handled again"
+    );
 }
