@@ -167,30 +167,33 @@ async fn kafka_mock_restart_under_load_loses_none() {
     .await;
 }
 
-/// Shutdown while every broker of the cluster is down: the members cannot commit nor
-/// leave their group, yet shutdown returns within a bound (librdkafka alone would wait
-/// for the coordinator without limit), and a router started after the outage handles
-/// every message the first did not finish.
+/// Shutdown while no broker of the cluster answers: the members can neither commit nor
+/// leave their group, yet shutdown returns within a bound (librdkafka alone waits for
+/// the coordinator without limit: before the bound, this test hung until killed), and
+/// a router started once the brokers answer again handles every message the first did
+/// not finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_mock_shutdown_during_outage_returns_and_loses_none() {
     const BROKERS: i32 = 3;
     const N: u64 = 400;
     let cluster = MockCluster::new(BROKERS).unwrap();
+    let ch = unique_channel::<Numbered>("outage-shutdown");
+    // A small window, so most messages are still unread when the outage begins.
     let config = || {
         RouterConfig::from_toml_str(&format!(
-            "default_broker = \"kafka\"\n[brokers.kafka]\n{}",
-            kafka_mock_table(&cluster.bootstrap_servers())
+            "default_broker = \"kafka\"\n[brokers.kafka]\n{}[channels.\"{}\"]\nprefetch = 4\n",
+            kafka_mock_table(&cluster.bootstrap_servers()),
+            ch.name()
         ))
         .unwrap()
     };
-    let ch = unique_channel::<Numbered>("outage-shutdown");
     let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
     let handler = |seen: Arc<Mutex<HashMap<u64, usize>>>| {
         handler_fn(move |m: Numbered, _cx: MessageContext| {
             let seen = seen.clone();
             async move {
                 // Slow enough that the outage comes with messages unhandled.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
                 Ok(())
             }
@@ -212,18 +215,24 @@ async fn kafka_mock_shutdown_during_outage_returns_and_loses_none() {
         seen.lock().unwrap().len() >= 100
     })
     .await;
+    // Every reply held back for 5 minutes: a coordinator that answers nothing.
     for id in 1..=BROKERS {
-        cluster.broker_down(id).unwrap();
+        cluster
+            .broker_round_trip_time(id, Duration::from_secs(300))
+            .unwrap();
     }
     // The bound: the Kafka close wait (15 s) plus the producer's flush wait.
     let began = std::time::Instant::now();
     let stopped = tokio::time::timeout(Duration::from_secs(60), first.shutdown()).await;
     assert!(
         stopped.is_ok(),
-        "shutdown did not return while the brokers were down"
+        "shutdown did not return while the brokers did not answer"
     );
     let shutdown_took = began.elapsed();
     for id in 1..=BROKERS {
+        cluster.broker_round_trip_time(id, Duration::ZERO).unwrap();
+        // Replies already held back stay held: a restart drops those connections.
+        cluster.broker_down(id).unwrap();
         cluster.broker_up(id).unwrap();
     }
     let by_first = seen.lock().unwrap().len();
