@@ -30,25 +30,34 @@ fn router_config() -> RouterConfig {
     .unwrap()
 }
 
+/// How many times each message (by `seq`) was handled.
+type HandledCounts = Arc<Mutex<HashMap<u64, usize>>>;
+
+/// A handler that takes `pause` per message (simulated work), then counts it in `seen`.
+fn counting_handler(
+    seen: &HandledCounts,
+    pause: Duration,
+) -> impl anybroker::MessageHandler<Numbered> {
+    let seen = seen.clone();
+    handler_fn(move |m: Numbered, _cx: MessageContext| {
+        let seen = seen.clone();
+        async move {
+            tokio::time::sleep(pause).await;
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            Ok(())
+        }
+    })
+}
+
 /// A member dropped without shutdown, holding handled-but-uncommitted and unhandled
 /// messages: a new member of the group gets every message the first did not finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_crash_before_commit_loses_none() {
     const N: u64 = 600;
     let ch = unique_channel::<Numbered>("crash");
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handler = |seen: Arc<Mutex<HashMap<u64, usize>>>, pause: Duration| {
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            let seen = seen.clone();
-            async move {
-                tokio::time::sleep(pause).await;
-                *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-                Ok(())
-            }
-        })
-    };
+    let seen: HandledCounts = Arc::default();
     let first = MessageRouter::builder(router_config())
-        .handle(ch, handler(seen.clone(), Duration::from_millis(5)))
+        .handle(ch, counting_handler(&seen, Duration::from_millis(5)))
         .start()
         .await
         .unwrap();
@@ -63,7 +72,7 @@ async fn kafka_crash_before_commit_loses_none() {
     drop(first);
     let by_first = seen.lock().unwrap().len();
     let second = MessageRouter::builder(router_config())
-        .handle(ch, handler(seen.clone(), Duration::ZERO))
+        .handle(ch, counting_handler(&seen, Duration::ZERO))
         .start()
         .await
         .unwrap();
@@ -187,22 +196,13 @@ async fn kafka_mock_shutdown_during_outage_returns_and_loses_none() {
         ))
         .unwrap()
     };
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handler = |seen: Arc<Mutex<HashMap<u64, usize>>>| {
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            let seen = seen.clone();
-            async move {
-                // Slow enough that the outage comes with messages unhandled.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-                Ok(())
-            }
-        })
-    };
+    let seen: HandledCounts = Arc::default();
+    // Slow enough that the outage comes with messages unhandled.
+    let pause = Duration::from_millis(100);
     let first = MessageRouter::builder(config())
         .handle_with(
             ch,
-            handler(seen.clone()),
+            counting_handler(&seen, pause),
             HandlerOptions::new().consumers(2),
         )
         .start()
@@ -237,7 +237,7 @@ async fn kafka_mock_shutdown_during_outage_returns_and_loses_none() {
     }
     let by_first = seen.lock().unwrap().len();
     let second = MessageRouter::builder(config())
-        .handle(ch, handler(seen.clone()))
+        .handle(ch, counting_handler(&seen, pause))
         .start()
         .await
         .unwrap();
