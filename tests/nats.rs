@@ -233,3 +233,93 @@ async fn nats_stream_limits_follow_config() {
     }
     js.delete_stream(&name).await.unwrap();
 }
+
+/// A NATS backend of its own connection (as a separate process would have) to the
+/// server on `port`, in `mode`.
+async fn nats_broker(
+    mode: anybroker_brokers::nats::NatsMode,
+    port: u16,
+) -> anybroker_brokers::nats::NatsBroker {
+    use anybroker_brokers::nats::{NatsBroker, NatsConfig};
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut config = NatsConfig::new(anybroker_brokers::SecretUrl::parse(&url).unwrap());
+    config.mode = mode;
+    NatsBroker::connect(&config).await.unwrap()
+}
+
+/// Members starting at the same moment on a channel nobody used yet all start: the
+/// channel's streams are created by one of them and found by the others (five rounds
+/// of eight members, each on its own connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_members_starting_together_on_a_new_channel_all_start() {
+    use anybroker_brokers::nats::NatsMode;
+    use anybroker_brokers::{MessagePublisher, SubscribeOptions};
+    const MEMBERS: usize = 32;
+    let mut members = Vec::new();
+    for _ in 0..MEMBERS {
+        members.push(nats_broker(NatsMode::Jetstream, 4222).await);
+    }
+    for round in 0..10 {
+        let ch = unique_channel::<Numbered>("start-race");
+        let starts = members
+            .iter()
+            .map(|m| m.subscribe(SubscribeOptions::new(ch.name(), "default")));
+        let results = futures::future::join_all(starts).await;
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of {MEMBERS} members failed to start: {failed:?}",
+            failed.len()
+        );
+        let closes = results
+            .into_iter()
+            .flatten()
+            .map(|sub| async move { sub.close().await });
+        for closed in futures::future::join_all(closes).await {
+            closed.unwrap();
+        }
+    }
+}
+
+/// On core NATS a message published by another connection right after `subscribe`
+/// returned reaches the subscription: `subscribe` returns once the server has the
+/// subscription, not once the client has written it. The subscriber's connection goes
+/// through a proxy that holds what it sends for 50 ms (a network between client and
+/// server); the publisher's is direct. 200 subscriptions, each on its own subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_subscription_gets_what_is_published_right_after_start() {
+    use anybroker_brokers::nats::NatsMode;
+    use anybroker_brokers::{MessagePublisher, SubscribeOptions};
+    const ROUNDS: usize = 200;
+    let proxy = common::DelayProxy::start(4222, Duration::from_millis(50)).await;
+    let subscriber = nats_broker(NatsMode::Core, proxy.port).await;
+    let publisher = nats_broker(NatsMode::Core, 4222).await;
+    let round = |round: usize| {
+        let (subscriber, publisher) = (&subscriber, &publisher);
+        async move {
+            let ch = unique_channel::<Numbered>("core-start");
+            let sub = subscriber
+                .subscribe(SubscribeOptions::new(ch.name(), "default"))
+                .await
+                .unwrap();
+            let payload = serde_json::to_vec(&Numbered { seq: round as u64 }).unwrap();
+            publisher
+                .publish(Envelope::new(ch.name(), payload))
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(2), sub.recv(1)).await;
+            sub.close().await.unwrap();
+            matches!(got, Ok(Ok(got)) if got.len() == 1)
+        }
+    };
+    let received = futures::future::join_all((0..ROUNDS).map(round)).await;
+    let lost: Vec<usize> = (0..ROUNDS).filter(|&r| !received[r]).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {ROUNDS} subscriptions lost the message published right after subscribe: {lost:?}",
+        lost.len()
+    );
+}

@@ -299,3 +299,70 @@ pub async fn restart_under_load(label: &str, config: RouterConfig, mut outage: i
     );
     assert!((0..N).all(|s| seen.contains_key(&s)), "a message was lost");
 }
+
+/// A TCP proxy to `127.0.0.1:upstream` that holds what clients send for `delay` before
+/// passing it on (in order); replies pass at once. It stands for a network between a
+/// client and its server: what the client wrote is not yet what the server read.
+pub struct DelayProxy {
+    pub port: u16,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    pub async fn start(upstream: u16, delay: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(proxy_connection(client, server, delay));
+            }
+        });
+        DelayProxy { port, accept }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let upstream_reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = client_read.read(&mut buf).await {
+            if n == 0
+                || tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let upstream_writer = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if server_write.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let downstream = async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    };
+    tokio::join!(upstream_reader, upstream_writer, downstream);
+}

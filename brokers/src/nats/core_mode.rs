@@ -54,14 +54,12 @@ impl CoreSubscription {
             .queue_subscribe(subject, options.group.clone())
             .await
             .map_err(|e| from_nats(e, "subscribe").with_channel(&*channel))?;
-        // The server knows the subscription once the client flushed it; publishes
-        // after `start` returns then reach it.
+        // Publishes after `start` returns reach the subscription only once the server
+        // has it: wait for the server to confirm, not for the socket to be written.
         broker
-            .inner
-            .client
-            .flush()
+            .server_round_trip("subscribe")
             .await
-            .map_err(|e| from_nats(e, "subscribe"))?;
+            .map_err(|e| e.with_channel(&*channel))?;
         Ok(CoreSubscription {
             subscriber: Mutex::new(subscriber),
             channel,

@@ -29,6 +29,12 @@ pub(crate) fn rpc_subject(channel: &str) -> String {
 pub(crate) const DLT: &str = "_DLT";
 pub(crate) const DELAYED: &str = "_DELAYED";
 
+/// Longest wait for the server to confirm a new subscription.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tries at creating a stream that other members create at the same moment.
+const STREAM_CREATE_TRIES: u32 = 5;
+
 /// A connection to a NATS server, in the configured mode. Cloning shares it.
 #[derive(Clone)]
 pub struct NatsBroker {
@@ -112,6 +118,36 @@ impl NatsBroker {
         self.inner.closed.is_closed()
     }
 
+    /// Returns once the server has processed everything this connection sent before
+    /// the call (a subscription included). `flush` only empties the client's socket
+    /// buffer; the server handles a connection's messages in order, so a message
+    /// published to a fresh inbox and received back proves the ones before it arrived.
+    pub(crate) async fn server_round_trip(&self, operation: &'static str) -> Result<()> {
+        let client = &self.inner.client;
+        let inbox = client.new_inbox();
+        let mut echo = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| from_nats(e, operation))?;
+        client
+            .publish(inbox, bytes::Bytes::new())
+            .await
+            .map_err(|e| from_nats(e, operation))?;
+        let answered =
+            tokio::time::timeout(ROUND_TRIP_TIMEOUT, futures::StreamExt::next(&mut echo)).await;
+        let _ = echo.unsubscribe().await;
+        match answered {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(Error::new(
+                crate::ErrorKind::Timeout,
+                format!("the server did not confirm within {ROUND_TRIP_TIMEOUT:?}"),
+            )
+            .set_retryable(true)
+            .with_broker("nats")
+            .with_operation(operation)),
+        }
+    }
+
     /// Creates the stream `<prefix>_<channel><suffix>` on `subject` unless known.
     pub(crate) async fn ensure_stream(
         &self,
@@ -130,12 +166,7 @@ impl NatsBroker {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let mut stream = self
-            .inner
-            .js
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(|e| from_nats(e, "create stream").with_channel(channel))?;
+        let mut stream = self.get_or_create_stream(&config, channel).await?;
         // An existing stream follows the config's limits: update it where they differ
         // (storage cannot change in place; the server refuses that with a clear error).
         let current = &stream.cached_info().config;
@@ -161,6 +192,29 @@ impl NatsBroker {
         }
         self.inner.ensured.lock().unwrap().insert(name);
         Ok(stream)
+    }
+
+    /// `get_or_create_stream` asks, then creates: members starting together on a new
+    /// channel race, and the losers' create fails ("subjects overlap with an existing
+    /// stream", 10065, or "stream name already in use"). Asking again finds the
+    /// winner's stream.
+    async fn get_or_create_stream(
+        &self,
+        config: &jetstream::stream::Config,
+        channel: &str,
+    ) -> Result<jetstream::stream::Stream> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.inner.js.get_or_create_stream(config.clone()).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if tries < STREAM_CREATE_TRIES && is_creation_race(&e) => {
+                    tracing::debug!(channel, error = %e, "stream created meanwhile; asking again");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
+                }
+                Err(e) => return Err(from_nats(e, "create stream").with_channel(channel)),
+            }
+        }
     }
 
     async fn ensure_known(&self, channel: &str, suffix: &str, subject: &str) -> Result<()> {
@@ -462,4 +516,16 @@ impl MessagePublisher for NatsBroker {
             .await
             .map_err(|e| from_nats(e, "shutdown"))
     }
+}
+
+/// Whether a stream creation failed because another client created it meanwhile.
+fn is_creation_race(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind;
+    use jetstream::ErrorCode;
+    matches!(
+        error.kind(),
+        CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP
+                || e.error_code() == ErrorCode::STREAM_NAME_EXIST
+    )
 }
