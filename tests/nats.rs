@@ -323,3 +323,132 @@ async fn core_nats_subscription_gets_what_is_published_right_after_start() {
         lost.len()
     );
 }
+
+/// Members of a group closing and starting while thousands of messages are handled:
+/// each call of a handler sees the attempt number of the calls before it plus one (a
+/// member giving back what it had not started does not count an attempt), nothing is
+/// dead-lettered under a 10,000-attempt policy, every close returns promptly, and the
+/// server delivers each message no more often than it was handled, retried or given
+/// back (no message bounces between a closing member and the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_closing_members_do_not_inflate_attempts() {
+    const N: u64 = 2_000;
+    const PREFETCH: usize = 32;
+    const CLOSES: usize = 6;
+    let ch = unique_channel::<Numbered>("close-attempts");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"nats\"\n[defaults]\nprefetch = {PREFETCH}\n\
+         retry = {{ attempts = 10000, initial = \"20ms\", max = \"20ms\" }}\n\
+         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\"\n"
+    ))
+    .unwrap();
+    // Per message: the attempt number each call saw, in call order.
+    let calls: Arc<Mutex<HashMap<u64, Vec<u32>>>> = Arc::default();
+    let succeeded = Arc::new(AtomicUsize::new(0));
+    let member = || {
+        MessageRouter::builder(config.clone())
+            .handle(ch, attempt_recording_handler(&calls, &succeeded))
+            .start()
+    };
+    let publisher = MessageRouter::builder(config.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut members = vec![member().await.unwrap(), member().await.unwrap()];
+    for seq in 0..N {
+        publisher.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    let mut slowest_close = Duration::ZERO;
+    for round in 1..=CLOSES {
+        let threshold = N as usize * round / (CLOSES + 2);
+        wait_until(
+            "progress before a member closes",
+            Duration::from_secs(60),
+            || succeeded.load(Ordering::SeqCst) >= threshold,
+        )
+        .await;
+        let closing = members.remove(0);
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(30), closing.shutdown())
+            .await
+            .expect("a member closes within 30 s")
+            .unwrap();
+        slowest_close = slowest_close.max(started.elapsed());
+        members.push(member().await.unwrap());
+    }
+    wait_until("every message handled", Duration::from_secs(120), || {
+        calls.lock().unwrap().len() as u64 == N && succeeded.load(Ordering::SeqCst) >= N as usize
+    })
+    .await;
+    for m in members {
+        m.shutdown().await.unwrap();
+    }
+    let dead = publisher.dead_letters(ch, 100).await.unwrap();
+    publisher.shutdown().await.unwrap();
+
+    let calls = std::mem::take(&mut *calls.lock().unwrap());
+    let total_calls: usize = calls.values().map(Vec::len).sum();
+    let js =
+        async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+    let name = format!("ANYBROKER_{}", ch.name().replace('.', "_"));
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .get_consumer("default")
+        .await
+        .unwrap();
+    let deliveries = consumer.info().await.unwrap().delivered.consumer_sequence;
+    println!(
+        "{N} messages, {total_calls} handler calls, {deliveries} server deliveries, slowest close {slowest_close:?}"
+    );
+    assert!(
+        dead.is_empty(),
+        "dead letters under a 10,000-attempt policy: {:?}",
+        dead[0].headers
+    );
+    let wrong: Vec<(&u64, &Vec<u32>)> = calls
+        .iter()
+        .filter(|(_, seen)| !seen.iter().enumerate().all(|(i, &a)| a as usize == i + 1))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "calls saw attempts other than 1, 2, 3, ...: {wrong:?}"
+    );
+    // What a closing member fetched and gave back is delivered again: at most the
+    // server's unacknowledged limit (2 x prefetch) per close.
+    let given_back_at_most = (CLOSES * 2 * PREFETCH) as u64;
+    assert!(
+        deliveries <= total_calls as u64 + given_back_at_most,
+        "{deliveries} deliveries for {total_calls} handler calls and {CLOSES} closes"
+    );
+}
+
+/// Records the attempt number each call sees per message, fails every seventh message
+/// twice before it succeeds, and counts successes.
+fn attempt_recording_handler(
+    calls: &Arc<Mutex<HashMap<u64, Vec<u32>>>>,
+    succeeded: &Arc<AtomicUsize>,
+) -> impl anybroker::MessageHandler<Numbered> {
+    let (calls, succeeded) = (calls.clone(), succeeded.clone());
+    handler_fn(move |m: Numbered, cx: MessageContext| {
+        let made = {
+            let mut calls = calls.lock().unwrap();
+            let seen = calls.entry(m.seq).or_default();
+            seen.push(cx.attempt());
+            seen.len()
+        };
+        let fail = m.seq.is_multiple_of(7) && made < 3;
+        let succeeded = succeeded.clone();
+        async move {
+            // Simulated work, so members hold messages in flight when they close.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if fail {
+                return Err(anybroker::HandlerError::retryable("not yet"));
+            }
+            succeeded.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    })
+}

@@ -7,21 +7,20 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
 use super::codec::{consumer_name, delivery_numbers, from_message, DUE};
 use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
+use super::puller::Puller;
+use super::releases::ReleaseCounts;
 use crate::core::{
-    batch_of, header, unix_millis, Delivery, DeliveryTag, Error, Result, Settlement,
-    SubscribeOptions, Subscription,
+    header, unix_millis, Delivery, DeliveryTag, Error, Result, Settlement, SubscribeOptions,
+    Subscription,
 };
 use crate::unix_micros;
-
-/// How long the stream must stay quiet at close before the member stops giving back.
-const CLOSE_QUIET: Duration = Duration::from_millis(100);
 
 /// A delivery not settled yet. Its envelope is rebuilt from the message if it is
 /// dead-lettered, rather than cloned for every delivery.
@@ -29,14 +28,16 @@ struct InFlight {
     message: jetstream::Message,
     stream_sequence: u64,
     attempt: u32,
+    /// How often it was given back before this delivery.
+    releases: u32,
 }
 
 pub(crate) struct JetStreamSubscription {
     broker: NatsBroker,
     channel: Arc<str>,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    prefetch: usize,
-    messages: tokio::sync::Mutex<pull::Stream>,
+    /// `None` once closed: the member pulls no more.
+    puller: tokio::sync::Mutex<Option<Puller>>,
+    releases: ReleaseCounts,
     in_flight: Mutex<FxHashMap<u64, InFlight>>,
     /// First failure time and last error of messages being retried by this member:
     /// JetStream redelivers the original message, so these live here (best effort).
@@ -65,16 +66,21 @@ impl JetStreamSubscription {
             .get_or_create_consumer(&name, config)
             .await
             .map_err(|e| from_nats(e, "subscribe").with_channel(&*channel))?;
-        let messages = open_messages(&consumer, options.prefetch)
-            .await
-            .map_err(|e| e.with_channel(&*channel))?;
+        let releases = ReleaseCounts::open(&broker, &channel, &name).await?;
+        let puller = Puller::open(
+            &broker.inner.client,
+            &broker.inner.js,
+            &consumer,
+            options.prefetch,
+        )
+        .await
+        .map_err(|e| e.with_channel(&*channel))?;
         let mover = tokio::spawn(move_delayed(broker.clone(), channel.clone()));
         Ok(JetStreamSubscription {
             broker,
             channel,
-            consumer,
-            prefetch: options.prefetch,
-            messages: tokio::sync::Mutex::new(messages),
+            puller: tokio::sync::Mutex::new(Some(puller)),
+            releases,
             in_flight: Mutex::new(FxHashMap::default()),
             failures: Mutex::new(FxHashMap::default()),
             next_tag: AtomicU64::new(1),
@@ -83,13 +89,34 @@ impl JetStreamSubscription {
         })
     }
 
-    fn deliver(&self, message: jetstream::Message) -> Delivery {
-        let (attempt, sequence) = message
+    /// The server's delivery count and the message's stream sequence.
+    fn delivery_numbers(message: &jetstream::Message) -> (u64, u64) {
+        message
             .reply
             .as_deref()
             .and_then(delivery_numbers)
-            .map(|(delivered, sequence)| (delivered.max(1) as u32, sequence))
-            .unwrap_or((1, 0));
+            .map(|(delivered, sequence)| (delivered.max(1), sequence))
+            .unwrap_or((1, 0))
+    }
+
+    /// How often a message delivered `delivered` times was given back: looked up only
+    /// for one delivered before.
+    async fn releases_of(&self, delivered: u64, sequence: u64) -> u32 {
+        if delivered > 1 {
+            self.releases.of(sequence).await
+        } else {
+            0
+        }
+    }
+
+    fn deliver(
+        &self,
+        message: jetstream::Message,
+        delivered: u64,
+        sequence: u64,
+        releases: u32,
+    ) -> Delivery {
+        let attempt = (delivered.saturating_sub(u64::from(releases)).max(1)) as u32;
         let mut envelope = self.envelope_of(&message, sequence, attempt);
         if let Some((first, error)) = self.failures.lock().unwrap().get(&sequence) {
             envelope
@@ -106,9 +133,28 @@ impl JetStreamSubscription {
                 message,
                 stream_sequence: sequence,
                 attempt,
+                releases,
             },
         );
         Delivery::new(envelope, DeliveryTag(tag, 0))
+    }
+
+    /// Gives a message back to the group without counting an attempt: the release is
+    /// recorded first, then the message is nak'ed for whichever member pulls next.
+    async fn give_back(
+        &self,
+        message: &jetstream::Message,
+        sequence: u64,
+        before: u32,
+    ) -> Result<()> {
+        if let Err(e) = self.releases.record(sequence, before).await {
+            // Given back all the same: its next attempt reads one high.
+            tracing::warn!(channel = %self.channel, error = %e, "counting a release failed");
+        }
+        message
+            .ack_with(AckKind::Nak(None))
+            .await
+            .map_err(|e| from_nats(NatsError(e.to_string()), "release"))
     }
 
     fn envelope_of(
@@ -134,30 +180,34 @@ impl Subscription for JetStreamSubscription {
         if self.closed.load(Ordering::Acquire) || self.broker.is_closed() {
             return Ok(Vec::new());
         }
-        let mut messages = self.messages.lock().await;
-        let first = match messages.next().await {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(from_nats(e, "fetch").with_channel(&*self.channel)),
-            None => {
-                // The pull stream ended (e.g. the server went away): open a new one.
-                *messages = open_messages(&self.consumer, self.prefetch)
-                    .await
-                    .map_err(|e| e.with_channel(&*self.channel))?;
-                return Err(Error::new(
-                    crate::ErrorKind::Unreachable,
-                    "message stream ended; reopened",
-                )
-                .set_retryable(true)
-                .with_broker("nats")
-                .with_channel(&*self.channel));
-            }
+        let mut guard = self.puller.lock().await;
+        let Some(puller) = guard.as_mut() else {
+            return Ok(Vec::new());
         };
-        let mut out = batch_of(self.deliver(first), max);
-        while out.len() < max.max(1) {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => out.push(self.deliver(m)),
-                _ => break,
+        if puller.held.is_empty() {
+            let first = puller
+                .next()
+                .await
+                .map_err(|e| e.with_channel(&*self.channel))?;
+            puller.held.push_back(first);
+            while puller.held.len() < max.max(1) {
+                match puller.try_next() {
+                    Some(m) => puller.held.push_back(m),
+                    None => break,
+                }
             }
+        }
+        // A message leaves `held` only once it is a delivery in flight: cancelled while
+        // its release count is read, it stays for the next receive (or the close).
+        let mut out: Vec<Delivery> = Vec::with_capacity(puller.held.len().min(max.max(1)));
+        while out.len() < max.max(1) {
+            let Some(next) = puller.held.front() else {
+                break;
+            };
+            let (delivered, sequence) = Self::delivery_numbers(next);
+            let releases = self.releases_of(delivered, sequence).await;
+            let message = puller.held.pop_front().expect("looked at above");
+            out.push(self.deliver(message, delivered, sequence, releases));
         }
         Ok(out)
     }
@@ -193,6 +243,9 @@ impl Subscription for JetStreamSubscription {
         for (f, settlement) in settled {
             let result = match settlement {
                 Settlement::Ack => {
+                    if f.releases > 0 {
+                        self.releases.forget(f.stream_sequence).await;
+                    }
                     acks.push(f.message);
                     continue;
                 }
@@ -226,9 +279,20 @@ impl Subscription for JetStreamSubscription {
                         first_error.get_or_insert(e);
                         continue;
                     }
+                    if f.releases > 0 {
+                        self.releases.forget(f.stream_sequence).await;
+                    }
                     f.message.ack_with(AckKind::Term).await
                 }
-                Settlement::Release => f.message.ack_with(AckKind::Nak(None)).await,
+                Settlement::Release => {
+                    if let Err(e) = self
+                        .give_back(&f.message, f.stream_sequence, f.releases)
+                        .await
+                    {
+                        first_error.get_or_insert(e);
+                    }
+                    continue;
+                }
                 #[allow(unreachable_patterns)]
                 _ => return Err(Error::unsupported("unknown settlement").with_broker("nats")),
             };
@@ -260,17 +324,15 @@ impl Subscription for JetStreamSubscription {
             return Ok(());
         }
         self.mover.abort();
-        // Acks are fire-and-forget publishes: make sure the server has them before the
-        // group's next member can be handed anything.
-        let _ = self.broker.inner.client.flush().await;
-        // Give back what was fetched but not handled, so other members get it now
-        // rather than after ack_wait.
-        // Messages of a pull request still on their way arrive shortly: give those back
-        // too, until the stream has been quiet for a moment.
-        let mut messages = self.messages.lock().await;
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(CLOSE_QUIET, messages.next()).await {
-            let _ = m.ack_with(AckKind::Nak(None)).await;
-        }
+        // Stop pulling before giving anything back: a message given back while this
+        // member's pull requests are open comes straight back to them, and every such
+        // bounce is one more delivery. Stopping returns what the server had already
+        // sent; it is given back with the rest.
+        let puller = self.puller.lock().await.take();
+        let fetched = match puller {
+            Some(puller) => puller.stop().await,
+            None => Vec::new(),
+        };
         let in_flight: Vec<InFlight> = self
             .in_flight
             .lock()
@@ -278,8 +340,32 @@ impl Subscription for JetStreamSubscription {
             .drain()
             .map(|(_, f)| f)
             .collect();
-        for f in in_flight {
-            let _ = f.message.ack_with(AckKind::Nak(None)).await;
+        // Acks are fire-and-forget publishes: make sure the server has them before the
+        // group's next member can be handed anything.
+        let _ = self.broker.inner.client.flush().await;
+        let gives = fetched
+            .iter()
+            .map(|m| async move {
+                let (delivered, sequence) = Self::delivery_numbers(m);
+                let before = self.releases_of(delivered, sequence).await;
+                self.give_back(m, sequence, before).await
+            })
+            .map(futures::future::Either::Left)
+            .chain(in_flight.iter().map(|f| {
+                futures::future::Either::Right(self.give_back(
+                    &f.message,
+                    f.stream_sequence,
+                    f.releases,
+                ))
+            }));
+        let failed = futures::future::join_all(gives)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        if failed > 0 {
+            // The server delivers them again after ack_wait.
+            tracing::warn!(channel = %self.channel, failed, "giving back messages at close failed");
         }
         Ok(())
     }
@@ -289,20 +375,6 @@ impl Drop for JetStreamSubscription {
     fn drop(&mut self) {
         self.mover.abort();
     }
-}
-
-async fn open_messages(
-    consumer: &jetstream::consumer::Consumer<pull::Config>,
-    prefetch: usize,
-) -> Result<pull::Stream> {
-    consumer
-        .stream()
-        .max_messages_per_batch(prefetch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .map_err(|e| from_nats(e, "subscribe"))
 }
 
 /// A plain error carrying an async-nats error's text (its error types differ per call).

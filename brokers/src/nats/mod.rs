@@ -7,6 +7,11 @@
 //! - each group is a durable pull consumer (explicit ack, `max_ack_pending` = 2 ×
 //!   prefetch); the attempt number is the server's delivery count;
 //! - retry: `nak` with the backoff as delay;
+//! - release (a closing member gives back what it had not started): `nak`, and the
+//!   release is counted in the stream `<prefix>_<C>_RELEASES` (one message per
+//!   subject `anybroker-releases.<stream>.<group>.<stream sequence>`); a redelivered message's attempt is the server's
+//!   delivery count less its releases. A closing member stops pulling before it gives
+//!   anything back, so nothing it gives back can come back to it;
 //! - dead letters: published to `C.dlt` (stream `<prefix>_<C>_DLT`), then the original is
 //!   terminated (`term`); replay moves them back and deletes them;
 //! - delay: published to `C.delayed` (stream `<prefix>_<C>_DELAYED`) with a due time; a
@@ -32,6 +37,10 @@ mod core_mode;
 mod error;
 #[cfg(feature = "nats")]
 mod publisher;
+#[cfg(feature = "nats")]
+mod puller;
+#[cfg(feature = "nats")]
+mod releases;
 
 pub use config::{NatsConfig, NatsMode};
 #[cfg(feature = "nats")]

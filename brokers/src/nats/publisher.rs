@@ -198,7 +198,7 @@ impl NatsBroker {
     /// channel race, and the losers' create fails ("subjects overlap with an existing
     /// stream", 10065, or "stream name already in use"). Asking again finds the
     /// winner's stream.
-    async fn get_or_create_stream(
+    pub(crate) async fn get_or_create_stream(
         &self,
         config: &jetstream::stream::Config,
         channel: &str,

@@ -1,0 +1,167 @@
+//! A member's pull requests and the inbox they are answered on. Owned here rather than
+//! by the client's pull stream so that a closing member can stop pulling and still
+//! receive everything the server sent before it stopped: the inbox is drained
+//! (unsubscribed, then a round trip), never dropped with messages on the wire. A
+//! message dropped on the wire comes back only after `ack_wait`, one delivery higher.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use async_nats::{StatusCode, Subscriber};
+use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
+
+use super::error::from_nats;
+use crate::core::{Error, ErrorKind, Result};
+
+/// A pull request the server keeps this long, then answers with 408 and forgets.
+const EXPIRES: Duration = Duration::from_secs(10);
+/// The server says a pull request is alive this often while it has nothing to send.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Longest a closing member waits for the server to confirm it stopped sending.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Puller {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    context: jetstream::Context,
+    inbox: async_nats::Subject,
+    subscriber: Subscriber,
+    batch: usize,
+    /// Messages asked for and neither received nor expired.
+    pending: usize,
+    /// Received and not yet handed out: kept here while a delivery is being made of
+    /// them, so a receive cancelled meanwhile loses none.
+    pub(crate) held: std::collections::VecDeque<jetstream::Message>,
+}
+
+impl Puller {
+    pub(crate) async fn open(
+        client: &async_nats::Client,
+        context: &jetstream::Context,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        batch: usize,
+    ) -> Result<Self> {
+        let inbox = async_nats::Subject::from(client.new_inbox());
+        let subscriber = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| from_nats(e, "subscribe"))?;
+        Ok(Puller {
+            consumer: consumer.clone(),
+            context: context.clone(),
+            inbox,
+            subscriber,
+            batch: batch.max(1),
+            pending: 0,
+            held: Default::default(),
+        })
+    }
+
+    /// Asks for the rest of the batch once half of what was asked for has come.
+    async fn ask(&mut self) -> Result<()> {
+        if self.pending > self.batch / 2 {
+            return Ok(());
+        }
+        let more = self.batch - self.pending;
+        let request = pull::BatchConfig {
+            batch: more,
+            expires: Some(EXPIRES),
+            idle_heartbeat: HEARTBEAT,
+            ..Default::default()
+        };
+        self.consumer
+            .request_batch(request, self.inbox.clone())
+            .await
+            .map_err(|e| from_nats(e, "fetch"))?;
+        self.pending += more;
+        Ok(())
+    }
+
+    /// The next message, asking for more as needed.
+    pub(crate) async fn next(&mut self) -> Result<jetstream::Message> {
+        loop {
+            self.ask().await?;
+            // Silence past a heartbeat means the requests are gone (the server
+            // restarted, or the connection was replaced): ask again.
+            match tokio::time::timeout(2 * HEARTBEAT, self.subscriber.next()).await {
+                Err(_) => self.pending = 0,
+                Ok(None) => {
+                    return Err(Error::new(ErrorKind::Closed, "pull inbox closed")
+                        .with_broker("nats")
+                        .with_operation("fetch"))
+                }
+                Ok(Some(m)) => {
+                    if let Some(m) = self.read(m)? {
+                        return Ok(m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message that has already arrived, if any; asks for nothing.
+    pub(crate) fn try_next(&mut self) -> Option<jetstream::Message> {
+        while let Some(Some(m)) = self.subscriber.next().now_or_never() {
+            if let Ok(Some(m)) = self.read(m) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// A stream message, or `None` for the server's word about the pull requests.
+    fn read(&mut self, m: async_nats::Message) -> Result<Option<jetstream::Message>> {
+        match m.status {
+            None | Some(StatusCode::OK) => {
+                self.pending = self.pending.saturating_sub(1);
+                Ok(Some(jetstream::Message {
+                    message: m,
+                    context: self.context.clone(),
+                }))
+            }
+            Some(StatusCode::IDLE_HEARTBEAT) => Ok(None),
+            // A request expired or ended (408, 409): what it had left will not come.
+            Some(StatusCode::TIMEOUT) | Some(StatusCode::REQUEST_TERMINATED) => {
+                let left = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Pending-Messages"))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(self.pending);
+                self.pending = self.pending.saturating_sub(left);
+                Ok(None)
+            }
+            Some(StatusCode::NOT_FOUND) => {
+                self.pending = 0;
+                Ok(None)
+            }
+            Some(status) => Err(Error::new(
+                ErrorKind::Broker,
+                format!(
+                    "pull request answered {status}: {}",
+                    m.description.as_deref().unwrap_or("")
+                ),
+            )
+            .set_retryable(true)
+            .with_broker("nats")
+            .with_operation("fetch")),
+        }
+    }
+
+    /// Stops pulling: unsubscribes the inbox (the server then drops this member's pull
+    /// requests, nobody listening) and returns every message the server sent before
+    /// that was not handed out.
+    pub(crate) async fn stop(mut self) -> Vec<jetstream::Message> {
+        let mut sent: Vec<_> = self.held.drain(..).collect();
+        if self.subscriber.drain().await.is_err() {
+            return sent;
+        }
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.subscriber.next()).await {
+            if let Ok(Some(m)) = self.read(m) {
+                sent.push(m);
+            }
+        }
+        sent
+    }
+}
