@@ -301,3 +301,65 @@ async fn redis_unreachable_is_one_clear_error() {
     assert!(!text.contains("hunter2"), "{text}");
     assert_eq!(text.matches("unreachable").count(), 1, "{text}");
 }
+
+/// Redis pub/sub: after the server restarts, the subscription subscribes again and
+/// messages published after that arrive (what was published during the outage is lost
+/// by the mode's nature). Three restarts, 100 messages after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_pubsub_subscribes_again_after_restart() {
+    const PER_ROUND: u64 = 100;
+    let mut server = own_redis();
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"redis\"\n[defaults]\nretry = {{ attempts = 1 }}\n[brokers.redis]\nkind = \"redis\"\nurl = \"{}\"\nmode = \"pubsub\"\n",
+        url(&server)
+    ))
+    .unwrap();
+    let ch = unique_channel::<Numbered>("pubsub-restart");
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let received = |seq: u64| seen.lock().unwrap().contains_key(&seq);
+    for round in 0..4u64 {
+        if round > 0 {
+            common::restart(&mut server, "TERM").await;
+            // Probe until the subscription is back: probes published before it are lost.
+            let probe_base = 1_000_000 * round;
+            let mut probe = probe_base;
+            wait_until_async(
+                "subscribed again after the restart",
+                Duration::from_secs(30),
+                || {
+                    probe += 1;
+                    let (router, seq) = (router.clone(), probe);
+                    let back = (probe_base..seq).any(received);
+                    async move {
+                        let _ = router.publish(ch, &Numbered { seq }).await;
+                        back
+                    }
+                },
+            )
+            .await;
+        }
+        let first = round * PER_ROUND;
+        for seq in first..first + PER_ROUND {
+            router.publish(ch, &Numbered { seq }).await.unwrap();
+        }
+        wait_until(
+            "every message of the round",
+            Duration::from_secs(30),
+            || (first..first + PER_ROUND).all(received),
+        )
+        .await;
+    }
+    router.shutdown().await.unwrap();
+}

@@ -26,28 +26,9 @@ pub(crate) struct PubSubSubscription {
 impl PubSubSubscription {
     pub(crate) async fn start(broker: RedisBroker, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
-        let mut pubsub = broker
-            .inner
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| from_redis(e, "subscribe").with_channel(&*channel))?;
-        pubsub
-            .subscribe(&*channel)
-            .await
-            .map_err(|e| from_redis(e, "subscribe").with_channel(&*channel))?;
+        let pubsub = subscribe(&broker, &channel).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let ch = channel.clone();
-        let reader = tokio::spawn(async move {
-            let mut messages = pubsub.into_on_message();
-            while let Some(msg) = messages.next().await {
-                let fields = unframe(msg.get_payload_bytes());
-                if tx.send(from_fields(&ch, "", fields)).is_err() {
-                    return;
-                }
-            }
-            tracing::warn!(channel = %ch, "Redis pub/sub connection ended; messages published meanwhile are not received");
-        });
+        let reader = tokio::spawn(read(broker, channel.clone(), pubsub, tx));
         Ok(PubSubSubscription {
             rx: Mutex::new(rx),
             reader,
@@ -56,6 +37,62 @@ impl PubSubSubscription {
         })
     }
 }
+
+/// Passes the channel's messages on until the subscription closes. A lost connection
+/// is opened again and the channel subscribed again (what was published meanwhile is
+/// not received: nothing keeps it).
+async fn read(
+    broker: RedisBroker,
+    channel: Arc<str>,
+    mut pubsub: redis::aio::PubSub,
+    tx: tokio::sync::mpsc::UnboundedSender<Envelope>,
+) {
+    loop {
+        let mut messages = pubsub.into_on_message();
+        while let Some(msg) = messages.next().await {
+            let fields = unframe(msg.get_payload_bytes());
+            if tx.send(from_fields(&channel, "", fields)).is_err() {
+                return;
+            }
+        }
+        drop(messages);
+        tracing::warn!(channel = %channel, "Redis pub/sub connection lost; subscribing again (messages published meanwhile are not received)");
+        let mut backoff = RESUBSCRIBE_FIRST_BACKOFF;
+        pubsub = loop {
+            if tx.is_closed() {
+                return;
+            }
+            match subscribe(&broker, &channel).await {
+                Ok(pubsub) => break pubsub,
+                Err(e) => {
+                    tracing::debug!(channel = %channel, error = %e, "subscribing again failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RESUBSCRIBE_MOST_BACKOFF);
+                }
+            }
+        };
+        tracing::info!(channel = %channel, "Redis pub/sub subscribed again");
+    }
+}
+
+/// A pub/sub connection subscribed to `channel`.
+async fn subscribe(broker: &RedisBroker, channel: &str) -> Result<redis::aio::PubSub> {
+    let mut pubsub = broker
+        .inner
+        .client
+        .get_async_pubsub()
+        .await
+        .map_err(|e| from_redis(e, "subscribe").with_channel(channel))?;
+    pubsub
+        .subscribe(channel)
+        .await
+        .map_err(|e| from_redis(e, "subscribe").with_channel(channel))?;
+    Ok(pubsub)
+}
+
+/// Waits between tries at subscribing again after a lost connection.
+const RESUBSCRIBE_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+const RESUBSCRIBE_MOST_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[async_trait]
 impl Subscription for PubSubSubscription {
