@@ -326,22 +326,31 @@ async fn core_nats_subscription_gets_what_is_published_right_after_start() {
 
 /// Members of a group closing and starting while thousands of messages are handled:
 /// each call of a handler sees the attempt number of the calls before it plus one (a
-/// member giving back what it had not started does not count an attempt), nothing is
-/// dead-lettered under a 10,000-attempt policy, every close returns promptly, and the
-/// server delivers each message no more often than it was handled, retried or given
-/// back (no message bounces between a closing member and the server).
+/// member giving back what it had not started does not count an attempt, nor does a
+/// message the server sent to a closing member that the client dropped on the wire,
+/// which the short `ack_wait` brings back within the test), nothing is dead-lettered
+/// under a 10,000-attempt policy, every close returns promptly, and the server delivers
+/// each message no more often than it was handled, retried or given back (no message
+/// bounces between a closing member and the server). The members reach the server
+/// through a proxy that delays what they send by 10 ms, as a network does: the server
+/// keeps sending to a closing member's pull requests until its unsubscribe arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_closing_members_do_not_inflate_attempts() {
     const N: u64 = 2_000;
     const PREFETCH: usize = 32;
-    const CLOSES: usize = 6;
+    const CLOSES: usize = 12;
     let ch = unique_channel::<Numbered>("close-attempts");
-    let config = RouterConfig::from_toml_str(&format!(
-        "default_broker = \"nats\"\n[defaults]\nprefetch = {PREFETCH}\n\
-         retry = {{ attempts = 10000, initial = \"20ms\", max = \"20ms\" }}\n\
-         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\"\n"
-    ))
-    .unwrap();
+    let proxy = common::DelayProxy::start(4222, Duration::from_millis(10)).await;
+    let config_via = |port: u16| {
+        RouterConfig::from_toml_str(&format!(
+            "default_broker = \"nats\"\n[defaults]\nprefetch = {PREFETCH}\n\
+             retry = {{ attempts = 10000, initial = \"20ms\", max = \"20ms\" }}\n\
+             [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\n\
+             max_age = \"1h\"\nack_wait = \"5s\"\n"
+        ))
+        .unwrap()
+    };
+    let config = config_via(proxy.port);
     // Per message: the attempt number each call saw, in call order.
     let calls: Arc<Mutex<HashMap<u64, Vec<u32>>>> = Arc::default();
     let succeeded = Arc::new(AtomicUsize::new(0));
@@ -350,7 +359,7 @@ async fn nats_closing_members_do_not_inflate_attempts() {
             .handle(ch, attempt_recording_handler(&calls, &succeeded))
             .start()
     };
-    let publisher = MessageRouter::builder(config.clone())
+    let publisher = MessageRouter::builder(config_via(4222))
         .start()
         .await
         .unwrap();

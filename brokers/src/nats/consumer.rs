@@ -11,11 +11,11 @@ use futures::StreamExt;
 use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
+use super::attempts::AttemptCounts;
 use super::codec::{consumer_name, delivery_numbers, from_message, DUE};
 use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
 use super::puller::Puller;
-use super::releases::ReleaseCounts;
 use crate::core::{
     header, unix_millis, Delivery, DeliveryTag, Error, Result, Settlement, SubscribeOptions,
     Subscription,
@@ -28,8 +28,9 @@ struct InFlight {
     message: jetstream::Message,
     stream_sequence: u64,
     attempt: u32,
-    /// How often it was given back before this delivery.
-    releases: u32,
+    /// Whether `attempt` is written in the attempt counts (false for an unfailed first
+    /// attempt, which is not written).
+    counted: bool,
 }
 
 pub(crate) struct JetStreamSubscription {
@@ -37,7 +38,7 @@ pub(crate) struct JetStreamSubscription {
     channel: Arc<str>,
     /// `None` once closed: the member pulls no more.
     puller: tokio::sync::Mutex<Option<Puller>>,
-    releases: ReleaseCounts,
+    attempts: AttemptCounts,
     in_flight: Mutex<FxHashMap<u64, InFlight>>,
     /// First failure time and last error of messages being retried by this member:
     /// JetStream redelivers the original message, so these live here (best effort).
@@ -66,7 +67,7 @@ impl JetStreamSubscription {
             .get_or_create_consumer(&name, config)
             .await
             .map_err(|e| from_nats(e, "subscribe").with_channel(&*channel))?;
-        let releases = ReleaseCounts::open(&broker, &channel, &name).await?;
+        let attempts = AttemptCounts::open(&broker, &channel, &name).await?;
         let puller = Puller::open(
             &broker.inner.client,
             &broker.inner.js,
@@ -80,7 +81,7 @@ impl JetStreamSubscription {
             broker,
             channel,
             puller: tokio::sync::Mutex::new(Some(puller)),
-            releases,
+            attempts,
             in_flight: Mutex::new(FxHashMap::default()),
             failures: Mutex::new(FxHashMap::default()),
             next_tag: AtomicU64::new(1),
@@ -99,24 +100,33 @@ impl JetStreamSubscription {
             .unwrap_or((1, 0))
     }
 
-    /// How often a message delivered `delivered` times was given back: looked up only
-    /// for one delivered before.
-    async fn releases_of(&self, delivered: u64, sequence: u64) -> u32 {
-        if delivered > 1 {
-            self.releases.of(sequence).await
-        } else {
-            0
+    /// The attempt a message the server delivered `delivered` times (more than once)
+    /// is on: one more than its count, or the server's count if the count cannot be
+    /// read (the attempt then reads high, never low).
+    async fn attempt_of_redelivery(&self, delivered: u64, sequence: u64) -> u32 {
+        let most = u32::try_from(delivered).unwrap_or(u32::MAX);
+        match self.attempts.of(sequence).await {
+            Some(before) => before.saturating_add(1).min(most),
+            None => most,
+        }
+    }
+
+    /// Writes a redelivery's attempt before it is handed out: a member that dies
+    /// during the attempt has made it. Setting a count is idempotent, so a receive
+    /// cancelled meanwhile writes it again.
+    async fn count_attempt(&self, sequence: u64, attempt: u32) {
+        if let Err(e) = self.attempts.record(sequence, attempt).await {
+            tracing::warn!(channel = %self.channel, error = %e, "counting an attempt failed; the next one may read low");
         }
     }
 
     fn deliver(
         &self,
         message: jetstream::Message,
-        delivered: u64,
         sequence: u64,
-        releases: u32,
+        attempt: u32,
+        counted: bool,
     ) -> Delivery {
-        let attempt = (delivered.saturating_sub(u64::from(releases)).max(1)) as u32;
         let mut envelope = self.envelope_of(&message, sequence, attempt);
         if let Some((first, error)) = self.failures.lock().unwrap().get(&sequence) {
             envelope
@@ -133,23 +143,25 @@ impl JetStreamSubscription {
                 message,
                 stream_sequence: sequence,
                 attempt,
-                releases,
+                counted,
             },
         );
         Delivery::new(envelope, DeliveryTag(tag, 0))
     }
 
-    /// Gives a message back to the group without counting an attempt: the release is
-    /// recorded first, then the message is nak'ed for whichever member pulls next.
+    /// Gives a message back to the group unhandled. An attempt counted when it was
+    /// handed out is taken back first.
     async fn give_back(
         &self,
         message: &jetstream::Message,
         sequence: u64,
-        before: u32,
+        counted: Option<u32>,
     ) -> Result<()> {
-        if let Err(e) = self.releases.record(sequence, before).await {
-            // Given back all the same: its next attempt reads one high.
-            tracing::warn!(channel = %self.channel, error = %e, "counting a release failed");
+        if let Some(attempt) = counted {
+            if let Err(e) = self.attempts.record(sequence, attempt - 1).await {
+                // Given back all the same: its next attempt reads one high.
+                tracing::warn!(channel = %self.channel, error = %e, "taking back an attempt failed");
+            }
         }
         message
             .ack_with(AckKind::Nak(None))
@@ -189,25 +201,66 @@ impl Subscription for JetStreamSubscription {
                 .next()
                 .await
                 .map_err(|e| e.with_channel(&*self.channel))?;
-            puller.held.push_back(first);
+            puller.held.push_back(first.into());
             while puller.held.len() < max.max(1) {
                 match puller.try_next() {
-                    Some(m) => puller.held.push_back(m),
+                    Some(m) => puller.held.push_back(m.into()),
                     None => break,
                 }
             }
         }
         // A message leaves `held` only once it is a delivery in flight: cancelled while
-        // its release count is read, it stays for the next receive (or the close).
-        let mut out: Vec<Delivery> = Vec::with_capacity(puller.held.len().min(max.max(1)));
-        while out.len() < max.max(1) {
-            let Some(next) = puller.held.front() else {
-                break;
-            };
-            let (delivered, sequence) = Self::delivery_numbers(next);
-            let releases = self.releases_of(delivered, sequence).await;
-            let message = puller.held.pop_front().expect("looked at above");
-            out.push(self.deliver(message, delivered, sequence, releases));
+        // attempts are counted, it stays (with its attempt once decided) for the next
+        // receive or the close. The batch's counts are read, then written, all at once.
+        let take = puller.held.len().min(max.max(1));
+        let undecided: Vec<(usize, u64, u64)> = puller
+            .held
+            .iter()
+            .take(take)
+            .enumerate()
+            .filter(|(_, held)| held.counted.is_none())
+            .map(|(i, held)| {
+                let (delivered, sequence) = Self::delivery_numbers(&held.message);
+                (i, delivered, sequence)
+            })
+            .filter(|&(_, delivered, _)| delivered > 1)
+            .collect();
+        if !undecided.is_empty() {
+            let decided =
+                futures::future::join_all(undecided.iter().map(|&(_, delivered, sequence)| {
+                    self.attempt_of_redelivery(delivered, sequence)
+                }))
+                .await;
+            // Kept before they are written: given back after a cancelled write, a
+            // message's count is set back all the same.
+            for (&(i, _, _), attempt) in undecided.iter().zip(decided) {
+                puller.held[i].counted = Some(attempt);
+            }
+        }
+        let counted: Vec<(u64, u32)> = puller
+            .held
+            .iter()
+            .take(take)
+            .filter_map(|held| {
+                let (_, sequence) = Self::delivery_numbers(&held.message);
+                held.counted.map(|attempt| (sequence, attempt))
+            })
+            .collect();
+        futures::future::join_all(
+            counted
+                .iter()
+                .map(|&(sequence, attempt)| self.count_attempt(sequence, attempt)),
+        )
+        .await;
+        let mut out: Vec<Delivery> = Vec::with_capacity(take);
+        for held in puller.held.drain(..take) {
+            let (_, sequence) = Self::delivery_numbers(&held.message);
+            out.push(self.deliver(
+                held.message,
+                sequence,
+                held.counted.unwrap_or(1),
+                held.counted.is_some(),
+            ));
         }
         Ok(out)
     }
@@ -243,8 +296,8 @@ impl Subscription for JetStreamSubscription {
         for (f, settlement) in settled {
             let result = match settlement {
                 Settlement::Ack => {
-                    if f.releases > 0 {
-                        self.releases.forget(f.stream_sequence).await;
+                    if f.counted {
+                        self.attempts.forget(f.stream_sequence).await;
                     }
                     acks.push(f.message);
                     continue;
@@ -257,6 +310,12 @@ impl Subscription for JetStreamSubscription {
                             .entry(f.stream_sequence)
                             .or_insert((now, String::new()));
                         entry.1 = error;
+                    }
+                    // A first attempt is counted only now that it failed.
+                    if !f.counted {
+                        if let Err(e) = self.attempts.record(f.stream_sequence, f.attempt).await {
+                            tracing::warn!(channel = %self.channel, error = %e, "counting a failed attempt failed; the next one reads low");
+                        }
                     }
                     f.message.ack_with(AckKind::Nak(Some(delay))).await
                 }
@@ -279,14 +338,18 @@ impl Subscription for JetStreamSubscription {
                         first_error.get_or_insert(e);
                         continue;
                     }
-                    if f.releases > 0 {
-                        self.releases.forget(f.stream_sequence).await;
+                    if f.counted {
+                        self.attempts.forget(f.stream_sequence).await;
                     }
                     f.message.ack_with(AckKind::Term).await
                 }
                 Settlement::Release => {
                     if let Err(e) = self
-                        .give_back(&f.message, f.stream_sequence, f.releases)
+                        .give_back(
+                            &f.message,
+                            f.stream_sequence,
+                            f.counted.then_some(f.attempt),
+                        )
                         .await
                     {
                         first_error.get_or_insert(e);
@@ -345,19 +408,18 @@ impl Subscription for JetStreamSubscription {
         let _ = self.broker.inner.client.flush().await;
         let gives = fetched
             .iter()
-            .map(|m| async move {
-                let (delivered, sequence) = Self::delivery_numbers(m);
-                let before = self.releases_of(delivered, sequence).await;
-                self.give_back(m, sequence, before).await
+            .map(|held| {
+                let (_, sequence) = Self::delivery_numbers(&held.message);
+                (&held.message, sequence, held.counted)
             })
-            .map(futures::future::Either::Left)
             .chain(in_flight.iter().map(|f| {
-                futures::future::Either::Right(self.give_back(
+                (
                     &f.message,
                     f.stream_sequence,
-                    f.releases,
-                ))
-            }));
+                    f.counted.then_some(f.attempt),
+                )
+            }))
+            .map(|(message, sequence, counted)| self.give_back(message, sequence, counted));
         let failed = futures::future::join_all(gives)
             .await
             .into_iter()

@@ -5,13 +5,18 @@
 //!   `Nats-Msg-Id` to the envelope id, so a repeated publish within `duplicate_window`
 //!   is stored once;
 //! - each group is a durable pull consumer (explicit ack, `max_ack_pending` = 2 ×
-//!   prefetch); the attempt number is the server's delivery count;
+//!   prefetch);
+//! - attempts: a first delivery is attempt 1. Past that the server's delivery count
+//!   is not used, since it also counts deliveries no handler saw (one lost on the wire
+//!   to a closing member, one given back unhandled). Each message's attempts are
+//!   counted per group in the stream `<prefix>_<C>_ATTEMPTS` (one message per subject
+//!   `anybroker-attempts.<stream>.<group>.<stream sequence>`): written when a
+//!   redelivered message is handed to a handler and when a first attempt fails, taken
+//!   back when a handed-out message is given back, dropped once it is settled;
 //! - retry: `nak` with the backoff as delay;
-//! - release (a closing member gives back what it had not started): `nak`, and the
-//!   release is counted in the stream `<prefix>_<C>_RELEASES` (one message per
-//!   subject `anybroker-releases.<stream>.<group>.<stream sequence>`); a redelivered message's attempt is the server's
-//!   delivery count less its releases. A closing member stops pulling before it gives
-//!   anything back, so nothing it gives back can come back to it;
+//! - release (a closing member gives back what it had not started): `nak`. A closing
+//!   member stops pulling before it gives anything back, so nothing it gives back can
+//!   come back to it;
 //! - dead letters: published to `C.dlt` (stream `<prefix>_<C>_DLT`), then the original is
 //!   terminated (`term`); replay moves them back and deletes them;
 //! - delay: published to `C.delayed` (stream `<prefix>_<C>_DELAYED`) with a due time; a
@@ -28,6 +33,8 @@
 pub mod config;
 
 #[cfg(feature = "nats")]
+mod attempts;
+#[cfg(feature = "nats")]
 mod codec;
 #[cfg(feature = "nats")]
 mod consumer;
@@ -39,8 +46,6 @@ mod error;
 mod publisher;
 #[cfg(feature = "nats")]
 mod puller;
-#[cfg(feature = "nats")]
-mod releases;
 
 pub use config::{NatsConfig, NatsMode};
 #[cfg(feature = "nats")]

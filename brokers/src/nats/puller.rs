@@ -1,8 +1,11 @@
 //! A member's pull requests and the inbox they are answered on. Owned here rather than
-//! by the client's pull stream so that a closing member can stop pulling and still
-//! receive everything the server sent before it stopped: the inbox is drained
-//! (unsubscribed, then a round trip), never dropped with messages on the wire. A
-//! message dropped on the wire comes back only after `ack_wait`, one delivery higher.
+//! by the client's pull stream so that a closing member can stop pulling and keep what
+//! the server had already sent: the inbox is unsubscribed (the server then drops this
+//! member's pull requests) and every message the client received before that is
+//! returned to be given back. The client stops listening once its unsubscribe is
+//! written, so a message the server sent just before reading it is lost on the wire
+//! and sent again after `ack_wait`; the server's delivery count then reads one high,
+//! which is why attempts are counted apart from it (`attempts.rs`).
 
 use std::time::Duration;
 
@@ -31,7 +34,25 @@ pub(crate) struct Puller {
     pending: usize,
     /// Received and not yet handed out: kept here while a delivery is being made of
     /// them, so a receive cancelled meanwhile loses none.
-    pub(crate) held: std::collections::VecDeque<jetstream::Message>,
+    pub(crate) held: std::collections::VecDeque<Held>,
+}
+
+/// A message received and not handed out yet.
+pub(crate) struct Held {
+    pub(crate) message: jetstream::Message,
+    /// The attempt already counted for this delivery, if it was (a redelivery's
+    /// count is written before it is handed out): a receive cancelled after that
+    /// must not count it again.
+    pub(crate) counted: Option<u32>,
+}
+
+impl From<jetstream::Message> for Held {
+    fn from(message: jetstream::Message) -> Self {
+        Held {
+            message,
+            counted: None,
+        }
+    }
 }
 
 impl Puller {
@@ -151,7 +172,7 @@ impl Puller {
     /// Stops pulling: unsubscribes the inbox (the server then drops this member's pull
     /// requests, nobody listening) and returns every message the server sent before
     /// that was not handed out.
-    pub(crate) async fn stop(mut self) -> Vec<jetstream::Message> {
+    pub(crate) async fn stop(mut self) -> Vec<Held> {
         let mut sent: Vec<_> = self.held.drain(..).collect();
         if self.subscriber.drain().await.is_err() {
             return sent;
@@ -159,7 +180,7 @@ impl Puller {
         let deadline = Instant::now() + DRAIN_LIMIT;
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.subscriber.next()).await {
             if let Ok(Some(m)) = self.read(m) {
-                sent.push(m);
+                sent.push(m.into());
             }
         }
         sent
