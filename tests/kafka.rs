@@ -12,13 +12,14 @@ use std::time::Duration;
 use alarm_domain::AlarmToLog;
 use anybroker::{handler_fn, header, HandlerOptions, MessageContext, MessageRouter, RouterConfig};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod common;
 use common::{
     kafka_mock_table, restart_under_load, unique_channel, wait_until, wait_until_async, Numbered,
-    KAFKA_TANSU_TABLE,
+    KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE, KAFKA_TANSU_TABLE,
 };
 
 /// tansu with the settings it needs (see `KAFKA_TANSU_TABLE`), 3 attempts per message.
@@ -85,6 +86,139 @@ async fn kafka_crash_before_commit_loses_none() {
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
     println!("kafka crash: first handled {by_first}, {duplicates} handled again by the new member");
     assert!((0..N).all(|s| seen.contains_key(&s)), "a message was lost");
+}
+
+/// Two members of a group on a channel whose topics the backend created with its
+/// default `partitions`: both handle part of the channel's messages (with one
+/// partition, the second member got none and the first handled all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_group_members_share_with_default_partitions() {
+    const N: u64 = 400;
+    let ch = unique_channel::<Numbered>("share");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"kafka\"\n[brokers.kafka]\n{KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE}"
+    ))
+    .unwrap();
+    let by_first: HandledCounts = Arc::default();
+    let by_second: HandledCounts = Arc::default();
+    let first = MessageRouter::builder(config.clone())
+        .handle(ch, counting_handler(&by_first, Duration::ZERO))
+        .start()
+        .await
+        .unwrap();
+    let second = MessageRouter::builder(config)
+        .handle(ch, counting_handler(&by_second, Duration::ZERO))
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        first.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    let handled = || {
+        let a = by_first.lock().unwrap();
+        let b = by_second.lock().unwrap();
+        (0..N)
+            .filter(|s| a.contains_key(s) || b.contains_key(s))
+            .count() as u64
+    };
+    wait_until("every message handled", Duration::from_secs(60), || {
+        handled() == N
+    })
+    .await;
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+    let (a, b) = (
+        by_first.lock().unwrap().len(),
+        by_second.lock().unwrap().len(),
+    );
+    println!("kafka default partitions: first member handled {a}, second {b} of {N}");
+    assert!(
+        a > 0 && b > 0,
+        "both members handle messages: first {a}, second {b}"
+    );
+}
+
+/// A group whose policy allows 10,000 attempts with a constant 20 ms backoff starts
+/// promptly and retries through one retry topic (before, it created and subscribed
+/// one topic per attempt: 10,002 topics); messages failing five times are handled on
+/// their sixth attempt, every call seeing the attempt number one above the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_many_attempts_take_one_retry_topic() {
+    const N: u64 = 20;
+    const FAILURES: u32 = 5;
+    let ch = unique_channel::<Numbered>("many-attempts");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"kafka\"\n[defaults]\n\
+         retry = {{ attempts = 10000, initial = \"20ms\", max = \"20ms\" }}\n\
+         [brokers.kafka]\n{KAFKA_TANSU_TABLE}"
+    ))
+    .unwrap();
+    let calls: Arc<Mutex<HashMap<u64, Vec<u32>>>> = Arc::default();
+    let handler = {
+        let calls = calls.clone();
+        handler_fn(move |m: Numbered, cx: MessageContext| {
+            let calls = calls.clone();
+            async move {
+                calls
+                    .lock()
+                    .unwrap()
+                    .entry(m.seq)
+                    .or_default()
+                    .push(cx.attempt());
+                if cx.attempt() <= FAILURES {
+                    return Err(anybroker::HandlerError::retryable("not yet"));
+                }
+                Ok(())
+            }
+        })
+    };
+    let router = tokio::time::timeout(
+        Duration::from_secs(30),
+        MessageRouter::builder(config).handle(ch, handler).start(),
+    )
+    .await
+    .expect("a member with a 10,000-attempt policy starts within 30 s")
+    .unwrap();
+    for seq in 0..N {
+        router.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    wait_until("every message handled", Duration::from_secs(60), || {
+        let calls = calls.lock().unwrap();
+        calls.len() as u64 == N && calls.values().all(|c| c.len() > FAILURES as usize)
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let expected: Vec<u32> = (1..=FAILURES + 1).collect();
+    let calls = calls.lock().unwrap();
+    assert!(
+        calls.values().all(|c| *c == expected),
+        "calls per message saw attempts other than {expected:?}: {:?}",
+        calls.values().find(|c| **c != expected)
+    );
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let mut topics: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|t| t.starts_with(ch.name()))
+        .collect();
+    topics.sort();
+    let c = ch.name();
+    assert_eq!(
+        topics,
+        vec![
+            c.to_string(),
+            format!("{c}-delay"),
+            format!("{c}-dlt"),
+            format!("{c}-retry-0")
+        ]
+    );
 }
 
 /// 1,000 records that are not the channel's JSON, produced with rdkafka directly, all

@@ -205,9 +205,20 @@ pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// batch's first offset + 1, so a fetch that starts inside a multi-record last batch (a
 /// partition resumed after a due-time pause) gets nothing until another record
 /// arrives, hence one record per produced batch.
-pub const KAFKA_TANSU_TABLE: &str = "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
-     partitions = 2\nconsumer_properties = { \"fetch.wait.max.ms\" = \"10\" }\n\
-     producer_properties = { \"batch.num.messages\" = \"1\" }\n";
+pub const KAFKA_TANSU_TABLE: &str = concat!(kafka_tansu_settings!(), "partitions = 2\n");
+
+/// `KAFKA_TANSU_TABLE` without `partitions`: the backend's default applies.
+#[allow(dead_code)]
+pub const KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE: &str = kafka_tansu_settings!();
+
+macro_rules! kafka_tansu_settings {
+    () => {
+        "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }\n\
+         producer_properties = { \"batch.num.messages\" = \"1\" }\n"
+    };
+}
+use kafka_tansu_settings;
 
 /// The `[brokers.x]` body for librdkafka's mock cluster at `servers`. It has no
 /// CreateTopics API, so topics are created on first use, as a cluster with

@@ -26,7 +26,10 @@ use crate::Secret;
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list. Required.
     pub bootstrap_servers: String,
-    /// Partitions of the topics the backend creates. Default 1.
+    /// Partitions of the topics the backend creates. Default 6: a group shares a
+    /// channel among at most as many members as the channel's topic has partitions
+    /// (a member past that gets none and waits idle for a rebalance), so one
+    /// partition would leave every member but one idle.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
     /// Replication factor of the topics the backend creates. Default 1.
@@ -57,7 +60,7 @@ pub struct KafkaConfig {
 }
 
 fn default_partitions() -> i32 {
-    1
+    6
 }
 fn default_true() -> bool {
     true

@@ -20,6 +20,7 @@ use super::codec::{from_record, DUE, GROUP, ORIGINAL_OFFSET, ORIGINAL_PARTITION,
 use super::error::from_kafka;
 use super::offsets::{OffsetTracker, Partition};
 use super::publisher::{client_config, Client, KafkaBroker};
+use super::retry_topics::RetryTopics;
 use super::Topics;
 use crate::core::{
     batch_of, Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement,
@@ -108,8 +109,8 @@ pub(crate) struct KafkaSubscription {
     broker: KafkaBroker,
     channel: Arc<str>,
     group: String,
-    /// Retry topics this group reads: `C-retry-0 .. C-retry-<n-1>`.
-    retry_topics: u32,
+    /// The retry topics of this group's policy: `C-retry-0 .. C-retry-<n-1>`.
+    retry_topics: RetryTopics,
     /// The group member; `close` takes it out and ends it off the runtime
     /// (`leave_group`). `None` once closed.
     consumer: Mutex<Option<Arc<StreamConsumer<Rebalancing>>>>,
@@ -133,15 +134,30 @@ impl KafkaSubscription {
 
     pub(crate) async fn start(broker: KafkaBroker, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
-        let retry_topics = options.retry.attempts.saturating_sub(1);
+        let retry_topics = RetryTopics::for_policy(&options.retry).map_err(|e| {
+            Error::new(ErrorKind::ConfigInvalid, e)
+                .with_broker("kafka")
+                .with_channel(&*channel)
+        })?;
         let mut topics = vec![channel.to_string(), Topics::delay(&channel)];
-        topics.extend((0..retry_topics).map(|n| Topics::retry(&channel, n)));
+        topics.extend((0..retry_topics.count()).map(|n| Topics::retry(&channel, n)));
         let mut all = topics.clone();
         all.push(Topics::dead_letters(&channel));
         broker
             .ensure_topics(&all)
             .await
             .map_err(|e| e.with_channel(&*channel))?;
+        // Retry topics an earlier policy of this or another group left: what is in
+        // them is read too, not stranded.
+        for earlier in broker
+            .retry_topics_of(&channel)
+            .await
+            .map_err(|e| e.with_channel(&*channel))?
+        {
+            if !topics.contains(&earlier) {
+                topics.push(earlier);
+            }
+        }
         let state: Arc<Mutex<State>> = Arc::default();
         let reset = broker.config().auto_offset_reset.clone();
         let consumer: StreamConsumer<Rebalancing> = client_config(
@@ -206,7 +222,7 @@ impl KafkaSubscription {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         while self.state.lock().unwrap().assigned == 0 {
             if Instant::now() >= deadline {
-                tracing::warn!(broker = "kafka", channel = %self.channel, "no partition assignment within {JOIN_TIMEOUT:?}; consuming will start when the group assigns");
+                tracing::warn!(broker = "kafka", channel = %self.channel, group = %self.group, "no partition assigned within {JOIN_TIMEOUT:?}: the group may have more members than the channel's topic has partitions (`partitions` in the broker's config, for topics the backend creates); this member stays idle until a rebalance gives it one");
                 return;
             }
             if let Ok(Ok(m)) =
@@ -347,11 +363,7 @@ impl KafkaSubscription {
             Settlement::Retry { delay, error } => {
                 let mut envelope = f.envelope.clone();
                 envelope.record_failure(&error);
-                let n = envelope
-                    .attempt
-                    .saturating_sub(2)
-                    .min(self.retry_topics.max(1) - 1);
-                let topic = Topics::retry(&self.channel, n);
+                let topic = Topics::retry(&self.channel, self.retry_topics.index_for(delay));
                 self.broker
                     .ensure_topics(std::slice::from_ref(&topic))
                     .await?;

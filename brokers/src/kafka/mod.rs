@@ -10,10 +10,12 @@
 //!   in each partition, so a crash never skips unfinished work; on revocation the
 //!   finished prefix of the revoked partitions is committed and their in-flight
 //!   messages are left to the new owner;
-//! - retry: `C-retry-<n>` (n = attempt − 1, capped at the group's retry count − 1) with
-//!   the due time and the group in headers; every member of the group reads them, the
-//!   other groups skip them; a record not yet due pauses its partition (seeked back to
-//!   it) until due instead of holding a handler;
+//! - retry: `C-retry-<n>`, one topic per distinct backoff delay of the group's policy
+//!   (n = 0 the shortest; at most 32, see `retry_topics`), with the due time and the
+//!   group in headers; every member of the group reads them (and any other
+//!   `C-retry-<n>` the cluster has, left by an earlier policy), the other groups skip
+//!   them; a record not yet due pauses its partition (seeked back to it) until due
+//!   instead of holding a handler;
 //! - dead letters: `C-dlt`, produced (delivery report) before the original's offset
 //!   counts as finished; the headers carry reason, error, attempts and the original
 //!   topic/partition/offset. Records cannot be deleted from a topic, so reading and
@@ -35,6 +37,8 @@ mod error;
 mod offsets;
 #[cfg(feature = "kafka")]
 mod publisher;
+#[cfg(feature = "kafka")]
+mod retry_topics;
 
 pub use config::KafkaConfig;
 #[cfg(feature = "kafka")]
@@ -48,6 +52,13 @@ pub(crate) struct Topics;
 impl Topics {
     pub(crate) fn retry(channel: &str, n: u32) -> String {
         format!("{channel}-retry-{n}")
+    }
+    /// Whether `topic` is one of `channel`'s retry topics.
+    pub(crate) fn is_retry_of(topic: &str, channel: &str) -> bool {
+        topic
+            .strip_prefix(channel)
+            .and_then(|rest| rest.strip_prefix("-retry-"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     }
     pub(crate) fn dead_letters(channel: &str) -> String {
         format!("{channel}-dlt")

@@ -228,6 +228,28 @@ impl KafkaBroker {
         Ok(())
     }
 
+    /// The retry topics of `channel` the cluster has (`C-retry-<n>`).
+    pub(crate) async fn retry_topics_of(&self, channel: &str) -> Result<Vec<String>> {
+        let producer = self.inner.producer.clone();
+        let channel = channel.to_string();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, CALL_TIMEOUT)
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .map(|t| t.name())
+                        .filter(|name| Topics::is_retry_of(name, &channel))
+                        .map(String::from)
+                        .collect()
+                })
+        })
+        .await
+        .expect("metadata call")
+        .map_err(|e| from_kafka(e, "list retry topics"))
+    }
+
     async fn wait_visible(&self, topic: &str) -> Result<()> {
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         loop {
