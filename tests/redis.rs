@@ -61,6 +61,92 @@ async fn redis_restart_under_load_loses_none() {
     .await;
 }
 
+/// Entries the server handed to a live member whose reply the network lost (the
+/// connection cut mid-reply, as a server restart does) are handled as soon as the
+/// member has connected again, not only once `claim_idle` (here 60 s) lets them be
+/// reclaimed: the member reads its own pending entries first after a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_entries_read_when_the_connection_was_lost_are_handled_on_reconnect() {
+    const N: u64 = 50;
+    let ch = unique_channel::<Numbered>("lost-reply");
+    let proxy = common::CutProxy::start(6379).await;
+    let config = |port: u16| {
+        RouterConfig::from_toml_str(&format!(
+            "default_broker = \"redis\"\n[brokers.redis]\nkind = \"redis\"\n\
+             url = \"redis://127.0.0.1:{port}\"\nclaim_idle = \"60s\"\nblock = \"5s\"\n"
+        ))
+        .unwrap()
+    };
+    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |m: Numbered, _cx: MessageContext| {
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            async { Ok(()) }
+        })
+    };
+    let member = MessageRouter::builder(config(proxy.port))
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let publisher = MessageRouter::builder(config(6379)).start().await.unwrap();
+    publisher.publish(ch, &Numbered { seq: 0 }).await.unwrap();
+    wait_until(
+        "the member handles a first message",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().contains_key(&0),
+    )
+    .await;
+    proxy.lose_replies();
+    for seq in 1..=N {
+        publisher.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    // The member's blocked read took entries; its reply is lost on the way.
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pending = || {
+        let mut redis = redis.clone();
+        async move {
+            let summary: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+                .arg(ch.name())
+                .arg("default")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            summary.0
+        }
+    };
+    wait_until_async(
+        "entries pending to the member",
+        Duration::from_secs(10),
+        || {
+            let pending = pending();
+            async move { pending.await > 0 }
+        },
+    )
+    .await;
+    let lost = pending().await;
+    proxy.cut();
+    wait_until(
+        "every message handled after the reconnect",
+        Duration::from_secs(20),
+        || seen.lock().unwrap().len() as u64 == N + 1,
+    )
+    .await;
+    member.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    println!("redis lost reply: {lost} entries pending to the member when its connection was cut");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "each message handled once: {seen:?}"
+    );
+}
+
 /// 1,000 entries with garbage payloads (or none) written with XADD directly are all
 /// dead-lettered as undecodable, and the valid messages around them are handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

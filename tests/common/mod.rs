@@ -377,3 +377,96 @@ async fn proxy_connection(
     };
     tokio::join!(upstream_reader, upstream_writer, downstream);
 }
+
+/// A TCP proxy to a local server whose connections can be made to lose everything the
+/// server sends (`lose_replies`) and then be cut (`cut`), as a network that fails
+/// mid-reply does: the server has run the commands, the client never hears.
+#[allow(dead_code)]
+pub struct CutProxy {
+    pub port: u16,
+    losing: Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[allow(dead_code)]
+impl CutProxy {
+    pub async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let losing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let accept = {
+            let losing = losing.clone();
+            let cuts = cuts.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        continue;
+                    };
+                    let mut cut = cuts.subscribe();
+                    let relay = relay_unless_losing(client, server, losing.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = relay => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            })
+        };
+        CutProxy {
+            port,
+            losing,
+            cuts,
+            accept,
+        }
+    }
+
+    /// From now on, what the server sends is dropped.
+    pub fn lose_replies(&self) {
+        self.losing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every open connection; new ones are relayed in full.
+    pub fn cut(&self) {
+        self.losing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn relay_unless_losing(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    losing: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    };
+    let downstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = server_read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if losing.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(upstream, downstream);
+}

@@ -83,6 +83,10 @@ pub(crate) struct StreamSubscription {
     timers: Mutex<Timers>,
     next_tag: AtomicU64,
     closed: AtomicBool,
+    /// Set when the blocking connection was lost: a read may have taken entries whose
+    /// reply never came. They are pending to this member, which reads them first once
+    /// connected again (otherwise they would wait for `claim_idle`).
+    reread_own_pending: AtomicBool,
     promote: redis::Script,
 }
 
@@ -113,6 +117,7 @@ impl StreamSubscription {
             }),
             next_tag: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            reread_own_pending: AtomicBool::new(false),
             promote: redis::Script::new(PROMOTE),
         };
         sub.create_groups().await?;
@@ -182,6 +187,59 @@ impl StreamSubscription {
 
     async fn drop_blocking_conn(&self) {
         *self.blocking.lock().await = None;
+        self.reread_own_pending.store(true, Ordering::Release);
+    }
+
+    /// The entries pending to this member that it is not handling or holding: taken
+    /// by a read whose reply was lost with its connection.
+    async fn own_pending(&self) -> Result<Vec<(Source, Entry)>> {
+        let mut out = Vec::new();
+        for source in [Source::Retry, Source::Main] {
+            let mut after = "0-0".to_string();
+            loop {
+                // An ID other than `>` reads this consumer's own pending entries.
+                let reply: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(500)
+                    .arg("STREAMS")
+                    .arg(self.stream(source))
+                    .arg(&after)
+                    .query_async(&mut self.broker.conn())
+                    .await;
+                let reply = match reply {
+                    Ok(r) => r,
+                    // Gone with the stream (a server restarted without persistence).
+                    Err(e) if is_no_group(&e) => break,
+                    Err(e) => return Err(self.err(e, "read own pending")),
+                };
+                let entries: Vec<Entry> = parse_read(reply)?
+                    .into_iter()
+                    .flat_map(|(_, entries)| entries)
+                    .collect();
+                let Some(last) = entries.last() else {
+                    break;
+                };
+                after = last.0.clone();
+                let in_flight = self.in_flight.lock().unwrap();
+                let overflow = self.overflow.lock().unwrap();
+                for entry in entries {
+                    let held = in_flight
+                        .values()
+                        .any(|f| f.source == source && f.id == entry.0)
+                        || overflow.iter().any(|(s, e)| *s == source && e.0 == entry.0);
+                    if !held {
+                        out.push((source, entry));
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            tracing::info!(channel = %self.channel, group = %self.group, count = out.len(), "read again entries whose delivery was lost with the connection");
+        }
+        Ok(out)
     }
 
     /// Runs the promotion script when something may be due; returns how long a read
@@ -417,6 +475,18 @@ impl Subscription for StreamSubscription {
             }
             if !self.overflow.lock().unwrap().is_empty() {
                 return Ok(self.deliver(Vec::new(), max));
+            }
+            if self.reread_own_pending.swap(false, Ordering::AcqRel) {
+                let lost = match self.own_pending().await {
+                    Ok(lost) => lost,
+                    Err(e) => {
+                        self.reread_own_pending.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                };
+                if !lost.is_empty() {
+                    return Ok(self.deliver(lost, max));
+                }
             }
             let block = self.promote_due().await?;
             let claimed = self.reclaim(max).await?;

@@ -13,6 +13,9 @@
 //! - `C:dlt`: dead letters (a stream), written in the same `MULTI` that acks the original.
 //! - Entries left pending by a consumer that went away are reclaimed with `XAUTOCLAIM`
 //!   after `claim_idle`.
+//! - A member whose connection was lost reads its own pending entries first once
+//!   connected again: a read the server answered while the connection went down left
+//!   entries pending to it that it never received.
 //!
 //! Pub/sub mode: `PUBLISH C <frame>` / `SUBSCRIBE C`; fire-and-forget, declared as such.
 //!
