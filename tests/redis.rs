@@ -103,7 +103,7 @@ async fn redis_entries_read_when_the_connection_was_lost_are_handled_on_reconnec
         publisher.publish(ch, &Numbered { seq }).await.unwrap();
     }
     // The member's blocked read took entries; its reply is lost on the way.
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+    let redis = redis::Client::open("redis://127.0.0.1:6379")
         .unwrap()
         .get_multiplexed_async_connection()
         .await
