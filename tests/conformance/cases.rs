@@ -763,20 +763,24 @@ pub async fn restarted_consumer_receives_published_meanwhile(t: &Target) {
     assert_eq!(late.len() as u64, N);
 }
 
-/// Dead letters can be replayed to their channel, where they are handled again as new
-/// messages (attempt 1), leaving the dead-letter destination empty.
+/// Dead letters can be replayed to their channel, where they are handled again as the
+/// same messages (same id) on attempt 1, without the dead-letter headers, leaving the
+/// dead-letter destination empty; replayed ones that fail again are dead-lettered
+/// again, none dropped.
 pub async fn dead_letters_can_be_replayed(t: &Target) {
     require!(t, dead_letters);
     const N: u64 = 100;
     let ch = unique_channel::<TestMessage>("replay");
     let broken = Arc::new(AtomicBool::new(true));
     let rec = Recorder::default();
+    let failed = Recorder::default();
     let handler = {
-        let (rec, broken) = (rec.clone(), broken.clone());
+        let (rec, failed, broken) = (rec.clone(), failed.clone(), broken.clone());
         handler_fn(move |m: TestMessage, cx: MessageContext| {
-            let (rec, broken) = (rec.clone(), broken.clone());
+            let (rec, failed, broken) = (rec.clone(), failed.clone(), broken.clone());
             async move {
                 if broken.load(Ordering::SeqCst) {
+                    failed.record(seen(&m, &cx, 0));
                     return Err(HandlerError::permanent("downstream is down"));
                 }
                 rec.record(seen(&m, &cx, 0));
@@ -794,6 +798,21 @@ pub async fn dead_letters_can_be_replayed(t: &Target) {
         async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
     })
     .await;
+    // Replayed while the handler still fails: dead-lettered again, none dropped (a
+    // replayed message keeps its id, as its first dead letter did).
+    assert_eq!(
+        router.replay_dead_letters(ch, 10_000).await.unwrap() as u64,
+        N
+    );
+    wait_until("replayed ones failed again", LONG, || {
+        failed.all().len() as u64 >= 2 * N
+    })
+    .await;
+    wait_until_async("all dead-lettered again", LONG, || {
+        let r = r.clone();
+        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
+    })
+    .await;
     broken.store(false, Ordering::SeqCst);
     assert_eq!(
         router.replay_dead_letters(ch, 10_000).await.unwrap() as u64,
@@ -805,6 +824,18 @@ pub async fn dead_letters_can_be_replayed(t: &Target) {
         .all()
         .iter()
         .all(|s| !s.headers.contains_key(header::DEAD_LETTER_REASON)));
+    let original: HashMap<u64, String> = failed.all().into_iter().map(|s| (s.seq, s.id)).collect();
+    let changed: Vec<(u64, String, Option<&String>)> = rec
+        .all()
+        .into_iter()
+        .filter(|s| original.get(&s.seq) != Some(&s.id))
+        .map(|s| (s.seq, s.id, original.get(&s.seq)))
+        .take(3)
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "a replayed message keeps its id; (seq, replayed id, original id): {changed:?}"
+    );
     assert!(router.dead_letters(ch, 10_000).await.unwrap().is_empty());
     router.shutdown().await.unwrap();
 }

@@ -434,7 +434,7 @@ impl KafkaBroker {
             }
             let (envelope, _) = from_record(&channel_arc, &m);
             if replay {
-                let replayed = envelope.into_replayed().with_id(crate::new_message_id());
+                let replayed = envelope.into_replayed();
                 self.produce(channel, &replayed, &[]).await?;
                 cursor
                     .add_partition_offset(&topic, m.partition(), Offset::Offset(m.offset() + 1))

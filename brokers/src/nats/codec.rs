@@ -45,6 +45,16 @@ pub(crate) enum IdHeaders {
     Core,
 }
 
+/// Id headers for publishing a message again under its id: a dead letter, a replayed
+/// dead letter. The id goes in the header a reader prefers, and `Nats-Msg-Id` gets
+/// `dedup_key`: under the id itself, JetStream would drop the message as a duplicate of
+/// its first publish (or first dead letter) within `duplicate_window`. A key derived
+/// from a stream sequence still drops a repeat after a crash between publish and
+/// delete or ack.
+pub(crate) fn same_id_headers(id: &str, dedup_key: String) -> [(&'static str, String); 2] {
+    [(MSG_ID, dedup_key), (META, id.to_string())]
+}
+
 /// The headers carrying `envelope`'s metadata and application headers.
 pub(crate) fn to_headers(envelope: &Envelope, ids: IdHeaders) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
 use super::attempts::AttemptCounts;
-use super::codec::{consumer_name, delivery_numbers, from_message, DUE};
+use super::codec::{consumer_name, delivery_numbers, from_message, same_id_headers, DUE};
 use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
 use super::puller::Puller;
@@ -329,10 +329,16 @@ impl Subscription for JetStreamSubscription {
                             .insert(header::FIRST_FAILED_AT.to_string(), first.to_string());
                     }
                     let dead = envelope.into_dead_letter(&dead);
+                    // Under a key of its own: a replayed message dead-lettered again
+                    // keeps its id, which its first dead letter was stored under.
+                    let ids = same_id_headers(
+                        &dead.id,
+                        format!("{}.dead.{}", dead.id, f.stream_sequence),
+                    );
                     // Stored in the dead-letter stream before the original is terminated.
                     if let Err(e) = self
                         .broker
-                        .js_publish(format!("{}.dlt", self.channel), dead, None)
+                        .js_publish(format!("{}.dlt", self.channel), dead, &ids)
                         .await
                     {
                         first_error.get_or_insert(e);
@@ -493,7 +499,7 @@ async fn move_delayed(broker: NatsBroker, channel: Arc<str>) {
                 let envelope =
                     from_message(&channel, String::new, m.headers.as_ref(), m.payload.clone());
                 broker
-                    .js_publish(channel.to_string(), envelope, None)
+                    .js_publish(channel.to_string(), envelope, &[])
                     .await?;
                 let _ = m.ack().await;
             }

@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
-use super::codec::{from_message, stream_name, to_headers, IdHeaders, DUE};
+use super::codec::{from_message, same_id_headers, stream_name, to_headers, IdHeaders, DUE};
 use super::consumer::JetStreamSubscription;
 use super::core_mode::CoreSubscription;
 use super::error::from_nats;
@@ -266,7 +266,7 @@ impl NatsBroker {
         self.ensure_known(&envelope.channel, "", &envelope.channel)
             .await?;
         let subject = self.subject(&envelope.channel)?;
-        self.js_publish(subject, envelope, None).await
+        self.js_publish(subject, envelope, &[]).await
     }
 
     async fn publish_core(&self, envelope: Envelope) -> Result<()> {
@@ -288,11 +288,11 @@ impl NatsBroker {
         &self,
         subject: impl async_nats::subject::ToSubject,
         envelope: Envelope,
-        extra: Option<(&'static str, String)>,
+        extra: &[(&'static str, String)],
     ) -> Result<()> {
         let mut headers = to_headers(&envelope, IdHeaders::JetStream);
-        if let Some((name, value)) = extra {
-            headers.insert(name, value);
+        for (name, value) in extra {
+            headers.insert(*name, value.as_str());
         }
         // The payload is moved, not cloned: cloning a `Bytes` made from a `Vec`
         // allocates its shared form, one more allocation per publish.
@@ -411,7 +411,7 @@ impl MessagePublisher for NatsBroker {
         self.ensure_known(&envelope.channel, DELAYED, &subject)
             .await?;
         let due = unix_micros(SystemTime::now() + delay).to_string();
-        self.js_publish(subject, envelope, Some((DUE, due))).await
+        self.js_publish(subject, envelope, &[(DUE, due)]).await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
@@ -449,8 +449,10 @@ impl MessagePublisher for NatsBroker {
         let mut moved = 0;
         for (seq, envelope) in dead {
             // Published first, deleted after: a crash in between duplicates, never loses.
-            let replayed = envelope.into_replayed().with_id(crate::new_message_id());
-            self.js_publish(channel.to_string(), replayed, None).await?;
+            // Dead letters are published under keys of their own (see the consumer).
+            let ids = same_id_headers(&envelope.id, format!("{}.replay.{seq}", envelope.id));
+            self.js_publish(channel.to_string(), envelope.into_replayed(), &ids)
+                .await?;
             stream
                 .delete_message(seq)
                 .await

@@ -116,7 +116,10 @@ impl RabbitMqBroker {
         let session = self.inner.link.session().await?;
         let ch = session.declaring_channel().await?;
         let result = async {
-            let queue = topology::declare_dead_letters(&ch, channel).await?;
+            let (queue, present) = topology::declare_dead_letters(&ch, channel).await?;
+            // No more than were there at the start: a replayed message that fails at
+            // once is dead-lettered again, and must not be replayed again by this call.
+            let limit = limit.min(present as usize);
             if replay {
                 ch.confirm_select(Default::default())
                     .await
@@ -140,7 +143,7 @@ impl RabbitMqBroker {
                 }
                 // Published (confirmed) first, acked after: a crash in between
                 // duplicates, never loses.
-                let replayed = envelope.into_replayed().with_id(crate::new_message_id());
+                let replayed = envelope.into_replayed();
                 let route = Route {
                     exchange: &self.config().exchange,
                     routing_key: channel,

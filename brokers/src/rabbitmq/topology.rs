@@ -116,17 +116,18 @@ pub(crate) async fn declare_group(
     Ok(queue)
 }
 
-/// The channel's dead-letter queue `C.dlq`.
-pub(crate) async fn declare_dead_letters(ch: &Channel, channel: &str) -> Result<String> {
+/// The channel's dead-letter queue `C.dlq`, and how many messages it holds.
+pub(crate) async fn declare_dead_letters(ch: &Channel, channel: &str) -> Result<(String, u32)> {
     let queue = Names::dead_letters(channel);
-    ch.queue_declare(
-        queue.as_str().into(),
-        durable_queue(),
-        FieldTable::default(),
-    )
-    .await
-    .map_err(|e| from_lapin(e, "declare queue").with_channel(channel))?;
-    Ok(queue)
+    let declared = ch
+        .queue_declare(
+            queue.as_str().into(),
+            durable_queue(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| from_lapin(e, "declare queue").with_channel(channel))?;
+    Ok((queue, declared.message_count()))
 }
 
 /// A queue whose messages all wait `delay`, then expire into `exchange` with
