@@ -603,6 +603,7 @@ pub async fn same_key_order_kept_across_members_and_retries(t: &Target) {
 
 /// A delayed message is not delivered before its delay.
 pub async fn delayed_publish_not_delivered_early(t: &Target) {
+    require!(t, delay);
     const N: u64 = 50;
     let delay = Duration::from_millis(500);
     let ch = unique_channel::<TestMessage>("delay");
@@ -613,16 +614,6 @@ pub async fn delayed_publish_not_delivered_early(t: &Target) {
         .start()
         .await
         .unwrap();
-    let caps = router.capabilities(ch).await.unwrap();
-    if !caps.delay {
-        let err = router
-            .publish_delayed(ch, &TestMessage::new(0), delay)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
-        router.shutdown().await.unwrap();
-        return;
-    }
     let published = Instant::now();
     for i in 0..N {
         router
@@ -1022,39 +1013,91 @@ pub async fn missing_capabilities_are_unsupported(t: &Target) {
     println!("{}: {checked} missing capabilities checked", t.name);
 }
 
-/// Every case, for a backend module to instantiate: `conformance_cases!(target)`.
+/// The capabilities a target's module says the backend lacks (which skip the cases
+/// needing them) are exactly those the backend declares false.
+pub async fn declared_lacks_match_capabilities(t: &Target, lacks: &[&str]) {
+    let declared: Vec<&str> = t
+        .capabilities()
+        .await
+        .flags()
+        .into_iter()
+        .filter(|(_, has)| !has)
+        .map(|(name, _)| name)
+        .collect();
+    let mut said: Vec<String> = lacks.iter().map(|l| l.replace('_', "-")).collect();
+    said.sort();
+    let mut declared: Vec<String> = declared.into_iter().map(String::from).collect();
+    declared.sort();
+    assert_eq!(
+        said, declared,
+        "{}: the module's `lacks` list and the capabilities the backend declares false differ",
+        t.name
+    );
+}
+
+/// Every case, for a backend module to instantiate:
+/// `conformance_cases!(target, lacks [capability, ...])`, where `lacks` names the
+/// capability flags the backend declares false (`declared_lacks_match_capabilities`
+/// checks it does). Each case names the capabilities its promise needs; a case needing
+/// one the backend lacks is emitted ignored, so the runner lists it as skipped, with
+/// the capability as the reason.
 macro_rules! conformance_cases {
     ($target:expr) => {
-        conformance_cases!(@each $target;
-            publish_then_subscribe_delivers_all,
-            many_publishers_and_subscribers_all_delivered,
-            channels_are_isolated,
-            failed_handler_retried_with_backoff,
-            handler_requested_delay_overrides_backoff,
-            dead_letter_after_attempts,
-            permanent_error_dead_lettered_without_retry,
-            undecodable_payload_dead_lettered_and_consumer_continues,
-            panicking_handler_is_retried,
-            two_groups_each_get_all_members_split,
-            same_key_order_kept_under_concurrency,
-            same_key_order_kept_when_handlers_finish_at_once,
-            same_key_order_kept_across_members_and_retries,
-            delayed_publish_not_delivered_early,
-            shutdown_with_in_flight_loses_none,
-            restarted_consumer_receives_published_meanwhile,
-            dead_letters_can_be_replayed,
-            in_flight_window_is_bounded,
-            publish_via_explicit_broker,
-            request_reply_round_trip,
-            missing_capabilities_are_unsupported,
-        );
+        conformance_cases!($target, lacks []);
     };
-    (@each $target:expr; $($case:ident),+ $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                $crate::cases::$case(&$target).await;
-            }
-        )+
+    ($target:expr, lacks [$($lack:ident),* $(,)?]) => {
+        // `$` handed in as a token, for the metavariables of the macro defined below.
+        conformance_cases!(@with ($) $target; [$($lack),*]);
+    };
+    (@with ($d:tt) $target:expr; [$($lack:ident),*]) => {
+        /// A case as a test, or as an ignored one if it needs a capability the
+        /// backend lacks (one arm per lacked capability).
+        macro_rules! case {
+            $(
+                ([$lack $d(, $d rest:ident)*] $d name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    #[ignore = concat!("the backend declares no ", stringify!($lack))]
+                    async fn $d name() {
+                        $crate::cases::$d name(&$target).await;
+                    }
+                };
+            )*
+            ([$d first:ident $d(, $d rest:ident)*] $d name:ident) => {
+                case!([$d($d rest),*] $d name);
+            };
+            ([] $d name:ident) => {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $d name() {
+                    $crate::cases::$d name(&$target).await;
+                }
+            };
+        }
+        case!([] publish_then_subscribe_delivers_all);
+        case!([] many_publishers_and_subscribers_all_delivered);
+        case!([] channels_are_isolated);
+        case!([retry] failed_handler_retried_with_backoff);
+        case!([retry] handler_requested_delay_overrides_backoff);
+        case!([retry, dead_letters] dead_letter_after_attempts);
+        case!([dead_letters] permanent_error_dead_lettered_without_retry);
+        case!([dead_letters] undecodable_payload_dead_lettered_and_consumer_continues);
+        case!([retry] panicking_handler_is_retried);
+        case!([groups] two_groups_each_get_all_members_split);
+        case!([ordering_by_key] same_key_order_kept_under_concurrency);
+        case!([ordering_by_key] same_key_order_kept_when_handlers_finish_at_once);
+        case!([ordering_across_members, retry] same_key_order_kept_across_members_and_retries);
+        case!([delay] delayed_publish_not_delivered_early);
+        case!([persistent] shutdown_with_in_flight_loses_none);
+        case!([persistent] restarted_consumer_receives_published_meanwhile);
+        case!([dead_letters] dead_letters_can_be_replayed);
+        case!([] in_flight_window_is_bounded);
+        case!([] publish_via_explicit_broker);
+        case!([request_reply] request_reply_round_trip);
+        case!([] missing_capabilities_are_unsupported);
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn declared_lacks_match_capabilities() {
+            $crate::cases::declared_lacks_match_capabilities(&$target, &[$(stringify!($lack)),*])
+                .await;
+        }
     };
 }

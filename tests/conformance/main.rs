@@ -1,5 +1,7 @@
 //! The conformance suite: one set of cases (`cases.rs`), run against every backend
-//! this build includes. A backend joins with one module calling `conformance_cases!`.
+//! this build includes. A backend joins with one module calling `conformance_cases!`
+//! with the capabilities it lacks: the cases needing them show as skipped (ignored),
+//! and `declared_lacks_match_capabilities` checks the list against the backend.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,7 +12,10 @@ mod cases;
 
 /// The embedded broker, on every `cargo test`.
 mod memory {
-    conformance_cases!(crate::support::Target::memory());
+    conformance_cases!(
+        crate::support::Target::memory(),
+        lacks [request_reply, survives_broker_restart]
+    );
 }
 
 /// Redis Streams, against the real Redis on 127.0.0.1:6379.
@@ -19,7 +24,7 @@ mod redis {
     conformance_cases!(crate::support::Target::server(
         "redis",
         "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"5s\""
-    ));
+    ), lacks [native_redelivery_count, ordering_across_members, request_reply]);
 }
 
 /// Redis pub/sub: the cases its capabilities allow; the rest must be refused.
@@ -29,16 +34,22 @@ mod redis_pubsub {
         "redis-pubsub",
         "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nmode = \"pubsub\""
     )
-    .without_retry());
+    .without_retry(), lacks [
+        dead_letters, delay, groups, native_redelivery_count, ordering_across_members,
+        ordering_by_key, persistent, request_reply, retry, survives_broker_restart
+    ]);
 }
 
 /// NATS JetStream, against the real nats-server on 127.0.0.1:4222.
 #[cfg(feature = "nats")]
 mod nats {
-    conformance_cases!(crate::support::Target::server(
-        "nats",
-        "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\""
-    ));
+    conformance_cases!(
+        crate::support::Target::server(
+            "nats",
+            "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\""
+        ),
+        lacks[ordering_across_members]
+    );
 }
 
 /// Core NATS: the cases its capabilities allow; the rest must be refused.
@@ -48,7 +59,10 @@ mod nats_core {
         "nats-core",
         "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmode = \"core\""
     )
-    .without_retry());
+    .without_retry(), lacks [
+        dead_letters, delay, native_redelivery_count, ordering_across_members, persistent,
+        retry, survives_broker_restart
+    ]);
 }
 
 /// RabbitMQ, against the real broker on 127.0.0.1:5672.
@@ -57,7 +71,7 @@ mod rabbitmq {
     conformance_cases!(crate::support::Target::server(
         "rabbitmq",
         "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\""
-    ));
+    ), lacks [native_redelivery_count, ordering_across_members]);
 }
 
 /// Kafka, against the Kafka-protocol broker (tansu) on 127.0.0.1:9092, with the
@@ -67,11 +81,14 @@ mod kafka {
     conformance_cases!(crate::support::Target::server(
         "kafka",
         crate::common::KAFKA_TANSU_TABLE
-    ));
+    ), lacks [native_redelivery_count, ordering_across_members, request_reply]);
 }
 
 /// Kafka on librdkafka's mock cluster (in-process, real Kafka protocol on loopback).
 #[cfg(feature = "kafka")]
 mod kafka_mock {
-    conformance_cases!(crate::support::Target::kafka_mock());
+    conformance_cases!(
+        crate::support::Target::kafka_mock(),
+        lacks [native_redelivery_count, ordering_across_members, request_reply]
+    );
 }
