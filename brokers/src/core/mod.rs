@@ -4,6 +4,9 @@ mod broker_api;
 mod capabilities;
 mod envelope;
 mod error;
+// Used by the server backends only: a build with none of their features has no user.
+#[allow(dead_code)]
+mod in_flight;
 mod message_id;
 mod retry;
 mod shutdown;
@@ -16,6 +19,8 @@ pub use envelope::{
     CONTENT_TYPE_JSON,
 };
 pub use error::{Error, ErrorKind, Result};
+#[allow(unused_imports)]
+pub(crate) use in_flight::InFlightTable;
 pub use message_id::{
     message_id_at, message_id_carries, message_id_time, new_message_id, MESSAGE_ID_LEN,
 };

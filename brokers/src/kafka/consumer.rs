@@ -1,7 +1,7 @@
 //! A member of a consumer group: the channel's topic, its delay topic and the retry
 //! topics, read with commits that never pass an unfinished message.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +23,7 @@ use super::publisher::{client_config, Client, KafkaBroker};
 use super::retry_topics::RetryTopics;
 use super::Topics;
 use crate::core::{
-    batch_of, Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement,
+    batch_of, Delivery, DeliveryTag, Envelope, Error, ErrorKind, InFlightTable, Result, Settlement,
     SubscribeOptions, Subscription,
 };
 use crate::unix_micros;
@@ -115,14 +115,13 @@ pub(crate) struct KafkaSubscription {
     /// (`leave_group`). `None` once closed.
     consumer: Mutex<Option<Arc<StreamConsumer<Rebalancing>>>>,
     state: Arc<Mutex<State>>,
-    in_flight: Mutex<FxHashMap<u64, InFlight>>,
+    in_flight: InFlightTable<InFlight>,
     /// One `recv` at a time reads the stream.
     receiving: tokio::sync::Mutex<()>,
     /// Records read while waiting for the first assignment, handed out first.
     early: Mutex<std::collections::VecDeque<OwnedMessage>>,
     /// Deliveries ready beyond what the last `recv` could take (its `max`).
     ready: Mutex<std::collections::VecDeque<Delivery>>,
-    next_tag: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -200,11 +199,10 @@ impl KafkaSubscription {
             retry_topics,
             consumer: Mutex::new(Some(Arc::new(consumer))),
             state,
-            in_flight: Mutex::new(FxHashMap::default()),
+            in_flight: InFlightTable::default(),
             receiving: tokio::sync::Mutex::new(()),
             early: Mutex::default(),
             ready: Mutex::default(),
-            next_tag: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         };
         subscription.wait_for_assignment().await;
@@ -286,16 +284,12 @@ impl KafkaSubscription {
         }
         state.offsets.delivered(&partition, offset);
         drop(state);
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.lock().unwrap().insert(
-            tag,
-            InFlight {
-                partition,
-                offset,
-                envelope: envelope.clone(),
-            },
-        );
-        Some(Delivery::new(envelope, DeliveryTag(tag, 0)))
+        let tag = self.in_flight.insert(InFlight {
+            partition,
+            offset,
+            envelope: envelope.clone(),
+        });
+        Some(Delivery::new(envelope, tag))
     }
 
     /// Hands out the held records of partitions whose first record is due (a later
@@ -452,23 +446,16 @@ impl Subscription for KafkaSubscription {
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
-        let mut unknown = 0;
         let mut finished = Vec::with_capacity(settlements.len());
         let mut others = Vec::new();
-        {
-            let mut in_flight = self.in_flight.lock().unwrap();
-            for (tag, settlement) in settlements {
-                let Some(f) = in_flight.remove(&tag.0) else {
-                    unknown += 1;
-                    continue;
-                };
-                match settlement {
-                    Settlement::Ack => finished.push(f),
-                    // Stays unfinished, so its offset is not committed: the group's
-                    // next owner of the partition reads it again.
-                    Settlement::Release => {}
-                    other => others.push((f, other)),
-                }
+        let mut settled = self.in_flight.take(settlements);
+        for (f, settlement) in std::mem::take(&mut settled.known) {
+            match settlement {
+                Settlement::Ack => finished.push(f),
+                // Stays unfinished, so its offset is not committed: the group's next
+                // owner of the partition reads it again.
+                Settlement::Release => {}
+                other => others.push((f, other)),
             }
         }
         let mut first_error = None;
@@ -498,15 +485,7 @@ impl Subscription for KafkaSubscription {
         if let Some(e) = first_error {
             return Err(e.with_channel(&*self.channel));
         }
-        if unknown > 0 {
-            return Err(Error::new(
-                ErrorKind::Broker,
-                format!("{unknown} deliveries settled twice or not from this subscription"),
-            )
-            .with_broker("kafka")
-            .with_operation("settle"));
-        }
-        Ok(())
+        settled.unknown_error().map_err(|e| e.with_broker("kafka"))
     }
 
     async fn close(&self) -> Result<()> {
@@ -514,7 +493,7 @@ impl Subscription for KafkaSubscription {
             return Ok(());
         }
         let _one = self.receiving.lock().await;
-        self.in_flight.lock().unwrap().clear();
+        self.in_flight.drain();
         let Some(consumer) = self.consumer.lock().unwrap().take() else {
             return Ok(());
         };

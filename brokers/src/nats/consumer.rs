@@ -1,7 +1,7 @@
 //! A member of a consumer group: a durable JetStream pull consumer on the channel's
 //! stream, plus the mover of the channel's delayed messages.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -17,8 +17,8 @@ use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
 use super::puller::Puller;
 use crate::core::{
-    header, unix_millis, Delivery, DeliveryTag, Error, Result, Settlement, SubscribeOptions,
-    Subscription,
+    header, unix_millis, Delivery, DeliveryTag, Error, InFlightTable, Result, Settlement,
+    SubscribeOptions, Subscription,
 };
 use crate::unix_micros;
 
@@ -39,11 +39,10 @@ pub(crate) struct JetStreamSubscription {
     /// `None` once closed: the member pulls no more.
     puller: tokio::sync::Mutex<Option<Puller>>,
     attempts: AttemptCounts,
-    in_flight: Mutex<FxHashMap<u64, InFlight>>,
+    in_flight: InFlightTable<InFlight>,
     /// First failure time and last error of messages being retried by this member:
     /// JetStream redelivers the original message, so these live here (best effort).
     failures: Mutex<FxHashMap<u64, (u64, String)>>,
-    next_tag: AtomicU64,
     closed: AtomicBool,
     mover: JoinHandle<()>,
 }
@@ -82,9 +81,8 @@ impl JetStreamSubscription {
             channel,
             puller: tokio::sync::Mutex::new(Some(puller)),
             attempts,
-            in_flight: Mutex::new(FxHashMap::default()),
+            in_flight: InFlightTable::default(),
             failures: Mutex::new(FxHashMap::default()),
-            next_tag: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             mover,
         })
@@ -136,17 +134,13 @@ impl JetStreamSubscription {
                 .headers
                 .insert(header::ERROR.to_string(), error.clone());
         }
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.lock().unwrap().insert(
-            tag,
-            InFlight {
-                message,
-                stream_sequence: sequence,
-                attempt,
-                counted,
-            },
-        );
-        Delivery::new(envelope, DeliveryTag(tag, 0))
+        let tag = self.in_flight.insert(InFlight {
+            message,
+            stream_sequence: sequence,
+            attempt,
+            counted,
+        });
+        Delivery::new(envelope, tag)
     }
 
     /// Gives a message back to the group unhandled. An attempt counted when it was
@@ -266,23 +260,10 @@ impl Subscription for JetStreamSubscription {
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
-        let mut unknown = 0;
         let mut first_error = None;
         let mut acks = Vec::with_capacity(settlements.len());
-        // One lock for the batch, not one per message.
-        let settled: Vec<(InFlight, Settlement)> = {
-            let mut in_flight = self.in_flight.lock().unwrap();
-            settlements
-                .into_iter()
-                .filter_map(|(tag, settlement)| match in_flight.remove(&tag.0) {
-                    Some(f) => Some((f, settlement)),
-                    None => {
-                        unknown += 1;
-                        None
-                    }
-                })
-                .collect()
-        };
+        let mut taken = self.in_flight.take(settlements);
+        let settled = std::mem::take(&mut taken.known);
         {
             let mut failures = self.failures.lock().unwrap();
             if !failures.is_empty() {
@@ -377,15 +358,7 @@ impl Subscription for JetStreamSubscription {
         if let Some(e) = first_error {
             return Err(e.with_channel(&*self.channel));
         }
-        if unknown > 0 {
-            return Err(Error::new(
-                crate::ErrorKind::Broker,
-                format!("{unknown} deliveries settled twice or not from this subscription"),
-            )
-            .with_broker("nats")
-            .with_operation("settle"));
-        }
-        Ok(())
+        taken.unknown_error().map_err(|e| e.with_broker("nats"))
     }
 
     async fn close(&self) -> Result<()> {
@@ -402,13 +375,7 @@ impl Subscription for JetStreamSubscription {
             Some(puller) => puller.stop().await,
             None => Vec::new(),
         };
-        let in_flight: Vec<InFlight> = self
-            .in_flight
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, f)| f)
-            .collect();
+        let in_flight = self.in_flight.drain();
         // Acks are fire-and-forget publishes: make sure the server has them before the
         // group's next member can be handed anything.
         let _ = self.broker.inner.client.flush().await;

@@ -1,8 +1,8 @@
 //! A member of a consumer group (or of a channel's request servers): a consumer with
 //! manual acks on the group's queue, on an AMQP channel of its own.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +12,6 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::Acker;
-use rustc_hash::FxHashMap;
 
 use super::codec::{from_delivery, to_properties};
 use super::connection::{Route, Session};
@@ -20,8 +19,8 @@ use super::error::from_lapin;
 use super::publisher::RabbitMqBroker;
 use super::{topology, Names};
 use crate::core::{
-    batch_of, header, Delivery, DeliveryTag, Envelope, Error, ErrorKind, Result, Settlement,
-    SubscribeOptions, Subscription,
+    batch_of, header, Delivery, DeliveryTag, Envelope, Error, ErrorKind, InFlightTable, Result,
+    Settlement, SubscribeOptions, Subscription,
 };
 
 /// Which queue a subscription consumes.
@@ -53,8 +52,7 @@ pub(crate) struct RabbitSubscription {
     role: QueueRole,
     prefetch: u16,
     consuming: tokio::sync::Mutex<Option<Consuming>>,
-    in_flight: Mutex<FxHashMap<u64, InFlight>>,
-    next_tag: AtomicU64,
+    in_flight: InFlightTable<InFlight>,
     closed: AtomicBool,
 }
 
@@ -71,8 +69,7 @@ impl RabbitSubscription {
             role,
             prefetch: options.prefetch.clamp(1, u16::MAX as usize) as u16,
             consuming: tokio::sync::Mutex::new(None),
-            in_flight: Mutex::new(FxHashMap::default()),
-            next_tag: AtomicU64::new(1),
+            in_flight: InFlightTable::default(),
             closed: AtomicBool::new(false),
         };
         // Declared and consuming before start returns: messages published from now on
@@ -118,16 +115,12 @@ impl RabbitSubscription {
                 .map(|to| (to, delivery.properties.correlation_id().clone())),
             QueueRole::Group => None,
         };
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.lock().unwrap().insert(
-            tag,
-            InFlight {
-                acker: delivery.acker,
-                envelope: envelope.clone(),
-                reply_to,
-            },
-        );
-        Delivery::new(envelope, DeliveryTag(tag, 0))
+        let tag = self.in_flight.insert(InFlight {
+            acker: delivery.acker,
+            envelope: envelope.clone(),
+            reply_to,
+        });
+        Delivery::new(envelope, tag)
     }
 
     /// Carries out one settlement other than a plain ack: what must be published is
@@ -244,23 +237,10 @@ impl Subscription for RabbitSubscription {
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
-        let mut unknown = 0;
-        let settled: Vec<(InFlight, Settlement)> = {
-            let mut in_flight = self.in_flight.lock().unwrap();
-            settlements
-                .into_iter()
-                .filter_map(|(tag, s)| match in_flight.remove(&tag.0) {
-                    Some(f) => Some((f, s)),
-                    None => {
-                        unknown += 1;
-                        None
-                    }
-                })
-                .collect()
-        };
+        let mut settled = self.in_flight.take(settlements);
         let mut first_error = None;
         let mut others = Vec::new();
-        for (f, settlement) in settled {
+        for (f, settlement) in std::mem::take(&mut settled.known) {
             if matches!(settlement, Settlement::Ack) {
                 if let Err(e) = f.acker.ack(BasicAckOptions::default()).await {
                     first_error.get_or_insert(from_lapin(e, "ack"));
@@ -286,15 +266,9 @@ impl Subscription for RabbitSubscription {
         if let Some(e) = first_error {
             return Err(e.with_channel(&*self.channel));
         }
-        if unknown > 0 {
-            return Err(Error::new(
-                ErrorKind::Broker,
-                format!("{unknown} deliveries settled twice or not from this subscription"),
-            )
-            .with_broker("rabbitmq")
-            .with_operation("settle"));
-        }
-        Ok(())
+        settled
+            .unknown_error()
+            .map_err(|e| e.with_broker("rabbitmq"))
     }
 
     async fn close(&self) -> Result<()> {
@@ -310,7 +284,7 @@ impl Subscription for RabbitSubscription {
             .await;
         // Closing the channel gives every unacked delivery (fetched or buffered) back
         // to the queue, for the group's other members.
-        self.in_flight.lock().unwrap().clear();
+        self.in_flight.drain();
         let _ = consuming.amqp.close(200, "closed".into()).await;
         Ok(())
     }

@@ -3,8 +3,7 @@
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,8 +17,8 @@ use super::codec::{
 use super::error::from_redis;
 use super::{Keys, RedisBroker};
 use crate::core::{
-    new_message_id, unix_millis, Delivery, DeliveryTag, Envelope, Error, Result, Settlement,
-    SubscribeOptions, Subscription,
+    new_message_id, unix_millis, Delivery, DeliveryTag, Envelope, Error, InFlightTable, Result,
+    Settlement, SubscribeOptions, Subscription,
 };
 
 /// Moves due entries of two schedules (sorted set + one hash per message) to their
@@ -78,10 +77,9 @@ pub(crate) struct StreamSubscription {
     consumer: String,
     retry_stream: String,
     blocking: tokio::sync::Mutex<Option<(MultiplexedConnection, i64)>>,
-    in_flight: Mutex<FxHashMap<u64, InFlight>>,
+    in_flight: InFlightTable<InFlight>,
     overflow: Mutex<VecDeque<(Source, Entry)>>,
     timers: Mutex<Timers>,
-    next_tag: AtomicU64,
     closed: AtomicBool,
     /// Set when the blocking connection was lost: a read may have taken entries whose
     /// reply never came. They are pending to this member, which reads them first once
@@ -108,14 +106,13 @@ impl StreamSubscription {
             channel,
             broker,
             blocking: tokio::sync::Mutex::new(None),
-            in_flight: Mutex::new(FxHashMap::default()),
+            in_flight: InFlightTable::default(),
             overflow: Mutex::new(VecDeque::new()),
             timers: Mutex::new(Timers {
                 last_promote: None,
                 next_due_ms: None,
                 last_claim: None,
             }),
-            next_tag: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             reread_own_pending: AtomicBool::new(false),
             promote: redis::Script::new(PROMOTE),
@@ -223,11 +220,10 @@ impl StreamSubscription {
                     break;
                 };
                 after = last.0.clone();
-                let in_flight = self.in_flight.lock().unwrap();
                 let overflow = self.overflow.lock().unwrap();
                 for entry in entries {
-                    let held = in_flight
-                        .values()
+                    let held = self
+                        .in_flight
                         .any(|f| f.source == source && f.id == entry.0)
                         || overflow.iter().any(|(s, e)| *s == source && e.0 == entry.0);
                     if !held {
@@ -310,11 +306,10 @@ impl StreamSubscription {
                 .await
                 .map_err(|e| self.err(e, "reclaim"))?;
             let (_, entries) = parse_autoclaim(reply)?;
-            let in_flight = self.in_flight.lock().unwrap();
             for entry in entries {
                 // Our own slow handler's entry is not a vanished member's.
-                if !in_flight
-                    .values()
+                if !self
+                    .in_flight
                     .any(|f| f.source == source && f.id == entry.0)
                 {
                     out.push((source, entry));
@@ -375,20 +370,16 @@ impl StreamSubscription {
         let mut overflow = self.overflow.lock().unwrap();
         overflow.extend(entries);
         let n = overflow.len().min(max);
-        let mut in_flight = self.in_flight.lock().unwrap();
+        let mut in_flight = self.in_flight.batch();
         let mut out = Vec::with_capacity(n);
         for (source, (id, fields)) in overflow.drain(..n) {
             let envelope = from_fields(&self.channel, &id, fields);
-            let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-            in_flight.insert(
-                tag,
-                InFlight {
-                    source,
-                    id,
-                    envelope: envelope.clone(),
-                },
-            );
-            out.push(Delivery::new(envelope, DeliveryTag(tag, 0)));
+            let tag = in_flight.insert(InFlight {
+                source,
+                id,
+                envelope: envelope.clone(),
+            });
+            out.push(Delivery::new(envelope, tag));
         }
         out
     }
@@ -505,14 +496,9 @@ impl Subscription for StreamSubscription {
         let mut only_acks = true;
         // Entry ids to ack, per source: [main stream, retry stream].
         let mut acks: [Vec<String>; 2] = Default::default();
-        let mut unknown = 0;
+        let mut settled = self.in_flight.take(settlements);
         {
-            let mut in_flight = self.in_flight.lock().unwrap();
-            for (tag, settlement) in settlements {
-                let Some(f) = in_flight.remove(&tag.0) else {
-                    unknown += 1;
-                    continue;
-                };
+            for (f, settlement) in std::mem::take(&mut settled.known) {
                 let mut envelope = f.envelope;
                 only_acks &= matches!(settlement, Settlement::Ack);
                 match settlement {
@@ -566,15 +552,7 @@ impl Subscription for StreamSubscription {
                 .await
                 .map_err(|e| self.err(e, "settle"))?;
         }
-        if unknown > 0 {
-            return Err(Error::new(
-                crate::ErrorKind::Broker,
-                format!("{unknown} deliveries settled twice or not from this subscription"),
-            )
-            .with_broker("redis")
-            .with_operation("settle"));
-        }
-        Ok(())
+        settled.unknown_error().map_err(|e| e.with_broker("redis"))
     }
 
     async fn close(&self) -> Result<()> {
@@ -592,7 +570,7 @@ impl Subscription for StreamSubscription {
             let _: redis::RedisResult<Value> = redis::cmd("PING").query_async(&mut conn).await;
         }
         self.overflow.lock().unwrap().clear();
-        self.in_flight.lock().unwrap().clear();
+        self.in_flight.drain();
         let released = self.release_pending().await?;
         if released > 0 {
             tracing::debug!(channel = %self.channel, released, "released unhandled entries at close");

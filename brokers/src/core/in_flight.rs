@@ -1,0 +1,142 @@
+//! Deliveries handed out and not settled yet: one table per subscription, which issues
+//! the delivery tags and tells a settlement it does not know (settled twice, or handed
+//! out by another subscription). Every backend keeps its own per-delivery state in it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use rustc_hash::FxHashMap;
+
+use super::{DeliveryTag, Error, ErrorKind, Result, Settlement};
+
+pub(crate) struct InFlightTable<T> {
+    next_tag: AtomicU64,
+    entries: Mutex<FxHashMap<u64, T>>,
+}
+
+impl<T> Default for InFlightTable<T> {
+    fn default() -> Self {
+        InFlightTable {
+            next_tag: AtomicU64::new(1),
+            entries: Mutex::new(FxHashMap::default()),
+        }
+    }
+}
+
+/// What a batch of settlements is about: the state of each delivery the table knew,
+/// with its settlement, and how many it did not know.
+pub(crate) struct Settled<T> {
+    pub(crate) known: Vec<(T, Settlement)>,
+    unknown: usize,
+}
+
+impl<T> Settled<T> {
+    /// An error if some settlements were of deliveries the table did not know; the
+    /// known ones are settled all the same.
+    pub(crate) fn unknown_error(&self) -> Result<()> {
+        if self.unknown == 0 {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Broker,
+            format!(
+                "{} deliveries settled twice or not from this subscription",
+                self.unknown
+            ),
+        )
+        .with_operation("settle"))
+    }
+}
+
+impl<T> InFlightTable<T> {
+    /// Keeps `state` until the delivery is settled; the tag identifies it.
+    pub(crate) fn insert(&self, state: T) -> DeliveryTag {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(tag, state);
+        DeliveryTag(tag, 0)
+    }
+
+    /// Keeps the states of a batch of deliveries under one lock.
+    pub(crate) fn batch(&self) -> InFlightBatch<'_, T> {
+        InFlightBatch {
+            next_tag: &self.next_tag,
+            entries: self.lock(),
+        }
+    }
+
+    /// Takes the states of a batch of settled deliveries, under one lock.
+    pub(crate) fn take(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Settled<T> {
+        let mut unknown = 0;
+        let mut entries = self.lock();
+        let known = settlements
+            .into_iter()
+            .filter_map(|(tag, settlement)| match entries.remove(&tag.0) {
+                Some(state) => Some((state, settlement)),
+                None => {
+                    unknown += 1;
+                    None
+                }
+            })
+            .collect();
+        Settled { known, unknown }
+    }
+
+    /// Takes every unsettled delivery's state (a closing subscription's).
+    pub(crate) fn drain(&self) -> Vec<T> {
+        self.lock().drain().map(|(_, state)| state).collect()
+    }
+
+    /// Whether an unsettled delivery's state matches.
+    pub(crate) fn any(&self, matches: impl Fn(&T) -> bool) -> bool {
+        self.lock().values().any(matches)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FxHashMap<u64, T>> {
+        // A panic while the lock was held left the map consistent (single operations).
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The table, locked while a batch of deliveries is recorded.
+pub(crate) struct InFlightBatch<'a, T> {
+    next_tag: &'a AtomicU64,
+    entries: MutexGuard<'a, FxHashMap<u64, T>>,
+}
+
+impl<T> InFlightBatch<'_, T> {
+    /// Keeps `state` until the delivery is settled; the tag identifies it.
+    pub(crate) fn insert(&mut self, state: T) -> DeliveryTag {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.entries.insert(tag, state);
+        DeliveryTag(tag, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_settle_once_and_unknown_ones_are_reported() {
+        let table = InFlightTable::default();
+        let a = table.insert("a");
+        let b = table.insert("b");
+        assert_ne!(a, b);
+        let settled = table.take(vec![(a, Settlement::Ack), (a, Settlement::Ack)]);
+        assert_eq!(settled.known.len(), 1);
+        assert_eq!(settled.known[0].0, "a");
+        let err = settled.unknown_error().unwrap_err();
+        assert!(
+            err.to_string().contains("1 deliveries settled twice"),
+            "{err}"
+        );
+        let foreign = InFlightTable::<&str>::default();
+        let settled = foreign.take(vec![(DeliveryTag(99, 0), Settlement::Ack)]);
+        assert!(settled.known.is_empty() && settled.unknown_error().is_err());
+        let c = table.batch().insert("c");
+        assert!(table.any(|s| *s == "b") && table.any(|s| *s == "c"));
+        assert_eq!(table.take(vec![(c, Settlement::Ack)]).known.len(), 1);
+        assert_eq!(table.drain(), vec!["b"]);
+        assert!(!table.any(|_| true));
+    }
+}
