@@ -327,23 +327,33 @@ fn parse_broker(name: &str, mut table: toml::Table) -> Result<BrokerConfig> {
             )))
         }
     };
-    let value = toml::Value::Table(table);
-    let parsed = match kind.as_str() {
-        "memory" => de(&key, value).map(BrokerConfig::Memory),
-        "kafka" => de(&key, value).map(BrokerConfig::Kafka),
-        "redis" => de(&key, value).map(BrokerConfig::Redis),
-        "rabbitmq" => de(&key, value).map(BrokerConfig::RabbitMq),
-        "nats" => de(&key, value).map(BrokerConfig::Nats),
-        other => {
-            return Err(Error::config(format!(
-                "{key}.kind: unknown kind {other:?}; expected one of: {kinds}"
-            )))
-        }
-    }?;
+    let reader = TableAt {
+        key: &key,
+        value: toml::Value::Table(table),
+    };
+    let Some(parsed) = BrokerConfig::read(&kind, reader) else {
+        return Err(Error::config(format!(
+            "{key}.kind: unknown kind {kind:?}; expected one of: {kinds}"
+        )));
+    };
+    let parsed = parsed?;
     parsed
         .validate()
         .map_err(|e| Error::config(format!("{key}.{e}")))?;
     Ok(parsed)
+}
+
+/// A broker's table, read as its backend's config with errors naming the key.
+struct TableAt<'a> {
+    key: &'a str,
+    value: toml::Value,
+}
+
+impl anybroker_brokers::backends::TableReader for TableAt<'_> {
+    type Error = Error;
+    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        de(self.key, self.value)
+    }
 }
 
 fn de<T: serde::de::DeserializeOwned>(key: &str, value: toml::Value) -> Result<T> {

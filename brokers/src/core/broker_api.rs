@@ -6,57 +6,9 @@ use async_trait::async_trait;
 use enum_dispatch::enum_dispatch;
 
 use super::{Capabilities, Envelope, Result, SubscribeOptions, Subscription};
+pub use crate::BrokerKind;
 #[cfg(doc)]
 use crate::ErrorKind;
-
-/// Which broker carries a channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum BrokerKind {
-    /// The embedded in-memory broker.
-    Memory,
-    /// Apache Kafka (and Kafka-protocol brokers).
-    Kafka,
-    /// Redis Streams or pub/sub.
-    Redis,
-    /// RabbitMQ (AMQP 0-9-1).
-    RabbitMq,
-    /// NATS JetStream or core NATS.
-    Nats,
-}
-
-impl BrokerKind {
-    /// Every kind.
-    pub const ALL: [BrokerKind; 5] = [
-        BrokerKind::Memory,
-        BrokerKind::Kafka,
-        BrokerKind::Redis,
-        BrokerKind::RabbitMq,
-        BrokerKind::Nats,
-    ];
-
-    /// The name used in config (`kind = "..."`) and in cargo features.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BrokerKind::Memory => "memory",
-            BrokerKind::Kafka => "kafka",
-            BrokerKind::Redis => "redis",
-            BrokerKind::RabbitMq => "rabbitmq",
-            BrokerKind::Nats => "nats",
-        }
-    }
-
-    /// Whether this build includes the backend (its cargo feature is on).
-    pub fn is_built(self) -> bool {
-        match self {
-            BrokerKind::Memory => true,
-            BrokerKind::Kafka => cfg!(feature = "kafka"),
-            BrokerKind::Redis => cfg!(feature = "redis"),
-            BrokerKind::RabbitMq => cfg!(feature = "rabbitmq"),
-            BrokerKind::Nats => cfg!(feature = "nats"),
-        }
-    }
-}
 
 impl std::fmt::Display for BrokerKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -26,7 +26,7 @@ pub use message_id::{
 };
 pub use retry::RetryPolicy;
 pub(crate) use shutdown::ShutdownFlag;
-#[cfg(any(feature = "nats", feature = "kafka", feature = "rabbitmq"))]
+#[allow(unused_imports)]
 pub(crate) use subscription::batch_of;
 pub use subscription::{
     settle_fire_and_forget, Delivery, DeliveryTag, Settlement, SubscribeOptions, Subscription,

@@ -135,3 +135,12 @@ impl KafkaConfig {
         Ok(())
     }
 }
+
+impl crate::backends::BackendConfig for KafkaConfig {
+    fn mode(&self) -> &'static str {
+        "topics"
+    }
+    fn validate(&self) -> Result<(), String> {
+        KafkaConfig::validate(self)
+    }
+}

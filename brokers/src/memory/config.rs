@@ -44,3 +44,12 @@ impl Default for MemoryConfig {
         }
     }
 }
+
+impl crate::backends::BackendConfig for MemoryConfig {
+    fn mode(&self) -> &'static str {
+        "embedded"
+    }
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}

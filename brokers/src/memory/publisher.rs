@@ -45,6 +45,11 @@ impl Default for MemoryBroker {
 }
 
 impl MemoryBroker {
+    /// A new, empty broker, as the registry connects one.
+    pub async fn connect(config: &MemoryConfig) -> crate::Result<Self> {
+        Ok(Self::new(config))
+    }
+
     /// A new, empty broker.
     pub fn new(config: &MemoryConfig) -> Self {
         MemoryBroker {

@@ -151,3 +151,12 @@ impl NatsConfig {
         Ok(())
     }
 }
+
+impl crate::backends::BackendConfig for NatsConfig {
+    fn mode(&self) -> &'static str {
+        self.mode.name()
+    }
+    fn validate(&self) -> Result<(), String> {
+        NatsConfig::validate(self)
+    }
+}

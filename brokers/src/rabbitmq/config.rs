@@ -87,3 +87,12 @@ impl RabbitMqConfig {
         Ok(())
     }
 }
+
+impl crate::backends::BackendConfig for RabbitMqConfig {
+    fn mode(&self) -> &'static str {
+        "queues"
+    }
+    fn validate(&self) -> Result<(), String> {
+        RabbitMqConfig::validate(self)
+    }
+}

@@ -133,3 +133,12 @@ impl RedisConfig {
         Ok(())
     }
 }
+
+impl crate::backends::BackendConfig for RedisConfig {
+    fn mode(&self) -> &'static str {
+        self.mode.name()
+    }
+    fn validate(&self) -> Result<(), String> {
+        RedisConfig::validate(self)
+    }
+}

@@ -1,0 +1,150 @@
+//! The one list of backends (`backends!` in `lib.rs`). What enumerates them is made
+//! from it: the backend modules, [`BrokerKind`](crate::BrokerKind), the
+//! [`BrokerConfig`](crate::BrokerConfig) and [`Broker`](crate::Broker) enums, reading a
+//! config by its `kind`, and connecting. A backend is its folder, its cargo feature
+//! and one line of that list; its config type implements [`BackendConfig`] and its
+//! broker type has `async fn connect(&Config) -> Result<Self>`.
+
+use serde::de::DeserializeOwned;
+
+/// What the registry needs of a backend's config type.
+pub trait BackendConfig {
+    /// How the backend carries channels, in a word (`topics`, `streams`, ...).
+    fn mode(&self) -> &'static str;
+    /// Checks values serde cannot; the message names the key within the table.
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// Reads one config type from a table: the caller's deserializer, so its error
+/// reporting (paths, messages) applies whatever the backend.
+pub trait TableReader {
+    /// The caller's error.
+    type Error;
+    /// Reads the table as `T`.
+    fn read<T: DeserializeOwned>(self) -> Result<T, Self::Error>;
+}
+
+/// Makes everything that enumerates the backends from their list: one line per backend,
+/// `Variant = "kind", cfg(<when it is built>), module::{Config, Broker};`.
+macro_rules! backends {
+    ($(
+        $(#[doc = $doc:literal])*
+        $variant:ident = $kind:literal, cfg($($built:tt)*), $module:ident::{$config:ident, $broker:ident};
+    )+) => {
+        $(pub mod $module;)+
+
+        /// Which broker carries a channel.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum BrokerKind {
+            $(
+                $(#[doc = $doc])*
+                $variant,
+            )+
+        }
+
+        impl BrokerKind {
+            /// Every kind.
+            pub const ALL: [BrokerKind; [$($kind),+].len()] = [$(BrokerKind::$variant),+];
+
+            /// The name used in config (`kind = "..."`) and in cargo features.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(BrokerKind::$variant => $kind,)+
+                }
+            }
+
+            /// Whether this build includes the backend (its cargo feature is on).
+            pub fn is_built(self) -> bool {
+                match self {
+                    $(BrokerKind::$variant => cfg!($($built)*),)+
+                }
+            }
+        }
+
+        /// One `[brokers.<name>]` table; `kind` selects the backend.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(tag = "kind")]
+        #[non_exhaustive]
+        pub enum BrokerConfig {
+            $(
+                #[doc = concat!("`kind = \"", $kind, "\"`.")]
+                #[serde(rename = $kind)]
+                $variant($module::$config),
+            )+
+        }
+
+        impl BrokerConfig {
+            /// The backend this config selects.
+            pub fn kind(&self) -> BrokerKind {
+                match self {
+                    $(BrokerConfig::$variant(_) => BrokerKind::$variant,)+
+                }
+            }
+
+            /// How this backend carries channels, in a word: `embedded` (memory),
+            /// `topics` (Kafka), `queues` (RabbitMQ), `streams` or `pubsub` (Redis),
+            /// `jetstream` or `core` (NATS). For tables and logs; the guarantees are in
+            /// [`Capabilities`](crate::Capabilities).
+            pub fn mode(&self) -> &'static str {
+                match self {
+                    $(BrokerConfig::$variant(c) => $crate::backends::BackendConfig::mode(c),)+
+                }
+            }
+
+            /// Checks values serde cannot; the message names the key within the table.
+            pub fn validate(&self) -> std::result::Result<(), String> {
+                match self {
+                    $(BrokerConfig::$variant(c) => $crate::backends::BackendConfig::validate(c),)+
+                }
+            }
+
+            /// Reads the rest of a table whose `kind` is `kind` with `reader`; `None` if
+            /// no backend has that kind.
+            pub fn read<R: $crate::backends::TableReader>(
+                kind: &str,
+                reader: R,
+            ) -> Option<std::result::Result<BrokerConfig, R::Error>> {
+                match kind {
+                    $($kind => Some(reader.read().map(BrokerConfig::$variant)),)+
+                    _ => None,
+                }
+            }
+        }
+
+        /// Every backend this build includes, dispatched without boxing.
+        #[enum_dispatch::enum_dispatch(MessagePublisher)]
+        #[derive(Debug, Clone)]
+        #[non_exhaustive]
+        pub enum Broker {
+            $(
+                $(#[doc = $doc])*
+                #[cfg($($built)*)]
+                $variant($module::$broker),
+            )+
+        }
+
+        impl Broker {
+            /// Connects the broker named `name` (the key under `[brokers]`), as
+            /// configured. A kind whose cargo feature is off is a `ConfigInvalid` error
+            /// naming the feature.
+            pub async fn connect(name: &str, config: &BrokerConfig) -> Result<Broker> {
+                let kind = config.kind();
+                match config {
+                    $(
+                        #[cfg($($built)*)]
+                        BrokerConfig::$variant(c) => $module::$broker::connect(c)
+                            .await
+                            .map(Broker::$variant)
+                            .map_err(|e| e.with_broker(name)),
+                    )+
+                    #[allow(unreachable_patterns)]
+                    _ => Err(Error::config(format!(
+                        "brokers.{name}: kind \"{kind}\" needs the cargo feature \"{kind}\" of anybroker, which this build does not have"
+                    ))
+                    .with_broker(name)),
+                }
+            }
+        }
+    };
+}
