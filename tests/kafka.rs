@@ -1,24 +1,22 @@
 //! Kafka-specific tests: against the Kafka-protocol broker on 127.0.0.1:9092 (tansu in
-//! CI), a consumer that vanishes before committing and poison records produced around
-//! the library; on librdkafka's mock cluster, its brokers taken down under load and
-//! during shutdown.
+//! CI), a consumer that vanishes before committing, members sharing with the default
+//! partitions, a policy of many attempts; on librdkafka's mock cluster, its brokers
+//! taken down under load and during shutdown. (Records produced around the library:
+//! the conformance case `foreign_payloads_dead_lettered_among_valid_ones`.)
 #![cfg(feature = "kafka")]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alarm_domain::AlarmToLog;
-use anybroker::{handler_fn, header, HandlerOptions, MessageContext, MessageRouter, RouterConfig};
+use anybroker::{handler_fn, HandlerOptions, MessageContext, MessageRouter, RouterConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod common;
 use common::{
-    kafka_mock_table, restart_under_load, unique_channel, wait_until, wait_until_async, Numbered,
+    kafka_mock_table, restart_under_load, unique_channel, wait_until, Numbered,
     KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE, KAFKA_TANSU_TABLE,
 };
 
@@ -219,68 +217,6 @@ async fn kafka_many_attempts_take_one_retry_topic() {
             format!("{c}-retry-0")
         ]
     );
-}
-
-/// 1,000 records that are not the channel's JSON, produced with rdkafka directly, all
-/// end in `<channel>-dlt`; the valid messages around them are handled.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_poison_records_are_dead_lettered() {
-    const POISON: usize = 1000;
-    const VALID: usize = 200;
-    let ch = unique_channel::<AlarmToLog>("poison");
-    let handled = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let handled = handled.clone();
-        handler_fn(move |_m: AlarmToLog, _cx: MessageContext| {
-            handled.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
-        })
-    };
-    let router = MessageRouter::builder(router_config())
-        .handle(ch, handler)
-        .start()
-        .await
-        .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:9092")
-        .create()
-        .unwrap();
-    for i in 0..POISON {
-        let body: &[u8] = if i % 2 == 0 {
-            b"\x01not json"
-        } else {
-            br#"{"message": 7}"#
-        };
-        producer
-            .send(
-                FutureRecord::<[u8], [u8]>::to(ch.name()).payload(body),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        if i % 5 == 0 {
-            router
-                .publish(ch, &alarm_domain::sample_alarm_to_log(i))
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("valid messages handled", Duration::from_secs(60), || {
-        handled.load(Ordering::SeqCst) == VALID
-    })
-    .await;
-    wait_until_async("poison dead-lettered", Duration::from_secs(60), || {
-        let router = router.clone();
-        async move { router.dead_letters(ch, 10_000).await.unwrap().len() >= POISON }
-    })
-    .await;
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
-    router.shutdown().await.unwrap();
-    assert_eq!(dead.len(), POISON, "every poison record is a dead letter");
-    assert!(dead
-        .iter()
-        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
-    assert_eq!(handled.load(Ordering::SeqCst), VALID);
 }
 
 /// Publishing 10,000 messages while consuming, on librdkafka's mock cluster, with every

@@ -1,5 +1,7 @@
 //! NATS-specific tests against real servers: a server killed and restarted under load,
-//! deduplication by message id, and poison payloads published around the library.
+//! deduplication by message id, members closing and starting under load. (Payloads
+//! published around the library: the conformance case
+//! `foreign_payloads_dead_lettered_among_valid_ones`.)
 #![cfg(feature = "nats")]
 
 use std::collections::HashMap;
@@ -7,11 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alarm_domain::AlarmToLog;
-use anybroker::{handler_fn, header, Envelope, MessageContext, MessageRouter, RouterConfig};
+use anybroker::{handler_fn, Envelope, MessageContext, MessageRouter, RouterConfig};
 
 mod common;
-use common::{unique_channel, wait_until, wait_until_async, Numbered, OwnServer};
+use common::{unique_channel, wait_until, Numbered, OwnServer};
 
 fn router_config(url: &str) -> RouterConfig {
     RouterConfig::from_toml_str(&format!(
@@ -73,64 +74,6 @@ async fn nats_same_id_twice_is_stored_once() {
     let mut stream = js.get_stream(&name).await.unwrap();
     let info = stream.info().await.unwrap();
     assert_eq!(info.state.messages, 2, "the repeated id was stored once");
-}
-
-/// 1,000 payloads that are not valid JSON, published with async-nats directly, are all
-/// dead-lettered as undecodable and the consumer goes on with valid messages.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_poison_payloads_are_dead_lettered() {
-    const POISON: usize = 1000;
-    const VALID: usize = 200;
-    let ch = unique_channel::<AlarmToLog>("poison");
-    let handled = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let handled = handled.clone();
-        handler_fn(move |_m: AlarmToLog, _cx: MessageContext| {
-            handled.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
-        })
-    };
-    let router = MessageRouter::builder(router_config("nats://127.0.0.1:4222"))
-        .handle(ch, handler)
-        .start()
-        .await
-        .unwrap();
-    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    for i in 0..POISON {
-        let payload: bytes::Bytes = if i % 2 == 0 {
-            "\u{1}not json".into()
-        } else {
-            r#"{"message": 7}"#.into()
-        };
-        js.publish(ch.name().to_string(), payload)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        if i % 5 == 0 {
-            router
-                .publish(ch, &alarm_domain::sample_alarm_to_log(i))
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("valid messages handled", Duration::from_secs(60), || {
-        handled.load(Ordering::SeqCst) == VALID
-    })
-    .await;
-    wait_until_async("poison dead-lettered", Duration::from_secs(60), || {
-        let router = router.clone();
-        async move { router.dead_letters(ch, 10_000).await.unwrap().len() >= POISON }
-    })
-    .await;
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
-    router.shutdown().await.unwrap();
-    assert_eq!(dead.len(), POISON, "every poison payload is a dead letter");
-    assert!(dead
-        .iter()
-        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
-    assert_eq!(handled.load(Ordering::SeqCst), VALID);
 }
 
 /// With `url = "tls://…"` and `tls_ca` naming a private CA, messages travel over TLS to a

@@ -1,18 +1,14 @@
 //! RabbitMQ-specific tests against the real broker on 127.0.0.1:5672: connections cut
-//! under load, and poison bodies published around the library.
+//! under load. (Bodies published around the library: the conformance case
+//! `foreign_payloads_dead_lettered_among_valid_ones`.)
 #![cfg(feature = "rabbitmq")]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use alarm_domain::AlarmToLog;
-use anybroker::{handler_fn, header, MessageContext, MessageRouter, RouterConfig};
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use anybroker::RouterConfig;
 
 mod common;
-use common::{unique_channel, wait_until, wait_until_async};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -78,76 +74,4 @@ async fn rabbitmq_restart_connections_under_load_loses_none() {
         closed.load(Ordering::SeqCst) >= 2,
         "the outages closed the router's connection each time"
     );
-}
-
-/// 1,000 bodies that are not the channel's JSON, published with lapin straight to the
-/// channel's routing key, all end as dead letters; the valid messages around them are
-/// handled.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_poison_payloads_are_dead_lettered() {
-    const POISON: usize = 1000;
-    const VALID: usize = 200;
-    let ch = unique_channel::<AlarmToLog>("poison");
-    let handled = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let handled = handled.clone();
-        handler_fn(move |_m: AlarmToLog, _cx: MessageContext| {
-            handled.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
-        })
-    };
-    let router = MessageRouter::builder(router_config("anybroker-poison-test"))
-        .handle(ch, handler)
-        .start()
-        .await
-        .unwrap();
-    let connection = Connection::connect(URL, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let raw = connection.create_channel().await.unwrap();
-    raw.confirm_select(Default::default()).await.unwrap();
-    for i in 0..POISON {
-        let body: &[u8] = if i % 2 == 0 {
-            b"\x01not json"
-        } else {
-            br#"{"message": 7}"#
-        };
-        raw.basic_publish(
-            "anybroker".into(),
-            ch.name().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-        if i % 5 == 0 {
-            router
-                .publish(ch, &alarm_domain::sample_alarm_to_log(i))
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("valid messages handled", Duration::from_secs(60), || {
-        handled.load(Ordering::SeqCst) == VALID
-    })
-    .await;
-    wait_until_async("poison dead-lettered", Duration::from_secs(60), || {
-        let router = router.clone();
-        async move { router.dead_letters(ch, 10_000).await.unwrap().len() >= POISON }
-    })
-    .await;
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
-    router.shutdown().await.unwrap();
-    connection.close(200, "done".into()).await.unwrap();
-    assert_eq!(dead.len(), POISON, "every poison body is a dead letter");
-    assert!(dead
-        .iter()
-        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
-    assert_eq!(handled.load(Ordering::SeqCst), VALID);
 }

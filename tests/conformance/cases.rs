@@ -384,6 +384,66 @@ pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target
     }
 }
 
+/// 1,000 payloads written around the library with the broker's own client (not JSON,
+/// JSON of another shape, empty), among 200 valid messages: every one of them ends as
+/// a dead letter with reason `undecodable`, holding its bytes, and every valid message
+/// is handled once.
+pub async fn foreign_payloads_dead_lettered_among_valid_ones(t: &Target) {
+    require!(t, dead_letters);
+    const POISON: u64 = 1000;
+    let ch = unique_channel::<TestMessage>("foreign");
+    let rec = Recorder::default();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
+    let mut valid = 0;
+    for i in 0..POISON {
+        let payload: &[u8] = match i % 3 {
+            0 => b"\x01not json",
+            1 => br#"{"message": 7}"#,
+            _ => b"",
+        };
+        t.publish_raw(ch.name(), payload).await;
+        if i % 5 == 0 {
+            router.publish(ch, &TestMessage::new(valid)).await.unwrap();
+            valid += 1;
+        }
+    }
+    wait_until("valid ones handled", LONG, || {
+        rec.distinct() as u64 == valid
+    })
+    .await;
+    let r = router.clone();
+    wait_until_async("foreign payloads dead-lettered", LONG, || {
+        let r = r.clone();
+        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 >= POISON }
+    })
+    .await;
+    let dead = router.dead_letters(ch, 10_000).await.unwrap();
+    router.shutdown().await.unwrap();
+    assert_eq!(
+        dead.len() as u64,
+        POISON,
+        "every foreign payload is a dead letter"
+    );
+    assert!(dead
+        .iter()
+        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
+    let not_json = dead
+        .iter()
+        .filter(|d| d.payload.as_ref() == b"\x01not json")
+        .count() as u64;
+    assert_eq!(not_json, POISON.div_ceil(3), "dead letters keep the bytes");
+    assert_eq!(
+        rec.all().len() as u64,
+        valid,
+        "each valid message handled once"
+    );
+}
+
 /// A panicking handler does not kill the consumer: the panic counts as a retryable
 /// failure and the message is handled on a later attempt.
 pub async fn panicking_handler_is_retried(t: &Target) {
@@ -1080,6 +1140,7 @@ macro_rules! conformance_cases {
         case!([retry, dead_letters] dead_letter_after_attempts);
         case!([dead_letters] permanent_error_dead_lettered_without_retry);
         case!([dead_letters] undecodable_payload_dead_lettered_and_consumer_continues);
+        case!([dead_letters] foreign_payloads_dead_lettered_among_valid_ones);
         case!([retry] panicking_handler_is_retried);
         case!([groups] two_groups_each_get_all_members_split);
         case!([ordering_by_key] same_key_order_kept_under_concurrency);

@@ -9,6 +9,7 @@ mod common;
 mod support;
 #[macro_use]
 mod cases;
+mod raw;
 
 /// The embedded broker, on every `cargo test`.
 mod memory {
@@ -21,23 +22,30 @@ mod memory {
 /// Redis Streams, against the real Redis on 127.0.0.1:6379.
 #[cfg(feature = "redis")]
 mod redis {
-    conformance_cases!(crate::support::Target::server(
-        "redis",
-        "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"5s\""
-    ), lacks [native_redelivery_count, ordering_across_members, request_reply]);
+    conformance_cases!(
+        crate::support::Target::server(
+            "redis",
+            "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"5s\""
+        )
+        .with_raw_publish(crate::raw::redis("redis://127.0.0.1:6379")),
+        lacks [native_redelivery_count, ordering_across_members, request_reply]
+    );
 }
 
 /// Redis pub/sub: the cases its capabilities allow; the rest must be refused.
 #[cfg(feature = "redis")]
 mod redis_pubsub {
-    conformance_cases!(crate::support::Target::server(
-        "redis-pubsub",
-        "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nmode = \"pubsub\""
-    )
-    .without_retry(), lacks [
-        dead_letters, delay, groups, native_redelivery_count, ordering_across_members,
-        ordering_by_key, persistent, request_reply, retry, survives_broker_restart
-    ]);
+    conformance_cases!(
+        crate::support::Target::server(
+            "redis-pubsub",
+            "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nmode = \"pubsub\""
+        )
+        .without_retry(),
+        lacks [
+            dead_letters, delay, groups, native_redelivery_count, ordering_across_members,
+            ordering_by_key, persistent, request_reply, retry, survives_broker_restart
+        ]
+    );
 }
 
 /// NATS JetStream, against the real nats-server on 127.0.0.1:4222.
@@ -47,7 +55,8 @@ mod nats {
         crate::support::Target::server(
             "nats",
             "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\""
-        ),
+        )
+        .with_raw_publish(crate::raw::nats("nats://127.0.0.1:4222")),
         lacks[ordering_across_members]
     );
 }
@@ -55,33 +64,41 @@ mod nats {
 /// Core NATS: the cases its capabilities allow; the rest must be refused.
 #[cfg(feature = "nats")]
 mod nats_core {
-    conformance_cases!(crate::support::Target::server(
-        "nats-core",
-        "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmode = \"core\""
-    )
-    .without_retry(), lacks [
-        dead_letters, delay, native_redelivery_count, ordering_across_members, persistent,
-        retry, survives_broker_restart
-    ]);
+    conformance_cases!(
+        crate::support::Target::server(
+            "nats-core",
+            "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmode = \"core\""
+        )
+        .without_retry(),
+        lacks [
+            dead_letters, delay, native_redelivery_count, ordering_across_members, persistent,
+            retry, survives_broker_restart
+        ]
+    );
 }
 
 /// RabbitMQ, against the real broker on 127.0.0.1:5672.
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq {
-    conformance_cases!(crate::support::Target::server(
-        "rabbitmq",
-        "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\""
-    ), lacks [native_redelivery_count, ordering_across_members]);
+    conformance_cases!(
+        crate::support::Target::server(
+            "rabbitmq",
+            "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\""
+        )
+        .with_raw_publish(crate::raw::rabbitmq("amqp://guest:guest@127.0.0.1:5672/%2f")),
+        lacks [native_redelivery_count, ordering_across_members]
+    );
 }
 
 /// Kafka, against the Kafka-protocol broker (tansu) on 127.0.0.1:9092, with the
 /// settings tansu needs (see `KAFKA_TANSU_TABLE`).
 #[cfg(feature = "kafka")]
 mod kafka {
-    conformance_cases!(crate::support::Target::server(
-        "kafka",
-        crate::common::KAFKA_TANSU_TABLE
-    ), lacks [native_redelivery_count, ordering_across_members, request_reply]);
+    conformance_cases!(
+        crate::support::Target::server("kafka", crate::common::KAFKA_TANSU_TABLE)
+            .with_raw_publish(crate::raw::kafka("127.0.0.1:9092".into())),
+        lacks [native_redelivery_count, ordering_across_members, request_reply]
+    );
 }
 
 /// Kafka on librdkafka's mock cluster (in-process, real Kafka protocol on loopback).

@@ -25,6 +25,14 @@ impl TestMessage {
     }
 }
 
+/// Writes a payload to a channel around the library, with the broker's own client, as
+/// a producer that does not use anybroker does.
+pub type RawPublish = Arc<
+    dyn Fn(String, Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The backend a case runs against: its `[brokers.<name>]` table and, for the embedded
 /// broker, the one instance every router of the case shares.
 pub struct Target {
@@ -33,16 +41,32 @@ pub struct Target {
     memory: Option<anybroker::MemoryBroker>,
     /// Deliveries per message by default: 3, or 1 for modes that cannot retry.
     attempts: u32,
+    raw_publish: Option<RawPublish>,
 }
 
 impl Target {
     pub fn memory() -> Self {
+        let broker = anybroker::MemoryBroker::default();
+        let raw = broker.clone();
         Target {
             name: "memory",
             broker_toml: "kind = \"memory\"".into(),
-            memory: Some(anybroker::MemoryBroker::default()),
+            memory: Some(broker),
             attempts: 3,
+            raw_publish: None,
         }
+        .with_raw_publish(Arc::new(move |channel, payload| {
+            let broker = raw.clone();
+            Box::pin(async move {
+                // The embedded broker has no client of its own: an envelope carrying
+                // the bytes alone is the nearest thing.
+                use anybroker_brokers::MessagePublisher;
+                broker
+                    .publish(anybroker_brokers::Envelope::new(channel, payload))
+                    .await
+                    .expect("raw publish");
+            })
+        }))
     }
 
     /// A broker reached by config alone (a server); `table` is its `[brokers.x]` body.
@@ -53,7 +77,24 @@ impl Target {
             broker_toml: table.into(),
             memory: None,
             attempts: 3,
+            raw_publish: None,
         }
+    }
+
+    /// Gives the target a way to write payloads around the library (`publish_raw`).
+    #[allow(dead_code)]
+    pub fn with_raw_publish(mut self, publish: RawPublish) -> Self {
+        self.raw_publish = Some(publish);
+        self
+    }
+
+    /// Writes `payload` to `channel` around the library.
+    pub async fn publish_raw(&self, channel: &str, payload: &[u8]) {
+        let publish = self
+            .raw_publish
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: the target has no raw publish hook", self.name));
+        publish(channel.to_string(), payload.to_vec()).await;
     }
 
     /// Kafka on librdkafka's mock cluster: an in-process Kafka-protocol cluster of three
@@ -70,6 +111,7 @@ impl Target {
             servers
         });
         Target::server("kafka-mock", &crate::common::kafka_mock_table(servers))
+            .with_raw_publish(crate::raw::kafka(servers.clone()))
     }
 
     /// A fire-and-forget mode: channels default to one attempt, since it cannot retry.
