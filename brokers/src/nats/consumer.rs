@@ -163,6 +163,64 @@ impl JetStreamSubscription {
             .map_err(|e| from_nats(NatsError(e.to_string()), "release"))
     }
 
+    /// Carries out one settlement other than a plain ack.
+    async fn settle_one(&self, f: InFlight, settlement: Settlement) -> Result<()> {
+        let result = match settlement {
+            Settlement::Ack => {
+                self.attempts.forget(f.stream_sequence).await;
+                f.message.ack().await
+            }
+            Settlement::Retry { delay, error } => {
+                let now = unix_millis(SystemTime::now());
+                {
+                    let mut failures = self.failures.lock().unwrap();
+                    let entry = failures
+                        .entry(f.stream_sequence)
+                        .or_insert((now, String::new()));
+                    entry.1 = error;
+                }
+                // A first attempt is counted only now that it failed.
+                if !f.counted {
+                    if let Err(e) = self.attempts.record(f.stream_sequence, f.attempt).await {
+                        tracing::warn!(channel = %self.channel, error = %e, "counting a failed attempt failed; the next one reads low");
+                    }
+                }
+                f.message.ack_with(AckKind::Nak(Some(delay))).await
+            }
+            Settlement::DeadLetter(dead) => {
+                let mut envelope = self.envelope_of(&f.message, f.stream_sequence, f.attempt);
+                envelope.headers.remove(header::FIRST_FAILED_AT);
+                let first_failure = self.failures.lock().unwrap().remove(&f.stream_sequence);
+                if let Some((first, _)) = first_failure {
+                    envelope
+                        .headers
+                        .insert(header::FIRST_FAILED_AT.to_string(), first.to_string());
+                }
+                let dead = envelope.into_dead_letter(&dead);
+                // Under a key of its own: a replayed message dead-lettered again keeps
+                // its id, which its first dead letter was stored under.
+                let ids =
+                    same_id_headers(&dead.id, format!("{}.dead.{}", dead.id, f.stream_sequence));
+                // Stored in the dead-letter stream before the original is terminated.
+                self.broker
+                    .js_publish(format!("{}.dlt", self.channel), dead, &ids)
+                    .await?;
+                if f.counted {
+                    self.attempts.forget(f.stream_sequence).await;
+                }
+                f.message.ack_with(AckKind::Term).await
+            }
+            Settlement::Release => {
+                return self
+                    .give_back(&f.message, f.stream_sequence, f.counted.then_some(f.attempt))
+                    .await;
+            }
+            #[allow(unreachable_patterns)]
+            _ => return Err(Error::unsupported("unknown settlement").with_broker("nats")),
+        };
+        result.map_err(|e| from_nats(NatsError(e.to_string()), "settle"))
+    }
+
     fn envelope_of(
         &self,
         message: &jetstream::Message,
@@ -274,80 +332,22 @@ impl Subscription for JetStreamSubscription {
                 }
             }
         }
+        // Plain acks are fire-and-forget publishes, sent last; everything else waits on
+        // the server (counts, naks, dead letters), so those run at once, not in turn.
+        let mut others = Vec::new();
         for (f, settlement) in settled {
-            let result = match settlement {
-                Settlement::Ack => {
-                    if f.counted {
-                        self.attempts.forget(f.stream_sequence).await;
-                    }
-                    acks.push(f.message);
-                    continue;
-                }
-                Settlement::Retry { delay, error } => {
-                    let now = unix_millis(SystemTime::now());
-                    {
-                        let mut failures = self.failures.lock().unwrap();
-                        let entry = failures
-                            .entry(f.stream_sequence)
-                            .or_insert((now, String::new()));
-                        entry.1 = error;
-                    }
-                    // A first attempt is counted only now that it failed.
-                    if !f.counted {
-                        if let Err(e) = self.attempts.record(f.stream_sequence, f.attempt).await {
-                            tracing::warn!(channel = %self.channel, error = %e, "counting a failed attempt failed; the next one reads low");
-                        }
-                    }
-                    f.message.ack_with(AckKind::Nak(Some(delay))).await
-                }
-                Settlement::DeadLetter(dead) => {
-                    let mut envelope = self.envelope_of(&f.message, f.stream_sequence, f.attempt);
-                    envelope.headers.remove(header::FIRST_FAILED_AT);
-                    let first_failure = self.failures.lock().unwrap().remove(&f.stream_sequence);
-                    if let Some((first, _)) = first_failure {
-                        envelope
-                            .headers
-                            .insert(header::FIRST_FAILED_AT.to_string(), first.to_string());
-                    }
-                    let dead = envelope.into_dead_letter(&dead);
-                    // Under a key of its own: a replayed message dead-lettered again
-                    // keeps its id, which its first dead letter was stored under.
-                    let ids = same_id_headers(
-                        &dead.id,
-                        format!("{}.dead.{}", dead.id, f.stream_sequence),
-                    );
-                    // Stored in the dead-letter stream before the original is terminated.
-                    if let Err(e) = self
-                        .broker
-                        .js_publish(format!("{}.dlt", self.channel), dead, &ids)
-                        .await
-                    {
-                        first_error.get_or_insert(e);
-                        continue;
-                    }
-                    if f.counted {
-                        self.attempts.forget(f.stream_sequence).await;
-                    }
-                    f.message.ack_with(AckKind::Term).await
-                }
-                Settlement::Release => {
-                    if let Err(e) = self
-                        .give_back(
-                            &f.message,
-                            f.stream_sequence,
-                            f.counted.then_some(f.attempt),
-                        )
-                        .await
-                    {
-                        first_error.get_or_insert(e);
-                    }
-                    continue;
-                }
-                #[allow(unreachable_patterns)]
-                _ => return Err(Error::unsupported("unknown settlement").with_broker("nats")),
-            };
+            if matches!(settlement, Settlement::Ack) && !f.counted {
+                acks.push(f.message);
+            } else {
+                others.push((f, settlement));
+            }
+        }
+        let results =
+            futures::future::join_all(others.into_iter().map(|(f, s)| self.settle_one(f, s)))
+                .await;
+        for result in results {
             if let Err(e) = result {
-                first_error.get_or_insert(from_nats(NatsError(e.to_string()), "settle"));
+                first_error.get_or_insert(e);
             }
         }
         for m in acks {
