@@ -27,21 +27,31 @@ impl<T> Default for InFlightTable<T> {
 /// with its settlement, and how many it did not know.
 pub(crate) struct Settled<T> {
     pub(crate) known: Vec<(T, Settlement)>,
-    unknown: usize,
+    unknown: Unknown,
 }
 
 impl<T> Settled<T> {
-    /// An error if some settlements were of deliveries the table did not know; the
-    /// known ones are settled all the same.
+    /// See [`Unknown::error`].
     pub(crate) fn unknown_error(&self) -> Result<()> {
-        if self.unknown == 0 {
+        self.unknown.error()
+    }
+}
+
+/// How many settlements of a batch were of deliveries the table did not know.
+pub(crate) struct Unknown(usize);
+
+impl Unknown {
+    /// An error if some settlements were of deliveries the table did not know (settled
+    /// twice, or from another subscription); the known ones are settled all the same.
+    pub(crate) fn error(&self) -> Result<()> {
+        if self.0 == 0 {
             return Ok(());
         }
         Err(Error::new(
             ErrorKind::Broker,
             format!(
                 "{} deliveries settled twice or not from this subscription",
-                self.unknown
+                self.0
             ),
         )
         .with_operation("settle"))
@@ -66,19 +76,29 @@ impl<T> InFlightTable<T> {
 
     /// Takes the states of a batch of settled deliveries, under one lock.
     pub(crate) fn take(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Settled<T> {
+        let mut known = Vec::with_capacity(settlements.len());
+        let unknown = self.take_each(settlements, |state, settlement| {
+            known.push((state, settlement))
+        });
+        Settled { known, unknown }
+    }
+
+    /// Passes each settled delivery's state and settlement to `each`, under one lock,
+    /// without collecting them first (a state holding an envelope is costly to move).
+    pub(crate) fn take_each(
+        &self,
+        settlements: Vec<(DeliveryTag, Settlement)>,
+        mut each: impl FnMut(T, Settlement),
+    ) -> Unknown {
         let mut unknown = 0;
         let mut entries = self.lock();
-        let known = settlements
-            .into_iter()
-            .filter_map(|(tag, settlement)| match entries.remove(&tag.0) {
-                Some(state) => Some((state, settlement)),
-                None => {
-                    unknown += 1;
-                    None
-                }
-            })
-            .collect();
-        Settled { known, unknown }
+        for (tag, settlement) in settlements {
+            match entries.remove(&tag.0) {
+                Some(state) => each(state, settlement),
+                None => unknown += 1,
+            }
+        }
+        Unknown(unknown)
     }
 
     /// Takes every unsettled delivery's state (a closing subscription's).

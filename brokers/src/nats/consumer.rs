@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
 use super::attempts::AttemptCounts;
-use super::codec::{consumer_name, delivery_numbers, from_message, same_id_headers, DUE};
+use super::codec::{consumer_name, from_message, same_id_headers, DUE};
 use super::error::from_nats;
 use super::publisher::{NatsBroker, DELAYED, DLT};
 use super::puller::Puller;
@@ -86,16 +86,6 @@ impl JetStreamSubscription {
             closed: AtomicBool::new(false),
             mover,
         })
-    }
-
-    /// The server's delivery count and the message's stream sequence.
-    fn delivery_numbers(message: &jetstream::Message) -> (u64, u64) {
-        message
-            .reply
-            .as_deref()
-            .and_then(delivery_numbers)
-            .map(|(delivered, sequence)| (delivered.max(1), sequence))
-            .unwrap_or((1, 0))
     }
 
     /// The attempt a message the server delivered `delivered` times (more than once)
@@ -265,51 +255,46 @@ impl Subscription for JetStreamSubscription {
         // attempts are counted, it stays (with its attempt once decided) for the next
         // receive or the close. The batch's counts are read, then written, all at once.
         let take = puller.held.len().min(max.max(1));
-        let undecided: Vec<(usize, u64, u64)> = puller
-            .held
-            .iter()
-            .take(take)
-            .enumerate()
-            .filter(|(_, held)| held.counted.is_none())
-            .map(|(i, held)| {
-                let (delivered, sequence) = Self::delivery_numbers(&held.message);
-                (i, delivered, sequence)
-            })
-            .filter(|&(_, delivered, _)| delivered > 1)
-            .collect();
-        if !undecided.is_empty() {
-            let decided =
-                futures::future::join_all(undecided.iter().map(|&(_, delivered, sequence)| {
+        // Only a redelivery has its attempt counted: a batch of first deliveries, the
+        // common case, skips all of it.
+        if puller.held.iter().take(take).any(|held| held.delivered > 1) {
+            let undecided: Vec<(usize, u64, u64)> = puller
+                .held
+                .iter()
+                .take(take)
+                .enumerate()
+                .filter(|(_, held)| held.delivered > 1 && held.counted.is_none())
+                .map(|(i, held)| (i, held.delivered, held.sequence))
+                .collect();
+            let decided = futures::future::join_all(
+                undecided.iter().map(|&(_, delivered, sequence)| {
                     self.attempt_of_redelivery(delivered, sequence)
-                }))
-                .await;
+                }),
+            )
+            .await;
             // Kept before they are written: given back after a cancelled write, a
             // message's count is set back all the same.
             for (&(i, _, _), attempt) in undecided.iter().zip(decided) {
                 puller.held[i].counted = Some(attempt);
             }
-        }
-        let counted: Vec<(u64, u32)> = puller
-            .held
-            .iter()
-            .take(take)
-            .filter_map(|held| {
-                let (_, sequence) = Self::delivery_numbers(&held.message);
-                held.counted.map(|attempt| (sequence, attempt))
-            })
-            .collect();
-        futures::future::join_all(
-            counted
+            let counted: Vec<(u64, u32)> = puller
+                .held
                 .iter()
-                .map(|&(sequence, attempt)| self.count_attempt(sequence, attempt)),
-        )
-        .await;
+                .take(take)
+                .filter_map(|held| held.counted.map(|attempt| (held.sequence, attempt)))
+                .collect();
+            futures::future::join_all(
+                counted
+                    .iter()
+                    .map(|&(sequence, attempt)| self.count_attempt(sequence, attempt)),
+            )
+            .await;
+        }
         let mut out: Vec<Delivery> = Vec::with_capacity(take);
         for held in puller.held.drain(..take) {
-            let (_, sequence) = Self::delivery_numbers(&held.message);
             out.push(self.deliver(
                 held.message,
-                sequence,
+                held.sequence,
                 held.counted.unwrap_or(1),
                 held.counted.is_some(),
             ));
@@ -381,10 +366,7 @@ impl Subscription for JetStreamSubscription {
         let _ = self.broker.inner.client.flush().await;
         let gives = fetched
             .iter()
-            .map(|held| {
-                let (_, sequence) = Self::delivery_numbers(&held.message);
-                (&held.message, sequence, held.counted)
-            })
+            .map(|held| (&held.message, held.sequence, held.counted))
             .chain(in_flight.iter().map(|f| {
                 (
                     &f.message,

@@ -14,6 +14,7 @@ use async_nats::{StatusCode, Subscriber};
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
+use super::codec::delivery_numbers;
 use super::error::from_nats;
 use crate::core::{Error, ErrorKind, Result};
 
@@ -40,6 +41,10 @@ pub(crate) struct Puller {
 /// A message received and not handed out yet.
 pub(crate) struct Held {
     pub(crate) message: jetstream::Message,
+    /// The server's delivery count and the message's stream sequence, read once from
+    /// its reply subject.
+    pub(crate) delivered: u64,
+    pub(crate) sequence: u64,
     /// The attempt already counted for this delivery, if it was (a redelivery's
     /// count is written before it is handed out): a receive cancelled after that
     /// must not count it again.
@@ -48,8 +53,16 @@ pub(crate) struct Held {
 
 impl From<jetstream::Message> for Held {
     fn from(message: jetstream::Message) -> Self {
+        let (delivered, sequence) = message
+            .reply
+            .as_deref()
+            .and_then(delivery_numbers)
+            .map(|(delivered, sequence)| (delivered.max(1), sequence))
+            .unwrap_or((1, 0));
         Held {
             message,
+            delivered,
+            sequence,
             counted: None,
         }
     }

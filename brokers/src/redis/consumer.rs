@@ -496,47 +496,51 @@ impl Subscription for StreamSubscription {
         let mut only_acks = true;
         // Entry ids to ack, per source: [main stream, retry stream].
         let mut acks: [Vec<String>; 2] = Default::default();
-        let mut settled = self.in_flight.take(settlements);
-        {
-            for (f, settlement) in std::mem::take(&mut settled.known) {
-                let mut envelope = f.envelope;
-                only_acks &= matches!(settlement, Settlement::Ack);
-                match settlement {
-                    Settlement::Ack => {}
-                    Settlement::Retry { delay, error } => {
-                        envelope.record_failure(&error);
-                        let member = new_message_id();
-                        let mut hset = redis::cmd("HSET");
-                        hset.arg(Keys::retry_message(&self.channel, &self.group, &member));
-                        write_fields(&mut hset, &envelope);
-                        pipe.add_command(hset).ignore();
-                        let due = unix_millis(SystemTime::now() + delay);
-                        pipe.cmd("ZADD")
-                            .arg(Keys::retry_schedule(&self.channel, &self.group))
-                            .arg(due)
-                            .arg(&*member)
-                            .ignore();
-                        let mut t = self.timers.lock().unwrap();
-                        t.next_due_ms = Some(t.next_due_ms.map_or(due, |d| d.min(due)));
-                    }
-                    Settlement::DeadLetter(dead) => {
-                        let mut dead = envelope.into_dead_letter(&dead);
-                        dead.headers
-                            .insert(ORIGINAL_ENTRY_ID.to_string(), f.id.clone());
-                        pipe.add_command(
-                            self.broker.xadd(&Keys::dead_letters(&self.channel), &dead),
-                        )
+        let mut unsupported = None;
+        let unknown = self.in_flight.take_each(settlements, |f, settlement| {
+            let mut envelope = f.envelope;
+            only_acks &= matches!(settlement, Settlement::Ack);
+            match settlement {
+                Settlement::Ack => {}
+                Settlement::Retry { delay, error } => {
+                    envelope.record_failure(&error);
+                    let member = new_message_id();
+                    let mut hset = redis::cmd("HSET");
+                    hset.arg(Keys::retry_message(&self.channel, &self.group, &member));
+                    write_fields(&mut hset, &envelope);
+                    pipe.add_command(hset).ignore();
+                    let due = unix_millis(SystemTime::now() + delay);
+                    pipe.cmd("ZADD")
+                        .arg(Keys::retry_schedule(&self.channel, &self.group))
+                        .arg(due)
+                        .arg(&*member)
                         .ignore();
-                    }
-                    Settlement::Release => {
-                        pipe.add_command(self.broker.xadd(&self.retry_stream, &envelope))
-                            .ignore();
-                    }
-                    #[allow(unreachable_patterns)]
-                    _ => return Err(Error::unsupported("unknown settlement").with_broker("redis")),
+                    let mut t = self.timers.lock().unwrap();
+                    t.next_due_ms = Some(t.next_due_ms.map_or(due, |d| d.min(due)));
                 }
-                acks[f.source as usize].push(f.id);
+                Settlement::DeadLetter(dead) => {
+                    let mut dead = envelope.into_dead_letter(&dead);
+                    dead.headers
+                        .insert(ORIGINAL_ENTRY_ID.to_string(), f.id.clone());
+                    pipe.add_command(self.broker.xadd(&Keys::dead_letters(&self.channel), &dead))
+                        .ignore();
+                }
+                Settlement::Release => {
+                    pipe.add_command(self.broker.xadd(&self.retry_stream, &envelope))
+                        .ignore();
+                }
+                #[allow(unreachable_patterns)]
+                _ => {
+                    unsupported.get_or_insert(
+                        Error::unsupported("unknown settlement").with_broker("redis"),
+                    );
+                    return;
+                }
             }
+            acks[f.source as usize].push(f.id);
+        });
+        if let Some(e) = unsupported {
+            return Err(e);
         }
         for (source, ids) in [Source::Main, Source::Retry].into_iter().zip(&acks) {
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -552,7 +556,7 @@ impl Subscription for StreamSubscription {
                 .await
                 .map_err(|e| self.err(e, "settle"))?;
         }
-        settled.unknown_error().map_err(|e| e.with_broker("redis"))
+        unknown.error().map_err(|e| e.with_broker("redis"))
     }
 
     async fn close(&self) -> Result<()> {
