@@ -16,8 +16,8 @@ use rdkafka::mocking::MockCluster;
 
 mod common;
 use common::{
-    kafka_mock_table, restart_under_load, unique_channel, wait_until, Numbered,
-    KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE, KAFKA_TANSU_TABLE,
+    kafka_mock_table, unique_channel, wait_until, Numbered, KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE,
+    KAFKA_TANSU_TABLE,
 };
 
 /// tansu with the settings it needs (see `KAFKA_TANSU_TABLE`), 3 attempts per message.
@@ -217,33 +217,6 @@ async fn kafka_many_attempts_take_one_retry_topic() {
             format!("{c}-retry-0")
         ]
     );
-}
-
-/// Publishing 10,000 messages while consuming, on librdkafka's mock cluster, with every
-/// broker of the cluster taken down and brought up again twice mid-stream: every
-/// message is handled at least once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_mock_restart_under_load_loses_none() {
-    const BROKERS: i32 = 3;
-    let cluster = MockCluster::new(BROKERS).unwrap();
-    // The publisher here awaits each message, so lingering for a batch only slows it.
-    let config = RouterConfig::from_toml_str(&format!(
-        "default_broker = \"kafka\"\n[brokers.kafka]\n{}producer_properties = {{ \"linger.ms\" = \"0\" }}\n",
-        kafka_mock_table(&cluster.bootstrap_servers())
-    ))
-    .unwrap();
-    restart_under_load("kafka-mock", config, async || {
-        for id in 1..=BROKERS {
-            cluster.broker_down(id).unwrap();
-        }
-        // The outage itself, longer than the session timeout: the coordinator drops
-        // the member, which must rejoin, and what it had not committed is read again.
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        for id in 1..=BROKERS {
-            cluster.broker_up(id).unwrap();
-        }
-    })
-    .await;
 }
 
 /// Shutdown while no broker of the cluster answers: the members can neither commit nor

@@ -22,33 +22,6 @@ fn router_config(url: &str) -> RouterConfig {
     .unwrap()
 }
 
-/// A nats-server with JetStream of the test's own, storing in a temp dir.
-fn own_nats() -> OwnServer {
-    OwnServer::start("nats-server", |port, dir| {
-        vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.display().to_string(),
-        ]
-    })
-}
-
-/// Publishing 10,000 messages while consuming, with the nats-server killed and started
-/// again twice mid-stream: every message is handled at least once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_restart_under_load_loses_none() {
-    let mut server = own_nats();
-    let config = router_config(&format!("nats://127.0.0.1:{}", server.port));
-    common::restart_under_load("nats", config, async || {
-        common::restart(&mut server, "KILL").await
-    })
-    .await;
-}
-
 /// Publishing the same envelope id twice within the duplicate window stores it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_same_id_twice_is_stored_once() {

@@ -11,53 +11,10 @@ use anybroker::{handler_fn, MessageContext, MessageRouter, RouterConfig};
 use tokio::time::Instant;
 
 mod common;
-use common::{unique_channel, wait_until, wait_until_async, Numbered, OwnServer};
-
-/// A redis-server of the test's own, persisting every write (AOF, fsync always).
-fn own_redis() -> OwnServer {
-    OwnServer::start("redis-server", |port, dir| {
-        let mut args: Vec<String> = [
-            "--bind",
-            "127.0.0.1",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend([
-            "--port".into(),
-            port.to_string(),
-            "--dir".into(),
-            dir.display().to_string(),
-        ]);
-        args
-    })
-}
+use common::{own_redis, unique_channel, wait_until, wait_until_async, Numbered, OwnServer};
 
 fn url(server: &OwnServer) -> String {
     format!("redis://127.0.0.1:{}", server.port)
-}
-
-/// Publishing 10,000 messages while consuming, with the Redis server shut down and
-/// started again twice mid-stream: every message is handled at least once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_under_load_loses_none() {
-    let mut server = own_redis();
-    let config = RouterConfig::from_toml_str(&format!(
-        "default_broker = \"redis\"\n\
-         [defaults]\nretry = {{ attempts = 5, initial = \"50ms\" }}\n\
-         [brokers.redis]\nkind = \"redis\"\nurl = \"{}\"\nclaim_idle = \"1s\"\nblock = \"100ms\"\nresponse_timeout = \"2s\"\n",
-        url(&server)
-    ))
-    .unwrap();
-    common::restart_under_load("redis", config, async || {
-        common::restart(&mut server, "TERM").await
-    })
-    .await;
 }
 
 /// Entries the server handed to a live member whose reply the network lost (the

@@ -470,3 +470,81 @@ async fn relay_unless_losing(
     };
     tokio::join!(upstream, downstream);
 }
+
+#[allow(dead_code)]
+/// A redis-server of the test's own, persisting every write (AOF, fsync always).
+pub fn own_redis() -> OwnServer {
+    OwnServer::start("redis-server", |port, dir| {
+        let mut args: Vec<String> = [
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([
+            "--port".into(),
+            port.to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ]);
+        args
+    })
+}
+
+#[allow(dead_code)]
+/// A nats-server with JetStream of the test's own, storing in a temp dir.
+pub fn own_nats() -> OwnServer {
+    OwnServer::start("nats-server", |port, dir| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.display().to_string(),
+        ]
+    })
+}
+
+#[allow(dead_code)]
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Closes, on the server, every connection whose client named itself `name`; returns
+/// how many. Other tests' connections are left alone.
+#[allow(dead_code)]
+pub fn close_connections_named(name: &str) -> usize {
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        rabbitmqctl(&["close_connection", pid, "anybroker restart test"]);
+    }
+    pids.len()
+}

@@ -444,6 +444,15 @@ pub async fn foreign_payloads_dead_lettered_among_valid_ones(t: &Target) {
     );
 }
 
+/// 10,000 messages published while consumed, with the broker taken away twice
+/// mid-stream (a server of the case's own restarted, or the case's connections cut):
+/// every message is handled at least once.
+pub async fn outage_under_load_loses_none(t: &Target) {
+    let mut outage = t.outage();
+    let config = t.config(&outage.table, "");
+    crate::common::restart_under_load(t.name, config, async || (outage.cut)().await).await;
+}
+
 /// A panicking handler does not kill the consumer: the panic counts as a retryable
 /// failure and the message is handled on a later attempt.
 pub async fn panicking_handler_is_retried(t: &Target) {
@@ -1084,7 +1093,18 @@ pub async fn declared_lacks_match_capabilities(t: &Target, lacks: &[&str]) {
         .filter(|(_, has)| !has)
         .map(|(name, _)| name)
         .collect();
-    let mut said: Vec<String> = lacks.iter().map(|l| l.replace('_', "-")).collect();
+    // `outage` is not a capability: the target has no way to take its broker away.
+    assert_eq!(
+        lacks.contains(&"outage"),
+        !t.has_outage(),
+        "{}: `outage` is in the `lacks` list exactly when the target has no outage hook",
+        t.name
+    );
+    let mut said: Vec<String> = lacks
+        .iter()
+        .filter(|l| **l != "outage")
+        .map(|l| l.replace('_', "-"))
+        .collect();
     said.sort();
     let mut declared: Vec<String> = declared.into_iter().map(String::from).collect();
     declared.sort();
@@ -1141,6 +1161,7 @@ macro_rules! conformance_cases {
         case!([dead_letters] permanent_error_dead_lettered_without_retry);
         case!([dead_letters] undecodable_payload_dead_lettered_and_consumer_continues);
         case!([dead_letters] foreign_payloads_dead_lettered_among_valid_ones);
+        case!([outage] outage_under_load_loses_none);
         case!([retry] panicking_handler_is_retried);
         case!([groups] two_groups_each_get_all_members_split);
         case!([ordering_by_key] same_key_order_kept_under_concurrency);

@@ -9,13 +9,14 @@ mod common;
 mod support;
 #[macro_use]
 mod cases;
+mod outage;
 mod raw;
 
 /// The embedded broker, on every `cargo test`.
 mod memory {
     conformance_cases!(
         crate::support::Target::memory(),
-        lacks [request_reply, survives_broker_restart]
+        lacks [request_reply, survives_broker_restart, outage]
     );
 }
 
@@ -27,7 +28,8 @@ mod redis {
             "redis",
             "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"5s\""
         )
-        .with_raw_publish(crate::raw::redis("redis://127.0.0.1:6379")),
+        .with_raw_publish(crate::raw::redis("redis://127.0.0.1:6379"))
+        .with_outage(crate::outage::redis()),
         lacks [native_redelivery_count, ordering_across_members, request_reply]
     );
 }
@@ -43,7 +45,7 @@ mod redis_pubsub {
         .without_retry(),
         lacks [
             dead_letters, delay, groups, native_redelivery_count, ordering_across_members,
-            ordering_by_key, persistent, request_reply, retry, survives_broker_restart
+            ordering_by_key, persistent, request_reply, retry, survives_broker_restart, outage
         ]
     );
 }
@@ -56,7 +58,8 @@ mod nats {
             "nats",
             "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\""
         )
-        .with_raw_publish(crate::raw::nats("nats://127.0.0.1:4222")),
+        .with_raw_publish(crate::raw::nats("nats://127.0.0.1:4222"))
+        .with_outage(crate::outage::nats()),
         lacks[ordering_across_members]
     );
 }
@@ -72,7 +75,7 @@ mod nats_core {
         .without_retry(),
         lacks [
             dead_letters, delay, native_redelivery_count, ordering_across_members, persistent,
-            retry, survives_broker_restart
+            retry, survives_broker_restart, outage
         ]
     );
 }
@@ -85,7 +88,8 @@ mod rabbitmq {
             "rabbitmq",
             "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\""
         )
-        .with_raw_publish(crate::raw::rabbitmq("amqp://guest:guest@127.0.0.1:5672/%2f")),
+        .with_raw_publish(crate::raw::rabbitmq("amqp://guest:guest@127.0.0.1:5672/%2f"))
+        .with_outage(crate::outage::rabbitmq()),
         lacks [native_redelivery_count, ordering_across_members]
     );
 }
@@ -97,7 +101,8 @@ mod kafka {
     conformance_cases!(
         crate::support::Target::server("kafka", crate::common::KAFKA_TANSU_TABLE)
             .with_raw_publish(crate::raw::kafka("127.0.0.1:9092".into())),
-        lacks [native_redelivery_count, ordering_across_members, request_reply]
+        // tansu is shared by every case of the run: it is not restarted.
+        lacks [native_redelivery_count, ordering_across_members, request_reply, outage]
     );
 }
 
@@ -105,7 +110,7 @@ mod kafka {
 #[cfg(feature = "kafka")]
 mod kafka_mock {
     conformance_cases!(
-        crate::support::Target::kafka_mock(),
+        crate::support::Target::kafka_mock().with_outage(crate::outage::kafka_mock()),
         lacks [native_redelivery_count, ordering_across_members, request_reply]
     );
 }

@@ -33,6 +33,17 @@ pub type RawPublish = Arc<
         + Sync,
 >;
 
+/// The broker taken away and given back during a case: the `[brokers.x]` body that
+/// reaches it (a server of the case's own, or connections named for the case) and the
+/// outage itself (a restart, or the connections cut), which owns that server.
+pub struct Outage {
+    pub table: String,
+    pub cut: Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>,
+}
+
+/// Makes a case's outage.
+pub type OutageHook = Arc<dyn Fn() -> Outage + Send + Sync>;
+
 /// The backend a case runs against: its `[brokers.<name>]` table and, for the embedded
 /// broker, the one instance every router of the case shares.
 pub struct Target {
@@ -42,6 +53,7 @@ pub struct Target {
     /// Deliveries per message by default: 3, or 1 for modes that cannot retry.
     attempts: u32,
     raw_publish: Option<RawPublish>,
+    outage: Option<OutageHook>,
 }
 
 impl Target {
@@ -54,6 +66,7 @@ impl Target {
             memory: Some(broker),
             attempts: 3,
             raw_publish: None,
+            outage: None,
         }
         .with_raw_publish(Arc::new(move |channel, payload| {
             let broker = raw.clone();
@@ -78,6 +91,7 @@ impl Target {
             memory: None,
             attempts: 3,
             raw_publish: None,
+            outage: None,
         }
     }
 
@@ -86,6 +100,27 @@ impl Target {
     pub fn with_raw_publish(mut self, publish: RawPublish) -> Self {
         self.raw_publish = Some(publish);
         self
+    }
+
+    /// Gives the target a way to take its broker away mid-case (`outage`).
+    #[allow(dead_code)]
+    pub fn with_outage(mut self, hook: OutageHook) -> Self {
+        self.outage = Some(hook);
+        self
+    }
+
+    /// Whether the target can take its broker away.
+    pub fn has_outage(&self) -> bool {
+        self.outage.is_some()
+    }
+
+    /// A new outage for a case: its own server or connections.
+    pub fn outage(&self) -> Outage {
+        let hook = self
+            .outage
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: the target has no outage hook", self.name));
+        hook()
     }
 
     /// Writes `payload` to `channel` around the library.
@@ -135,19 +170,23 @@ impl Target {
     /// A router on this backend. `channels_toml` adds `[channels."..."]` tables;
     /// every channel's default retry is 3 attempts with a 50 ms backoff.
     pub fn router(&self, channels_toml: &str) -> RouterBuilder {
+        let builder = MessageRouter::builder(self.config(&self.broker_toml, channels_toml));
+        match &self.memory {
+            Some(m) => builder.with_broker("target", m.clone()),
+            None => builder,
+        }
+    }
+
+    /// The config of a router on this backend, reaching it through `broker_toml`.
+    pub fn config(&self, broker_toml: &str, channels_toml: &str) -> RouterConfig {
         let text = format!(
             "default_broker = \"target\"\n\
              [defaults]\n\
              retry = {{ attempts = {}, initial = \"50ms\", multiplier = 2.0, max = \"1s\" }}\n\
              [brokers.target]\n{}\n{}",
-            self.attempts, self.broker_toml, channels_toml
+            self.attempts, broker_toml, channels_toml
         );
-        let config = RouterConfig::from_toml_str(&text).expect("test config is valid");
-        let builder = MessageRouter::builder(config);
-        match &self.memory {
-            Some(m) => builder.with_broker("target", m.clone()),
-            None => builder,
-        }
+        RouterConfig::from_toml_str(&text).expect("test config is valid")
     }
 }
 
