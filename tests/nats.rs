@@ -342,13 +342,16 @@ async fn nats_closing_members_do_not_inflate_attempts() {
         inflated.is_empty(),
         "calls saw attempts above the calls made so far: {inflated:?}"
     );
-    // Not 1, 2, 3, ...: only a message delivered again while another member still
-    // had it (its `ack_wait` overrun on a loaded machine), which at-least-once allows.
+    // Not exactly 1, 2, 3 then handled once: a message handled twice, which
+    // at-least-once allows (its `ack_wait` overrun on a loaded machine).
     let irregular: Vec<(&u64, &Vec<u32>)> = calls
         .iter()
-        .filter(|(_, seen)| !seen.iter().enumerate().all(|(i, &a)| a as usize == i + 1))
+        .filter(|(seq, seen)| {
+            let expected = if *seq % 7 == 0 { 3 } else { 1 };
+            seen.len() != expected || !seen.iter().enumerate().all(|(i, &a)| a as usize == i + 1)
+        })
         .collect();
-    println!("messages whose calls did not see 1, 2, 3, ...: {irregular:?}");
+    println!("messages not handled exactly as 1, 2, 3 then once: {irregular:?}");
     // What a closing member fetched and gave back is delivered again: at most the
     // server's unacknowledged limit (2 x prefetch) per close.
     let given_back_at_most = (CLOSES * 2 * PREFETCH) as u64;

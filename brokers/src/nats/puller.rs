@@ -183,19 +183,31 @@ impl Puller {
     }
 
     /// Stops pulling: unsubscribes the inbox (the server then drops this member's pull
-    /// requests, nobody listening) and returns every message the server sent before
-    /// that was not handed out.
+    /// requests, nobody listening) and returns what it received before that and had not
+    /// handed out, to be given back. What arrives after the unsubscribe is not
+    /// returned: the server may already have taken such a delivery back and sent the
+    /// message elsewhere (seen on nats-server 2.9: the message sent again with its
+    /// delivery count unchanged), and a give-back of a delivery the server replaced
+    /// makes it send the message once more while the other copy is in flight. Left
+    /// alone, it comes back after `ack_wait` if the server did not take it back.
     pub(crate) async fn stop(mut self) -> Vec<Held> {
-        let mut sent: Vec<_> = self.held.drain(..).collect();
+        let mut before: Vec<Held> = self.held.drain(..).collect();
+        while let Some(m) = self.try_next() {
+            before.push(m.into());
+        }
         if self.subscriber.drain().await.is_err() {
-            return sent;
+            return before;
         }
         let deadline = Instant::now() + DRAIN_LIMIT;
+        let mut after = 0;
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.subscriber.next()).await {
-            if let Ok(Some(m)) = self.read(m) {
-                sent.push(m.into());
+            if let Ok(Some(_)) = self.read(m) {
+                after += 1;
             }
         }
-        sent
+        if after > 0 {
+            tracing::debug!(after, "messages that arrived as the member stopped pulling are left to the server");
+        }
+        before
     }
 }
