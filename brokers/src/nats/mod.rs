@@ -16,7 +16,8 @@
 //! - retry: `nak` with the backoff as delay;
 //! - release (a closing member gives back what it had not started): `nak`. A closing
 //!   member stops pulling before it gives anything back, so nothing it gives back can
-//!   come back to it;
+//!   come back to it, and gives back only what it received before that (see
+//!   `puller.rs`);
 //! - dead letters: published to `C.dlt` (stream `<prefix>_<C>_DLT`), then the original is
 //!   terminated (`term`); replay moves them back and deletes them;
 //! - delay: published to `C.delayed` (stream `<prefix>_<C>_DELAYED`) with a due time; a
