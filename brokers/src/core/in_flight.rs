@@ -23,20 +23,6 @@ impl<T> Default for InFlightTable<T> {
     }
 }
 
-/// What a batch of settlements is about: the state of each delivery the table knew,
-/// with its settlement, and how many it did not know.
-pub(crate) struct Settled<T> {
-    pub(crate) known: Vec<(T, Settlement)>,
-    unknown: Unknown,
-}
-
-impl<T> Settled<T> {
-    /// See [`Unknown::error`].
-    pub(crate) fn unknown_error(&self) -> Result<()> {
-        self.unknown.error()
-    }
-}
-
 /// How many settlements of a batch were of deliveries the table did not know.
 pub(crate) struct Unknown(usize);
 
@@ -75,12 +61,15 @@ impl<T> InFlightTable<T> {
     }
 
     /// Takes the states of a batch of settled deliveries, under one lock.
-    pub(crate) fn take(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Settled<T> {
+    pub(crate) fn take(
+        &self,
+        settlements: Vec<(DeliveryTag, Settlement)>,
+    ) -> (Vec<(T, Settlement)>, Unknown) {
         let mut known = Vec::with_capacity(settlements.len());
         let unknown = self.take_each(settlements, |state, settlement| {
             known.push((state, settlement))
         });
-        Settled { known, unknown }
+        (known, unknown)
     }
 
     /// Passes each settled delivery's state and settlement to `each`, under one lock,
@@ -142,20 +131,20 @@ mod tests {
         let a = table.insert("a");
         let b = table.insert("b");
         assert_ne!(a, b);
-        let settled = table.take(vec![(a, Settlement::Ack), (a, Settlement::Ack)]);
-        assert_eq!(settled.known.len(), 1);
-        assert_eq!(settled.known[0].0, "a");
-        let err = settled.unknown_error().unwrap_err();
+        let (known, unknown) = table.take(vec![(a, Settlement::Ack), (a, Settlement::Ack)]);
+        assert_eq!(known.len(), 1);
+        assert_eq!(known[0].0, "a");
+        let err = unknown.error().unwrap_err();
         assert!(
             err.to_string().contains("1 deliveries settled twice"),
             "{err}"
         );
         let foreign = InFlightTable::<&str>::default();
-        let settled = foreign.take(vec![(DeliveryTag(99, 0), Settlement::Ack)]);
-        assert!(settled.known.is_empty() && settled.unknown_error().is_err());
+        let (known, unknown) = foreign.take(vec![(DeliveryTag(99, 0), Settlement::Ack)]);
+        assert!(known.is_empty() && unknown.error().is_err());
         let c = table.batch().insert("c");
         assert!(table.any(|s| *s == "b") && table.any(|s| *s == "c"));
-        assert_eq!(table.take(vec![(c, Settlement::Ack)]).known.len(), 1);
+        assert_eq!(table.take(vec![(c, Settlement::Ack)]).0.len(), 1);
         assert_eq!(table.drain(), vec!["b"]);
         assert!(!table.any(|_| true));
     }

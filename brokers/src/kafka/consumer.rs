@@ -448,16 +448,15 @@ impl Subscription for KafkaSubscription {
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         let mut finished = Vec::with_capacity(settlements.len());
         let mut others = Vec::new();
-        let mut settled = self.in_flight.take(settlements);
-        for (f, settlement) in std::mem::take(&mut settled.known) {
-            match settlement {
+        let unknown = self
+            .in_flight
+            .take_each(settlements, |f, settlement| match settlement {
                 Settlement::Ack => finished.push(f),
                 // Stays unfinished, so its offset is not committed: the group's next
                 // owner of the partition reads it again.
                 Settlement::Release => {}
                 other => others.push((f, other)),
-            }
-        }
+            });
         let mut first_error = None;
         if !others.is_empty() {
             let results = futures::future::join_all(
@@ -485,7 +484,7 @@ impl Subscription for KafkaSubscription {
         if let Some(e) = first_error {
             return Err(e.with_channel(&*self.channel));
         }
-        settled.unknown_error().map_err(|e| e.with_broker("kafka"))
+        unknown.error().map_err(|e| e.with_broker("kafka"))
     }
 
     async fn close(&self) -> Result<()> {

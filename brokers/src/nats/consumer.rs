@@ -305,8 +305,7 @@ impl Subscription for JetStreamSubscription {
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         let mut first_error = None;
         let mut acks = Vec::with_capacity(settlements.len());
-        let mut taken = self.in_flight.take(settlements);
-        let settled = std::mem::take(&mut taken.known);
+        let (settled, unknown) = self.in_flight.take(settlements);
         {
             let mut failures = self.failures.lock().unwrap();
             if !failures.is_empty() {
@@ -343,7 +342,7 @@ impl Subscription for JetStreamSubscription {
         if let Some(e) = first_error {
             return Err(e.with_channel(&*self.channel));
         }
-        taken.unknown_error().map_err(|e| e.with_broker("nats"))
+        unknown.error().map_err(|e| e.with_broker("nats"))
     }
 
     async fn close(&self) -> Result<()> {

@@ -237,10 +237,10 @@ impl Subscription for RabbitSubscription {
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
-        let mut settled = self.in_flight.take(settlements);
+        let (settled, unknown) = self.in_flight.take(settlements);
         let mut first_error = None;
         let mut others = Vec::new();
-        for (f, settlement) in std::mem::take(&mut settled.known) {
+        for (f, settlement) in settled {
             if matches!(settlement, Settlement::Ack) {
                 if let Err(e) = f.acker.ack(BasicAckOptions::default()).await {
                     first_error.get_or_insert(from_lapin(e, "ack"));
@@ -266,9 +266,7 @@ impl Subscription for RabbitSubscription {
         if let Some(e) = first_error {
             return Err(e.with_channel(&*self.channel));
         }
-        settled
-            .unknown_error()
-            .map_err(|e| e.with_broker("rabbitmq"))
+        unknown.error().map_err(|e| e.with_broker("rabbitmq"))
     }
 
     async fn close(&self) -> Result<()> {
