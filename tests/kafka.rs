@@ -16,8 +16,8 @@ use rdkafka::mocking::MockCluster;
 
 mod common;
 use common::{
-    kafka_mock_table, unique_channel, wait_until, Numbered, KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE,
-    KAFKA_TANSU_TABLE,
+    counting_handler, kafka_mock_table, unique_channel, wait_until, HandledCounts, Numbered,
+    KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE, KAFKA_TANSU_TABLE,
 };
 
 /// tansu with the settings it needs (see `KAFKA_TANSU_TABLE`), 3 attempts per message.
@@ -27,25 +27,6 @@ fn router_config() -> RouterConfig {
          [brokers.kafka]\n{KAFKA_TANSU_TABLE}"
     ))
     .unwrap()
-}
-
-/// How many times each message (by `seq`) was handled.
-type HandledCounts = Arc<Mutex<HashMap<u64, usize>>>;
-
-/// A handler that takes `pause` per message (simulated work), then counts it in `seen`.
-fn counting_handler(
-    seen: &HandledCounts,
-    pause: Duration,
-) -> impl anybroker::MessageHandler<Numbered> {
-    let seen = seen.clone();
-    handler_fn(move |m: Numbered, _cx: MessageContext| {
-        let seen = seen.clone();
-        async move {
-            tokio::time::sleep(pause).await;
-            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-            Ok(())
-        }
-    })
 }
 
 /// A member dropped without shutdown, holding handled-but-uncommitted and unhandled

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anybroker::{handler_fn, Envelope, MessageContext, MessageRouter, RouterConfig};
 
 mod common;
-use common::{unique_channel, wait_until, Numbered, OwnServer};
+use common::{counting_handler, unique_channel, wait_until, HandledCounts, Numbered};
 
 fn router_config(url: &str) -> RouterConfig {
     RouterConfig::from_toml_str(&format!(
@@ -57,23 +57,13 @@ async fn nats_over_tls_with_private_ca() {
     let certs =
         std::env::temp_dir().join(format!("anybroker-tls-{}", uuid::Uuid::new_v4().simple()));
     let (ca, cert, key) = common::make_tls_certs(&certs);
-    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
-    let server = OwnServer::start("nats-server", move |port, dir| {
-        vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.display().to_string(),
-            "--tls".into(),
-            "--tlscert".into(),
-            cert_arg.clone(),
-            "--tlskey".into(),
-            key_arg.clone(),
-        ]
-    });
+    let server = common::own_nats_with(vec![
+        "--tls".into(),
+        "--tlscert".into(),
+        cert.display().to_string(),
+        "--tlskey".into(),
+        key.display().to_string(),
+    ]);
     let config = |with_ca: bool| {
         let ca_line = if with_ca {
             format!("tls_ca = \"{}\"\n", ca.display())
@@ -93,14 +83,8 @@ async fn nats_over_tls_with_private_ca() {
     assert_eq!(err.kind(), anybroker::ErrorKind::Unreachable, "{err}");
 
     let ch = unique_channel::<Numbered>("tls");
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-            async { Ok(()) }
-        })
-    };
+    let seen: HandledCounts = Arc::default();
+    let handler = counting_handler(&seen, Duration::ZERO);
     let router = MessageRouter::builder(config(true))
         .handle(ch, handler)
         .start()

@@ -3,15 +3,17 @@
 //! library: the conformance case `foreign_payloads_dead_lettered_among_valid_ones`.)
 #![cfg(feature = "redis")]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anybroker::{handler_fn, MessageContext, MessageRouter, RouterConfig};
 use tokio::time::Instant;
 
 mod common;
-use common::{own_redis, unique_channel, wait_until, wait_until_async, Numbered, OwnServer};
+use common::{
+    counting_handler, own_redis, unique_channel, wait_until, wait_until_async, HandledCounts,
+    Numbered, OwnServer,
+};
 
 fn url(server: &OwnServer) -> String {
     format!("redis://127.0.0.1:{}", server.port)
@@ -33,14 +35,8 @@ async fn redis_entries_read_when_the_connection_was_lost_are_handled_on_reconnec
         ))
         .unwrap()
     };
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-            async { Ok(()) }
-        })
-    };
+    let seen: HandledCounts = Arc::default();
+    let handler = counting_handler(&seen, Duration::ZERO);
     let member = MessageRouter::builder(config(proxy.port))
         .handle(ch, handler)
         .start()
@@ -138,14 +134,8 @@ async fn redis_crashed_consumer_messages_are_reclaimed() {
     assert_eq!(taken.len(), 100);
     drop(sub);
 
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-            async { Ok(()) }
-        })
-    };
+    let seen: HandledCounts = Arc::default();
+    let handler = counting_handler(&seen, Duration::ZERO);
     let started = Instant::now();
     let survivor = MessageRouter::builder(config)
         .handle(ch, handler)
@@ -229,14 +219,8 @@ async fn redis_over_tls_with_private_ca() {
     );
 
     let ch = unique_channel::<Numbered>("tls");
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-            async { Ok(()) }
-        })
-    };
+    let seen: HandledCounts = Arc::default();
+    let handler = counting_handler(&seen, Duration::ZERO);
     let router = MessageRouter::builder(config(true))
         .handle(ch, handler)
         .start()
@@ -299,14 +283,8 @@ async fn redis_pubsub_subscribes_again_after_restart() {
     ))
     .unwrap();
     let ch = unique_channel::<Numbered>("pubsub-restart");
-    let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |m: Numbered, _cx: MessageContext| {
-            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
-            async { Ok(()) }
-        })
-    };
+    let seen: HandledCounts = Arc::default();
+    let handler = counting_handler(&seen, Duration::ZERO);
     let router = MessageRouter::builder(config)
         .handle(ch, handler)
         .start()

@@ -321,17 +321,10 @@ pub struct DelayProxy {
 
 impl DelayProxy {
     pub async fn start(upstream: u16, delay: Duration) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                else {
-                    continue;
-                };
-                tokio::spawn(proxy_connection(client, server, delay));
-            }
-        });
+        let (port, accept) = accept_relayed(upstream, move |client, server| {
+            proxy_connection(client, server, delay)
+        })
+        .await;
         DelayProxy { port, accept }
     }
 }
@@ -340,6 +333,27 @@ impl Drop for DelayProxy {
     fn drop(&mut self) {
         self.accept.abort();
     }
+}
+
+/// Listens on a free loopback port; each client accepted is connected to `upstream`
+/// and the pair handed to `relay`, on a task of its own. Returns the port and the
+/// accepting task.
+async fn accept_relayed<F, Fut>(upstream: u16, relay: F) -> (u16, tokio::task::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream, tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            tokio::spawn(relay(client, server));
+        }
+    });
+    (port, accept)
 }
 
 async fn proxy_connection(
@@ -392,29 +406,21 @@ pub struct CutProxy {
 #[allow(dead_code)]
 impl CutProxy {
     pub async fn start(upstream: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let losing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (cuts, _) = tokio::sync::watch::channel(0u64);
-        let accept = {
-            let losing = losing.clone();
-            let cuts = cuts.clone();
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        continue;
-                    };
-                    let mut cut = cuts.subscribe();
-                    let relay = relay_unless_losing(client, server, losing.clone());
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = relay => {}
-                            _ = cut.changed() => {}
-                        }
-                    });
+        let (port, accept) = {
+            let (losing, cuts) = (losing.clone(), cuts.clone());
+            accept_relayed(upstream, move |client, server| {
+                let mut cut = cuts.subscribe();
+                let relay = relay_unless_losing(client, server, losing.clone());
+                async move {
+                    tokio::select! {
+                        _ = relay => {}
+                        _ = cut.changed() => {}
+                    }
                 }
             })
+            .await
         };
         CutProxy {
             port,
@@ -500,8 +506,14 @@ pub fn own_redis() -> OwnServer {
 #[allow(dead_code)]
 /// A nats-server with JetStream of the test's own, storing in a temp dir.
 pub fn own_nats() -> OwnServer {
-    OwnServer::start("nats-server", |port, dir| {
-        vec![
+    own_nats_with(Vec::new())
+}
+
+/// `own_nats` with `extra` arguments (TLS settings, say).
+#[allow(dead_code)]
+pub fn own_nats_with(extra: Vec<String>) -> OwnServer {
+    OwnServer::start("nats-server", move |port, dir| {
+        let mut args: Vec<String> = vec![
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -509,7 +521,9 @@ pub fn own_nats() -> OwnServer {
             "-js".into(),
             "-sd".into(),
             dir.display().to_string(),
-        ]
+        ];
+        args.extend(extra.iter().cloned());
+        args
     })
 }
 
@@ -547,4 +561,28 @@ pub fn close_connections_named(name: &str) -> usize {
         rabbitmqctl(&["close_connection", pid, "anybroker restart test"]);
     }
     pids.len()
+}
+
+#[allow(dead_code)]
+/// How many times each message (by `seq`) was handled.
+pub type HandledCounts = Arc<Mutex<HashMap<u64, usize>>>;
+
+/// A handler that takes `pause` per message (simulated work, none if zero), then counts
+/// it in `seen`.
+#[allow(dead_code)]
+pub fn counting_handler(
+    seen: &HandledCounts,
+    pause: Duration,
+) -> impl anybroker::MessageHandler<Numbered> {
+    let seen = seen.clone();
+    handler_fn(move |m: Numbered, _cx: MessageContext| {
+        let seen = seen.clone();
+        async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            *seen.lock().unwrap().entry(m.seq).or_insert(0) += 1;
+            Ok(())
+        }
+    })
 }

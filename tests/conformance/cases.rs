@@ -267,13 +267,7 @@ pub async fn dead_letter_after_attempts(t: &Target) {
     for i in 0..N {
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
-    let r = router.clone();
-    wait_until_async("all dead-lettered", LONG, || {
-        let r = r.clone();
-        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
-    })
-    .await;
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
+    let dead = wait_for_dead_letters(&router, ch, N, "all dead-lettered").await;
     router.shutdown().await.unwrap();
     assert_eq!(rec.len() as u64, 2 * N, "each message tried exactly twice");
     assert!(rec.counts().values().all(|&c| c == 2));
@@ -323,13 +317,7 @@ pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
     for i in 0..N {
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
-    let r = router.clone();
-    wait_until_async("all dead-lettered", LONG, || {
-        let r = r.clone();
-        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
-    })
-    .await;
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
+    let dead = wait_for_dead_letters(&router, ch, N, "all dead-lettered").await;
     router.shutdown().await.unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst) as u64,
@@ -366,13 +354,7 @@ pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
     wait_until("valid ones handled", LONG, || rec.distinct() as u64 == N).await;
-    let r = router.clone();
-    wait_until_async("garbage dead-lettered", LONG, || {
-        let r = r.clone();
-        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
-    })
-    .await;
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
+    let dead = wait_for_dead_letters(&router, ch, N, "garbage dead-lettered").await;
     router.shutdown().await.unwrap();
     for d in dead {
         assert_eq!(d.headers[header::DEAD_LETTER_REASON], "undecodable");
@@ -416,13 +398,7 @@ pub async fn foreign_payloads_dead_lettered_among_valid_ones(t: &Target) {
         rec.distinct() as u64 == valid
     })
     .await;
-    let r = router.clone();
-    wait_until_async("foreign payloads dead-lettered", LONG, || {
-        let r = r.clone();
-        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 >= POISON }
-    })
-    .await;
-    let dead = router.dead_letters(ch, 10_000).await.unwrap();
+    let dead = wait_for_dead_letters(&router, ch, POISON, "foreign payloads dead-lettered").await;
     router.shutdown().await.unwrap();
     assert_eq!(
         dead.len() as u64,
@@ -852,12 +828,7 @@ pub async fn dead_letters_can_be_replayed(t: &Target) {
     for i in 0..N {
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
-    let r = router.clone();
-    wait_until_async("all dead-lettered", LONG, || {
-        let r = r.clone();
-        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
-    })
-    .await;
+    wait_for_dead_letters(&router, ch, N, "all dead-lettered").await;
     // Replayed while the handler still fails: dead-lettered again, none dropped (a
     // replayed message keeps its id, as its first dead letter did).
     assert_eq!(
@@ -868,11 +839,7 @@ pub async fn dead_letters_can_be_replayed(t: &Target) {
         failed.all().len() as u64 >= 2 * N
     })
     .await;
-    wait_until_async("all dead-lettered again", LONG, || {
-        let r = r.clone();
-        async move { r.dead_letters(ch, 10_000).await.unwrap().len() as u64 == N }
-    })
-    .await;
+    wait_for_dead_letters(&router, ch, N, "all dead-lettered again").await;
     broken.store(false, Ordering::SeqCst);
     assert_eq!(
         router.replay_dead_letters(ch, 10_000).await.unwrap() as u64,

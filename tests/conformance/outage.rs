@@ -11,18 +11,12 @@ use crate::support::{Outage, OutageHook};
 #[cfg(feature = "redis")]
 pub fn redis() -> OutageHook {
     Arc::new(|| {
-        let server = std::rc::Rc::new(std::cell::RefCell::new(crate::common::own_redis()));
-        let port = server.borrow().port;
-        Outage {
-            table: format!(
+        own_server_restarted(crate::common::own_redis(), "TERM", |port| {
+            format!(
                 "kind = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nclaim_idle = \"1s\"\n\
                  block = \"100ms\"\nresponse_timeout = \"2s\""
-            ),
-            cut: Box::new(move || {
-                let server = server.clone();
-                Box::pin(async move { restart(&server, "TERM").await })
-            }),
-        }
+            )
+        })
     })
 }
 
@@ -30,18 +24,31 @@ pub fn redis() -> OutageHook {
 #[cfg(feature = "nats")]
 pub fn nats() -> OutageHook {
     Arc::new(|| {
-        let server = std::rc::Rc::new(std::cell::RefCell::new(crate::common::own_nats()));
-        let port = server.borrow().port;
-        Outage {
-            table: format!(
+        own_server_restarted(crate::common::own_nats(), "KILL", |port| {
+            format!(
                 "kind = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\nmax_age = \"1h\"\nack_wait = \"2s\""
-            ),
-            cut: Box::new(move || {
-                let server = server.clone();
-                Box::pin(async move { restart(&server, "KILL").await })
-            }),
-        }
+            )
+        })
     })
+}
+
+/// An outage that stops `server` with `signal` and starts it again (`common::restart`);
+/// `table` makes the `[brokers.x]` body from the server's port.
+#[allow(dead_code)]
+fn own_server_restarted(
+    server: crate::common::OwnServer,
+    signal: &'static str,
+    table: impl FnOnce(u16) -> String,
+) -> Outage {
+    let table = table(server.port);
+    let server = std::rc::Rc::new(tokio::sync::Mutex::new(server));
+    Outage {
+        table,
+        cut: Box::new(move || {
+            let server = server.clone();
+            Box::pin(async move { crate::common::restart(&mut *server.lock().await, signal).await })
+        }),
+    }
 }
 
 /// The shared RabbitMQ closing, on the server, the connections the case's router named
@@ -99,12 +106,4 @@ pub fn kafka_mock() -> OutageHook {
             }),
         }
     })
-}
-
-/// Stops `server` with `signal`, waits a moment (the outage itself), starts it again.
-#[allow(dead_code)]
-async fn restart(server: &std::cell::RefCell<crate::common::OwnServer>, signal: &str) {
-    server.borrow_mut().stop(signal);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    server.borrow_mut().up();
 }

@@ -243,6 +243,22 @@ impl Recorder {
     }
 }
 
+/// Waits until `channel` holds exactly `n` dead letters (`what` names them in the
+/// timeout message) and returns them.
+pub async fn wait_for_dead_letters<M>(
+    router: &MessageRouter,
+    channel: Channel<M>,
+    n: u64,
+    what: &str,
+) -> Vec<anybroker::Envelope> {
+    wait_until_async(what, LONG, || {
+        let router = router.clone();
+        async move { router.dead_letters(channel, 10_000).await.unwrap().len() as u64 == n }
+    })
+    .await;
+    router.dead_letters(channel, 10_000).await.unwrap()
+}
+
 /// How long counting cases may take on a slow shared machine.
 pub const LONG: Duration = Duration::from_secs(60);
 
