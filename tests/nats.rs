@@ -136,15 +136,22 @@ async fn nats_stream_limits_follow_config() {
 
 /// A NATS backend of its own connection (as a separate process would have) to the
 /// server on `port`, in `mode`.
-async fn nats_broker(
-    mode: anybroker_brokers::nats::NatsMode,
-    port: u16,
-) -> anybroker_brokers::nats::NatsBroker {
+async fn nats_broker(mode: anybroker_brokers::nats::NatsMode, port: u16) -> anybroker::Broker {
     use anybroker_brokers::nats::{NatsBroker, NatsConfig};
+    use anybroker_brokers::Backend;
     let url = format!("nats://127.0.0.1:{port}");
     let mut config = NatsConfig::new(anybroker_brokers::SecretUrl::parse(&url).unwrap());
     config.mode = mode;
-    NatsBroker::connect(&config).await.unwrap()
+    NatsBroker::connect(&config).await.unwrap().into()
+}
+
+/// `channel` opened on `broker` with the group `default`.
+async fn open(
+    broker: &anybroker::Broker,
+    channel: &str,
+) -> anybroker::Result<anybroker::OpenChannel> {
+    let spec = anybroker_brokers::ChannelSpec::new(channel, "default");
+    broker.open_channel("nats", &spec).await
 }
 
 /// Members starting at the same moment on a channel nobody used yet all start: the
@@ -153,7 +160,7 @@ async fn nats_broker(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_members_starting_together_on_a_new_channel_all_start() {
     use anybroker_brokers::nats::NatsMode;
-    use anybroker_brokers::{MessagePublisher, SubscribeOptions};
+    use anybroker_brokers::SubscribeOptions;
     const MEMBERS: usize = 32;
     let mut members = Vec::new();
     for _ in 0..MEMBERS {
@@ -161,9 +168,13 @@ async fn nats_members_starting_together_on_a_new_channel_all_start() {
     }
     for round in 0..10 {
         let ch = unique_channel::<Numbered>("start-race");
-        let starts = members
-            .iter()
-            .map(|m| m.subscribe(SubscribeOptions::new(ch.name(), "default")));
+        // Each member opens the channel (its streams found or created) and subscribes.
+        let starts = members.iter().map(|m| async move {
+            open(m, ch.name())
+                .await?
+                .subscribe(SubscribeOptions::new(ch.name(), "default"))
+                .await
+        });
         let results = futures::future::join_all(starts).await;
         let failed: Vec<String> = results
             .iter()
@@ -192,7 +203,7 @@ async fn nats_members_starting_together_on_a_new_channel_all_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_nats_subscription_gets_what_is_published_right_after_start() {
     use anybroker_brokers::nats::NatsMode;
-    use anybroker_brokers::{MessagePublisher, SubscribeOptions};
+    use anybroker_brokers::SubscribeOptions;
     const ROUNDS: usize = 200;
     let proxy = common::DelayProxy::start(4222, Duration::from_millis(50)).await;
     let subscriber = nats_broker(NatsMode::Core, proxy.port).await;
@@ -201,12 +212,16 @@ async fn core_nats_subscription_gets_what_is_published_right_after_start() {
         let (subscriber, publisher) = (&subscriber, &publisher);
         async move {
             let ch = unique_channel::<Numbered>("core-start");
-            let sub = subscriber
+            let sub = open(subscriber, ch.name())
+                .await
+                .unwrap()
                 .subscribe(SubscribeOptions::new(ch.name(), "default"))
                 .await
                 .unwrap();
             let payload = serde_json::to_vec(&Numbered { seq: round as u64 }).unwrap();
-            publisher
+            open(publisher, ch.name())
+                .await
+                .unwrap()
                 .publish(Envelope::new(ch.name(), payload))
                 .await
                 .unwrap();

@@ -104,7 +104,7 @@ async fn redis_entries_read_when_the_connection_was_lost_are_handled_on_reconnec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_crashed_consumer_messages_are_reclaimed() {
     use anybroker_brokers::redis::{RedisBroker, RedisConfig};
-    use anybroker_brokers::{MessagePublisher, SecretUrl, SubscribeOptions};
+    use anybroker_brokers::{Backend, Broker, ChannelSpec, SecretUrl, SubscribeOptions};
     const N: u64 = 300;
     let ch = unique_channel::<Numbered>("crash");
     let table = "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"1s\"\n";
@@ -121,12 +121,16 @@ async fn redis_crashed_consumer_messages_are_reclaimed() {
     }
 
     // A member that takes 100 messages and vanishes without acking or closing.
-    let crashed = RedisBroker::connect(&RedisConfig::new(
+    let crashed: Broker = RedisBroker::connect(&RedisConfig::new(
         SecretUrl::parse("redis://127.0.0.1:6379").unwrap(),
     ))
     .await
-    .unwrap();
+    .unwrap()
+    .into();
     let sub = crashed
+        .open_channel("crashed", &ChannelSpec::new(ch.name(), "default"))
+        .await
+        .unwrap()
         .subscribe(SubscribeOptions::new(ch.name(), "default"))
         .await
         .unwrap();

@@ -1,9 +1,9 @@
 //! The one list of backends (`backends!` in `lib.rs`). What enumerates them is made
 //! from it: the backend modules, [`BrokerKind`](crate::BrokerKind), the
 //! [`BrokerConfig`](crate::BrokerConfig) and [`Broker`](crate::Broker) enums, reading a
-//! config by its `kind`, and connecting. A backend is its folder, its cargo feature
-//! and one line of that list; its config type implements [`BackendConfig`] and its
-//! broker type has `async fn connect(&Config) -> Result<Self>`.
+//! config by its `kind`, connecting, and opening channels. A backend is its folder, its
+//! cargo feature and one line of that list; its config type implements
+//! [`BackendConfig`] and its broker type [`Backend`](crate::Backend).
 
 use serde::de::DeserializeOwned;
 
@@ -25,11 +25,11 @@ pub trait TableReader {
 }
 
 /// Makes everything that enumerates the backends from their list: one line per backend,
-/// `Variant = "kind", cfg(<when it is built>), module::{Config, Broker};`.
+/// `Variant = "kind", cfg(<when it is built>), module::{Config, Broker, Channel};`.
 macro_rules! backends {
     ($(
         $(#[doc = $doc:literal])*
-        $variant:ident = $kind:literal, cfg($($built:tt)*), $module:ident::{$config:ident, $broker:ident};
+        $variant:ident = $kind:literal, cfg($($built:tt)*), $module:ident::{$config:ident, $broker:ident, $channel:ident};
     )+) => {
         $(pub mod $module;)+
 
@@ -113,7 +113,6 @@ macro_rules! backends {
         }
 
         /// Every backend this build includes, dispatched without boxing.
-        #[enum_dispatch::enum_dispatch(MessagePublisher)]
         #[derive(Debug, Clone)]
         #[non_exhaustive]
         pub enum Broker {
@@ -122,6 +121,22 @@ macro_rules! backends {
                 #[cfg($($built)*)]
                 $variant($module::$broker),
             )+
+        }
+
+        $(
+            #[cfg($($built)*)]
+            impl From<$module::$broker> for Broker {
+                fn from(broker: $module::$broker) -> Broker {
+                    Broker::$variant(broker)
+                }
+            }
+        )+
+
+        $crate::channel_enum! {
+            /// An open channel of any backend this build includes.
+            pub(crate) enum AnyChannel {
+                $( #[cfg($($built)*)] $variant($module::$channel), )+
+            }
         }
 
         impl Broker {
@@ -133,16 +148,46 @@ macro_rules! backends {
                 match config {
                     $(
                         #[cfg($($built)*)]
-                        BrokerConfig::$variant(c) => $module::$broker::connect(c)
+                        BrokerConfig::$variant(c) => <$module::$broker as $crate::Backend>::connect(c)
                             .await
                             .map(Broker::$variant)
-                            .map_err(|e| e.with_broker(name)),
+                            .map_err(|e| e.with_broker(name).with_broker_kind(kind)),
                     )+
                     #[allow(unreachable_patterns)]
                     _ => Err(Error::config(format!(
                         "brokers.{name}: kind \"{kind}\" needs the cargo feature \"{kind}\" of anybroker, which this build does not have"
                     ))
                     .with_broker(name)),
+                }
+            }
+
+            /// Which backend this is.
+            pub fn kind(&self) -> BrokerKind {
+                match self {
+                    $( #[cfg($($built)*)] Broker::$variant(_) => BrokerKind::$variant, )+
+                }
+            }
+
+            /// Whether [`shutdown`](Broker::shutdown) ran.
+            pub fn is_closed(&self) -> bool {
+                match self {
+                    $( #[cfg($($built)*)] Broker::$variant(b) => $crate::Backend::is_closed(b), )+
+                }
+            }
+
+            pub(crate) async fn open_any(&self, spec: &$crate::ChannelSpec) -> Result<AnyChannel> {
+                match self {
+                    $(
+                        #[cfg($($built)*)]
+                        Broker::$variant(b) => $crate::Backend::open_channel(b, spec).await.map(AnyChannel::$variant),
+                    )+
+                }
+            }
+
+            /// Closes connections; later calls on it and its channels fail with `Closed`.
+            pub async fn shutdown(&self) -> Result<()> {
+                match self {
+                    $( #[cfg($($built)*)] Broker::$variant(b) => $crate::Backend::shutdown(b).await, )+
                 }
             }
         }

@@ -4,30 +4,26 @@
 //! `anybroker` crate, which re-exports what they need from here.
 #![deny(missing_docs)]
 
-// The trait first: enum_dispatch writes the dispatching impl where it meets the second
-// of trait (`core`) and enum (`Broker`, below), and only here is every type the trait's
-// methods name in scope.
 pub mod core;
 #[macro_use]
 pub mod backends;
+mod open_channel;
 mod redact;
 mod tls_files;
 
 pub use core::*;
+pub use open_channel::OpenChannel;
 pub use redact::{Secret, SecretUrl};
-
-// Named by the dispatching impl.
-use std::time::Duration;
 
 backends! {
     /// The embedded in-memory broker.
-    Memory = "memory", cfg(all()), memory::{MemoryConfig, MemoryBroker};
+    Memory = "memory", cfg(all()), memory::{MemoryConfig, MemoryBroker, MemoryChannel};
     /// Apache Kafka (and Kafka-protocol brokers).
-    Kafka = "kafka", cfg(feature = "kafka"), kafka::{KafkaConfig, KafkaBroker};
+    Kafka = "kafka", cfg(feature = "kafka"), kafka::{KafkaConfig, KafkaBroker, KafkaChannel};
     /// Redis Streams or pub/sub.
-    Redis = "redis", cfg(feature = "redis"), redis::{RedisConfig, RedisBroker};
+    Redis = "redis", cfg(feature = "redis"), redis::{RedisConfig, RedisBroker, RedisChannel};
     /// RabbitMQ (AMQP 0-9-1).
-    RabbitMq = "rabbitmq", cfg(feature = "rabbitmq"), rabbitmq::{RabbitMqConfig, RabbitMqBroker};
+    RabbitMq = "rabbitmq", cfg(feature = "rabbitmq"), rabbitmq::{RabbitMqConfig, RabbitMqBroker, RabbitMqChannel};
     /// NATS JetStream or core NATS.
-    Nats = "nats", cfg(feature = "nats"), nats::{NatsConfig, NatsBroker};
+    Nats = "nats", cfg(feature = "nats"), nats::{NatsConfig, NatsBroker, NatsChannel};
 }

@@ -12,7 +12,7 @@ mod router;
 pub use anybroker_brokers::memory::MemoryBroker;
 pub use anybroker_brokers::{
     header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, Envelope, Error,
-    ErrorKind, Headers, MessagePublisher, Result, RetryPolicy,
+    ErrorKind, Headers, OpenChannel, Result, RetryPolicy,
 };
 pub use anybroker_brokers::{message_id_time, new_message_id, MESSAGE_ID_LEN};
 pub use channel::{Channel, ChannelSet, Message};

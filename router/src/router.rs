@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anybroker_brokers::{
-    Broker, BrokerKind, Capabilities, Envelope, Error, ErrorKind, Headers, MessagePublisher,
-    Result, SubscribeOptions,
+    Broker, BrokerKind, Capabilities, ChannelSpec, Envelope, Error, ErrorKind, Headers,
+    OpenChannel, Result, SubscribeOptions,
 };
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -233,6 +233,7 @@ impl RouterBuilder {
             config,
             slots,
             routes: RwLock::new(Default::default()),
+            routes_via: RwLock::new(Default::default()),
             consumers: Mutex::new(Vec::new()),
             stop,
         });
@@ -266,17 +267,19 @@ struct BrokerSlot {
     owned: bool,
 }
 
-/// Where one channel goes.
-struct Route {
-    channel: Arc<str>,
-    broker_name: Arc<str>,
-    broker: Broker,
-}
+/// Where one channel goes: the channel, opened on its broker.
+type Route = OpenChannel;
+
+/// Opened channels by the name they are looked up with.
+type Routes<K> = RwLock<rustc_hash::FxHashMap<K, Arc<Route>>>;
 
 struct RouterInner {
     config: RouterConfig,
     slots: HashMap<String, BrokerSlot>,
-    routes: RwLock<rustc_hash::FxHashMap<Arc<str>, Arc<Route>>>,
+    /// Each channel opened on its configured broker.
+    routes: Routes<Arc<str>>,
+    /// Channels opened on a broker chosen per call (`publish_via`), by broker and channel.
+    routes_via: Routes<(String, Arc<str>)>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -313,21 +316,36 @@ impl RouterInner {
 
     async fn new_route(&self, channel: &str) -> Result<Arc<Route>> {
         let name = self.config.broker_for(channel)?;
-        let broker = self.broker(name).await?.clone();
-        broker
-            .prepare_channel(channel, self.config.group_for(channel))
-            .await
-            .map_err(|e| e.with_broker(name).with_channel(channel))?;
-        let route = Arc::new(Route {
-            channel: Arc::from(channel),
-            broker_name: Arc::from(name),
-            broker,
-        });
+        let route = Arc::new(self.open(name, channel).await?);
         self.routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(route.channel.clone(), route.clone());
+            .insert(route.name().clone(), route.clone());
         Ok(route)
+    }
+
+    /// `channel` opened on the broker named `broker`, for calls that choose the broker.
+    async fn route_via(&self, broker: &str, channel: &str) -> Result<Arc<Route>> {
+        let key = (broker.to_string(), Arc::from(channel));
+        if let Some(r) = self
+            .routes_via
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(r.clone());
+        }
+        let route = Arc::new(Box::pin(self.open(broker, channel)).await?);
+        self.routes_via
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, route.clone());
+        Ok(route)
+    }
+
+    async fn open(&self, broker: &str, channel: &str) -> Result<OpenChannel> {
+        let spec = ChannelSpec::new(channel, self.config.group_for(channel));
+        self.broker(broker).await?.open_channel(broker, &spec).await
     }
 }
 
@@ -372,12 +390,8 @@ impl MessageRouter {
     pub async fn publish<M: Serialize>(&self, channel: Channel<M>, message: &M) -> Result<()> {
         // The hot path, kept flat: its future holds little more than the broker's own.
         let route = self.inner.route(channel.name()).await?;
-        let envelope = build_envelope(&route.channel, message, None, Headers::new())?;
-        route
-            .broker
-            .publish(envelope)
-            .await
-            .map_err(|e| add_context(e, &route.broker_name, channel.name()))
+        let envelope = build_envelope(route.name(), message, None, Headers::new())?;
+        route.publish(envelope).await
     }
 
     /// Publishes with a key, headers or a delay.
@@ -388,8 +402,8 @@ impl MessageRouter {
         options: PublishOptions,
     ) -> Result<()> {
         let route = self.inner.route(channel.name()).await?;
-        let envelope = build_envelope(&route.channel, message, options.key, options.headers)?;
-        send(&route.broker, &route.broker_name, envelope, options.delay).await
+        let envelope = build_envelope(route.name(), message, options.key, options.headers)?;
+        send(&route, envelope, options.delay).await
     }
 
     /// Publishes so the message is delivered no earlier than `delay` from now.
@@ -412,16 +426,16 @@ impl MessageRouter {
         message: &M,
     ) -> Result<()> {
         let name = self.inner.config.broker_of_kind(kind, channel.name())?;
-        let broker = Box::pin(self.inner.broker(name)).await?;
-        let envelope = build_envelope(&Arc::from(channel.name()), message, None, Headers::new())?;
-        send(broker, name, envelope, None).await
+        let route = self.inner.route_via(name, channel.name()).await?;
+        let envelope = build_envelope(route.name(), message, None, Headers::new())?;
+        send(&route, envelope, None).await
     }
 
     /// Publishes a ready-made envelope on its channel's broker, payload untouched
     /// (bridging, replaying, tests).
     pub async fn publish_envelope(&self, envelope: Envelope) -> Result<()> {
         let route = self.inner.route(&envelope.channel).await?;
-        send(&route.broker, &route.broker_name, envelope, None).await
+        send(&route, envelope, None).await
     }
 
     /// Sends a request on `channel` and decodes the reply, waiting up to `timeout`.
@@ -433,16 +447,13 @@ impl MessageRouter {
         timeout: Duration,
     ) -> Result<R> {
         let route = self.inner.route(channel.name()).await?;
-        let envelope = build_envelope(&route.channel, message, None, Headers::new())?;
-        let reply = route
-            .broker
-            .request(envelope, timeout)
-            .await
-            .map_err(|e| add_context(e, &route.broker_name, channel.name()))?;
+        let envelope = build_envelope(route.name(), message, None, Headers::new())?;
+        let reply = route.request(envelope, timeout).await?;
         if let Some(error) = reply.headers.get(anybroker_brokers::header::REPLY_ERROR) {
             return Err(
                 Error::new(ErrorKind::Broker, format!("the responder failed: {error}"))
-                    .with_broker(&*route.broker_name)
+                    .with_broker(&**route.broker_name())
+                    .with_broker_kind(route.kind())
                     .with_channel(channel.name()),
             );
         }
@@ -458,18 +469,13 @@ impl MessageRouter {
 
     /// What the broker carrying `channel` guarantees.
     pub async fn capabilities<M>(&self, channel: Channel<M>) -> Result<Capabilities> {
-        Ok(self
-            .inner
-            .route(channel.name())
-            .await?
-            .broker
-            .capabilities())
+        Ok(self.inner.route(channel.name()).await?.capabilities())
     }
 
     /// The name and kind of the broker carrying `channel`.
     pub async fn broker_of<M>(&self, channel: Channel<M>) -> Result<(String, BrokerKind)> {
         let route = self.inner.route(channel.name()).await?;
-        Ok((route.broker_name.to_string(), route.broker.kind()))
+        Ok((route.broker_name().to_string(), route.kind()))
     }
 
     /// Reads up to `limit` dead letters of `channel`, oldest first.
@@ -479,16 +485,13 @@ impl MessageRouter {
         limit: usize,
     ) -> Result<Vec<Envelope>> {
         let route = self.inner.route(channel.name()).await?;
-        route.broker.dead_letters(channel.name(), limit).await
+        route.dead_letters(limit).await
     }
 
     /// Moves up to `limit` dead letters of `channel` back onto it; returns how many.
     pub async fn replay_dead_letters<M>(&self, channel: Channel<M>, limit: usize) -> Result<usize> {
         let route = self.inner.route(channel.name()).await?;
-        route
-            .broker
-            .replay_dead_letters(channel.name(), limit)
-            .await
+        route.replay_dead_letters(limit).await
     }
 
     /// Stops fetching, lets in-flight handlers finish and settles them, gives back
@@ -530,21 +533,14 @@ impl MessageRouter {
             .unwrap_or_else(|| config.consumers_for(r.channel));
         let policy = config.retry_for(r.channel);
         let prefetch = config.prefetch_for(r.channel);
-        let caps = route.broker.capabilities();
-        if r.serves_requests && !caps.request_reply {
-            return Err(Error::unsupported(format!(
-                "channel {:?}: broker {:?} in its configured mode has no request/reply",
-                r.channel, &*route.broker_name
-            ))
-            .with_broker(&*route.broker_name)
-            .with_channel(r.channel));
-        }
+        let caps = route.capabilities();
         if !r.serves_requests && policy.attempts > 1 && !caps.retry {
             return Err(Error::unsupported(format!(
                 "channels.{:?}.retry: broker {:?} in its configured mode cannot retry; set retry = {{ attempts = 1 }} for this channel or route it to a broker that can",
-                r.channel, &*route.broker_name
+                r.channel, &**route.broker_name()
             ))
-            .with_broker(&*route.broker_name)
+            .with_broker(&**route.broker_name())
+            .with_broker_kind(route.kind())
             .with_channel(r.channel));
         }
         for _ in 0..consumers {
@@ -552,16 +548,14 @@ impl MessageRouter {
                 .retry(policy)
                 .prefetch(prefetch);
             let subscription = if r.serves_requests {
-                route.broker.serve(options).await
+                route.serve(options).await?
             } else {
-                route.broker.subscribe(options).await
+                route.subscribe(options).await?
             };
-            let subscription = subscription
-                .map_err(|e| e.with_broker(&*route.broker_name).with_channel(r.channel))?;
             let spec = ConsumerSpec {
                 subscription: Arc::from(subscription),
-                broker: route.broker_name.clone(),
-                channel: route.channel.clone(),
+                broker: route.broker_name().clone(),
+                channel: route.name().clone(),
                 policy,
                 prefetch,
             };
@@ -600,29 +594,9 @@ fn build_envelope<M: Serialize>(
     Ok(envelope)
 }
 
-async fn send(
-    broker: &Broker,
-    name: &str,
-    envelope: Envelope,
-    delay: Option<Duration>,
-) -> Result<()> {
-    let channel = envelope.channel.clone();
-    let result = match delay {
-        Some(d) => broker.publish_delayed(envelope, d).await,
-        None => broker.publish(envelope).await,
-    };
-    result.map_err(|e| add_context(e, name, &channel))
-}
-
-fn add_context(e: Error, broker: &str, channel: &str) -> Error {
-    let e = if e.broker().is_none() {
-        e.with_broker(broker)
-    } else {
-        e
-    };
-    if e.channel().is_none() {
-        e.with_channel(channel)
-    } else {
-        e
+async fn send(route: &Route, envelope: Envelope, delay: Option<Duration>) -> Result<()> {
+    match delay {
+        Some(d) => route.publish_delayed(envelope, d).await,
+        None => route.publish(envelope).await,
     }
 }

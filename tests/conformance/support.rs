@@ -73,8 +73,12 @@ impl Target {
             Box::pin(async move {
                 // The embedded broker has no client of its own: an envelope carrying
                 // the bytes alone is the nearest thing.
-                use anybroker_brokers::MessagePublisher;
+                let broker = anybroker::Broker::from(broker);
+                let spec = anybroker_brokers::ChannelSpec::new(channel.clone(), "default");
                 broker
+                    .open_channel("memory", &spec)
+                    .await
+                    .expect("open channel")
                     .publish(anybroker_brokers::Envelope::new(channel, payload))
                     .await
                     .expect("raw publish");

@@ -59,6 +59,7 @@ pub struct Error {
     retryable: bool,
     message: String,
     broker: Option<String>,
+    broker_kind: Option<crate::BrokerKind>,
     operation: Option<&'static str>,
     channel: Option<String>,
     source: Option<Source>,
@@ -76,6 +77,7 @@ impl Error {
             retryable: matches!(kind, ErrorKind::Unreachable | ErrorKind::Timeout),
             message: message.into(),
             broker: None,
+            broker_kind: None,
             operation: None,
             channel: None,
             source: None,
@@ -113,6 +115,36 @@ impl Error {
     /// Adds the broker name as context.
     pub fn with_broker(mut self, broker: impl Into<String>) -> Self {
         self.broker = Some(broker.into());
+        self
+    }
+
+    /// Adds which backend the broker is as context.
+    pub fn with_broker_kind(mut self, kind: crate::BrokerKind) -> Self {
+        self.broker_kind = Some(kind);
+        self
+    }
+
+    /// Adds broker, kind and channel where the error does not name them yet: the one
+    /// place every channel operation gets its context.
+    pub(crate) fn in_context(
+        mut self,
+        broker: &str,
+        kind: crate::BrokerKind,
+        channel: &str,
+    ) -> Self {
+        if self.broker.is_none() {
+            self.broker = Some(broker.to_string());
+        }
+        self.broker_kind.get_or_insert(kind);
+        if self.channel.is_none() {
+            self.channel = Some(channel.to_string());
+        }
+        self
+    }
+
+    /// Adds the operation unless the error names one already.
+    pub(crate) fn or_operation(mut self, operation: &'static str) -> Self {
+        self.operation.get_or_insert(operation);
         self
     }
 
@@ -154,6 +186,11 @@ impl Error {
         self.broker.as_deref()
     }
 
+    /// Which backend the broker is, if known.
+    pub fn broker_kind(&self) -> Option<crate::BrokerKind> {
+        self.broker_kind
+    }
+
     /// The channel the error happened on, if known.
     pub fn channel(&self) -> Option<&str> {
         self.channel.as_deref()
@@ -167,8 +204,13 @@ impl fmt::Display for Error {
         if let Some(op) = self.operation {
             context.push(format!("operation {op}"));
         }
-        if let Some(b) = &self.broker {
-            context.push(format!("broker {b}"));
+        match (&self.broker, self.broker_kind) {
+            (Some(b), Some(k)) if b.as_str() != k.as_str() => {
+                context.push(format!("broker {b} ({k})"))
+            }
+            (Some(b), _) => context.push(format!("broker {b}")),
+            (None, Some(k)) => context.push(format!("broker kind {k}")),
+            (None, None) => {}
         }
         if let Some(c) = &self.channel {
             context.push(format!("channel {c:?}"));

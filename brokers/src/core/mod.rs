@@ -1,6 +1,6 @@
 //! The contract every backend implements.
 
-mod broker_api;
+mod backend;
 mod capabilities;
 mod envelope;
 mod error;
@@ -12,7 +12,7 @@ mod retry;
 mod shutdown;
 mod subscription;
 
-pub use broker_api::{BrokerKind, MessagePublisher};
+pub use backend::{Backend, BackendChannel, BrokerKind, ChannelSpec};
 pub use capabilities::Capabilities;
 pub use envelope::{
     header, unix_micros, unix_millis, DeadLetter, DeadLetterReason, Envelope, Headers,

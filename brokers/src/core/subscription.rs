@@ -65,12 +65,7 @@ pub enum Settlement {
 /// Settles deliveries of a fire-and-forget mode, which has nothing to acknowledge and
 /// cannot retry, dead-letter or release: acks succeed, anything else is reported as
 /// `Unsupported` (those messages are dropped, and the caller logs it).
-pub fn settle_fire_and_forget(
-    settlements: &[(DeliveryTag, Settlement)],
-    broker: &str,
-    mode: &str,
-    channel: &str,
-) -> Result<()> {
+pub fn settle_fire_and_forget(settlements: &[(DeliveryTag, Settlement)], mode: &str) -> Result<()> {
     let dropped = settlements
         .iter()
         .filter(|(_, s)| !matches!(s, Settlement::Ack))
@@ -78,9 +73,7 @@ pub fn settle_fire_and_forget(
     if dropped > 0 {
         return Err(crate::Error::unsupported(format!(
             "{dropped} messages not handled and dropped: {mode} cannot retry, dead-letter or release"
-        ))
-        .with_broker(broker)
-        .with_channel(channel));
+        )));
     }
     Ok(())
 }

@@ -27,7 +27,6 @@ pub(crate) fn from_kafka(e: KafkaError, operation: &'static str) -> Error {
         );
     Error::new(kind, "Kafka operation failed")
         .set_retryable(retryable)
-        .with_broker("kafka")
         .with_operation(operation)
         .with_source(e)
 }

@@ -28,21 +28,27 @@
 pub mod config;
 
 #[cfg(feature = "kafka")]
+mod broker;
+#[cfg(feature = "kafka")]
+mod channel;
+#[cfg(feature = "kafka")]
 mod codec;
 #[cfg(feature = "kafka")]
-mod consumer;
+mod connection;
 #[cfg(feature = "kafka")]
 mod error;
 #[cfg(feature = "kafka")]
 mod offsets;
 #[cfg(feature = "kafka")]
-mod publisher;
-#[cfg(feature = "kafka")]
 mod retry_topics;
-
-pub use config::KafkaConfig;
 #[cfg(feature = "kafka")]
-pub use publisher::KafkaBroker;
+mod subscription;
+
+#[cfg(feature = "kafka")]
+pub use broker::KafkaBroker;
+#[cfg(feature = "kafka")]
+pub use channel::KafkaChannel;
+pub use config::KafkaConfig;
 
 /// The topic names of one channel.
 #[cfg(feature = "kafka")]

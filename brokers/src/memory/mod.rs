@@ -9,10 +9,13 @@
 //! has taken them; before any group exists they are kept, so a group that joins later
 //! starts at the oldest retained message.
 
+mod broker;
+mod channel;
 pub mod config;
-mod consumer;
-mod publisher;
+mod connection;
+mod subscription;
 mod topic;
 
+pub use broker::MemoryBroker;
+pub use channel::MemoryChannel;
 pub use config::MemoryConfig;
-pub use publisher::MemoryBroker;

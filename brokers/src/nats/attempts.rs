@@ -9,18 +9,20 @@
 //! when a handed-out message is given back unhandled. A first delivery, the common
 //! case, costs nothing here: its attempt is 1.
 
+use std::sync::Arc;
+
 use async_nats::jetstream::stream::{Config, LastRawMessageErrorKind, StorageType, Stream};
 
 use super::codec::stream_name;
 use super::error::from_nats;
-use super::NatsBroker;
+use super::connection::Connection;
 use crate::core::Result;
 
 /// Suffix of the name of a channel's attempt-count stream.
 const ATTEMPTS: &str = "_ATTEMPTS";
 
 pub(crate) struct AttemptCounts {
-    broker: NatsBroker,
+    connection: Arc<Connection>,
     stream: Stream,
     /// `anybroker-attempts.<stream>.<consumer>.`: the subjects of one group's counts,
     /// each followed by a stream sequence. The stream name (no dots) keeps one channel's
@@ -29,8 +31,8 @@ pub(crate) struct AttemptCounts {
 }
 
 impl AttemptCounts {
-    pub(crate) async fn open(broker: &NatsBroker, channel: &str, consumer: &str) -> Result<Self> {
-        let c = &broker.inner.config;
+    pub(crate) async fn open(connection: &Arc<Connection>, channel: &str, consumer: &str) -> Result<Self> {
+        let c = &connection.config;
         let name = stream_name(&c.stream_prefix, channel, ATTEMPTS);
         let subjects = format!("anybroker-attempts.{name}.>");
         let config = Config {
@@ -43,9 +45,9 @@ impl AttemptCounts {
             storage: StorageType::File,
             ..Default::default()
         };
-        let stream = broker.get_or_create_stream(&config, channel).await?;
+        let stream = connection.get_or_create_stream(&config, channel).await?;
         Ok(AttemptCounts {
-            broker: broker.clone(),
+            connection: connection.clone(),
             stream,
             prefix: format!("anybroker-attempts.{name}.{consumer}."),
         })
@@ -80,8 +82,7 @@ impl AttemptCounts {
     /// Sets the attempts the message at `stream_sequence` has had.
     pub(crate) async fn record(&self, stream_sequence: u64, attempts: u32) -> Result<()> {
         let ack = self
-            .broker
-            .inner
+            .connection
             .js
             .publish(self.subject(stream_sequence), attempts.to_string().into())
             .await

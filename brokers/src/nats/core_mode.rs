@@ -7,12 +7,67 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Mutex;
 
-use super::codec::from_message;
+use super::codec::{from_message, to_headers, IdHeaders};
+use super::connection::Connection;
 use super::error::from_nats;
-use super::NatsBroker;
 use crate::core::{
-    batch_of, Delivery, DeliveryTag, Result, Settlement, SubscribeOptions, Subscription,
+    batch_of, BackendChannel, Capabilities, Delivery, DeliveryTag, Envelope, Result, Settlement,
+    SubscribeOptions, Subscription,
 };
+
+/// What core NATS guarantees: queue groups, and order per key within a member.
+const CAPABILITIES: Capabilities = Capabilities {
+    groups: true,
+    ordering_by_key: true,
+    request_reply: true,
+    ..Capabilities::NONE
+};
+
+/// A channel on core NATS: a plain subject.
+pub struct CoreChannel {
+    connection: Arc<Connection>,
+    subject: async_nats::Subject,
+}
+
+impl CoreChannel {
+    pub(crate) fn new(connection: Arc<Connection>, name: &str) -> Self {
+        CoreChannel {
+            connection,
+            subject: async_nats::Subject::from(name),
+        }
+    }
+}
+
+impl BackendChannel for CoreChannel {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        let headers = to_headers(&envelope, IdHeaders::Core);
+        self.connection
+            .client
+            .publish_with_headers(self.subject.clone(), headers, envelope.payload)
+            .await
+            .map_err(|e| from_nats(e, "publish"))
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Ok(Box::new(
+            CoreSubscription::start(self.connection.clone(), options).await?,
+        ))
+    }
+
+    async fn request(&self, envelope: Envelope, timeout: std::time::Duration) -> Result<Envelope> {
+        self.connection.request(envelope, timeout).await
+    }
+
+    async fn serve(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Ok(Box::new(
+            CoreSubscription::serve(self.connection.clone(), options).await?,
+        ))
+    }
+}
 
 pub(crate) struct CoreSubscription {
     subscriber: Mutex<async_nats::Subscriber>,
@@ -26,15 +81,15 @@ pub(crate) struct CoreSubscription {
 }
 
 impl CoreSubscription {
-    pub(crate) async fn start(broker: NatsBroker, options: SubscribeOptions) -> Result<Self> {
-        Self::subscribe(broker, options.channel.clone(), options, false).await
+    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
+        Self::subscribe(connection, options.channel.clone(), options, false).await
     }
 
     /// Answers requests sent to the channel's request subject.
-    pub(crate) async fn serve(broker: NatsBroker, options: SubscribeOptions) -> Result<Self> {
+    pub(crate) async fn serve(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
         Self::subscribe(
-            broker,
-            super::publisher::rpc_subject(&options.channel),
+            connection,
+            super::connection::rpc_subject(&options.channel),
             options,
             true,
         )
@@ -42,29 +97,27 @@ impl CoreSubscription {
     }
 
     async fn subscribe(
-        broker: NatsBroker,
+        connection: Arc<Connection>,
         subject: String,
         options: SubscribeOptions,
         serving: bool,
     ) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
-        let subscriber = broker
-            .inner
+        let subscriber = connection
             .client
             .queue_subscribe(subject, options.group.clone())
             .await
-            .map_err(|e| from_nats(e, "subscribe").with_channel(&*channel))?;
+            .map_err(|e| from_nats(e, "subscribe"))?;
         // Publishes after `start` returns reach the subscription only once the server
         // has it: wait for the server to confirm, not for the socket to be written.
-        broker
+        connection
             .server_round_trip("subscribe")
-            .await
-            .map_err(|e| e.with_channel(&*channel))?;
+            .await?;
         Ok(CoreSubscription {
             subscriber: Mutex::new(subscriber),
             channel,
             next_tag: AtomicU64::new(1),
-            replies: serving.then(|| (broker.inner.client.clone(), Default::default())),
+            replies: serving.then(|| (connection.client.clone(), Default::default())),
         })
     }
 
@@ -118,11 +171,11 @@ impl Subscription for CoreSubscription {
                 client
                     .publish_with_headers(inbox, headers, payload)
                     .await
-                    .map_err(|e| from_nats(e, "reply").with_channel(&*self.channel))?;
+                    .map_err(|e| from_nats(e, "reply"))?;
             }
             return Ok(());
         }
-        crate::core::settle_fire_and_forget(&settlements, "nats", "core NATS", &self.channel)
+        crate::core::settle_fire_and_forget(&settlements, "core NATS")
     }
 
     async fn close(&self) -> Result<()> {

@@ -21,7 +21,7 @@ where
     };
     Error::new(kind, "NATS operation failed")
         .set_retryable(kind != ErrorKind::Broker || text.contains("timed out"))
-        .with_broker("nats")
+        
         .with_operation(operation)
         .with_source(e)
 }

@@ -36,18 +36,26 @@ pub mod config;
 #[cfg(feature = "nats")]
 mod attempts;
 #[cfg(feature = "nats")]
+mod broker;
+#[cfg(feature = "nats")]
+mod channel;
+#[cfg(feature = "nats")]
 mod codec;
 #[cfg(feature = "nats")]
-mod consumer;
+mod connection;
 #[cfg(feature = "nats")]
 mod core_mode;
 #[cfg(feature = "nats")]
 mod error;
 #[cfg(feature = "nats")]
-mod publisher;
-#[cfg(feature = "nats")]
 mod puller;
+#[cfg(feature = "nats")]
+mod subscription;
 
+#[cfg(feature = "nats")]
+pub use broker::NatsBroker;
+#[cfg(feature = "nats")]
+pub use channel::{JetStreamChannel, NatsChannel};
 pub use config::{NatsConfig, NatsMode};
 #[cfg(feature = "nats")]
-pub use publisher::NatsBroker;
+pub use core_mode::CoreChannel;

@@ -121,7 +121,7 @@ impl Puller {
                 Err(_) => self.pending = 0,
                 Ok(None) => {
                     return Err(Error::new(ErrorKind::Closed, "pull inbox closed")
-                        .with_broker("nats")
+                        
                         .with_operation("fetch"))
                 }
                 Ok(Some(m)) => {
@@ -177,7 +177,7 @@ impl Puller {
                 ),
             )
             .set_retryable(true)
-            .with_broker("nats")
+            
             .with_operation("fetch")),
         }
     }

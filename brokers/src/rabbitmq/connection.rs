@@ -14,9 +14,10 @@ use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::codec::to_properties;
 use super::error::from_lapin;
 use super::{topology, RabbitMqConfig};
-use crate::core::{Error, ErrorKind, Result};
+use crate::core::{Envelope, Error, ErrorKind, Result, ShutdownFlag};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -50,8 +51,7 @@ impl Session {
                 ErrorKind::Unreachable,
                 format!("cannot connect to {}", config.url),
             )
-            .set_retryable(true)
-            .with_broker("rabbitmq");
+            .set_retryable(true);
             match e {
                 Some(e) => error.with_source(e),
                 None => error.with_source(std::io::Error::new(
@@ -156,23 +156,23 @@ pub(crate) async fn publish_confirmed(
                 route.routing_key, route.exchange, returned.reply_text
             ),
         )
-        .with_broker("rabbitmq")
         .with_operation("publish")),
         Confirmation::Nack(_) => Err(Error::new(
             ErrorKind::Broker,
             "the broker refused the message (negative publisher confirm)",
         )
         .set_retryable(true)
-        .with_broker("rabbitmq")
         .with_operation("publish")),
     }
 }
 
-/// Hands out the live session, reconnecting when the last one died.
+/// Hands out the live session, reconnecting when the last one died. What the
+/// broker's channels and subscriptions share.
 pub(crate) struct Link {
     config: RabbitMqConfig,
     current: RwLock<Arc<Session>>,
     reconnecting: tokio::sync::Mutex<()>,
+    closed: ShutdownFlag,
 }
 
 impl Link {
@@ -183,11 +183,27 @@ impl Link {
             config: config.clone(),
             current: RwLock::new(Arc::new(session)),
             reconnecting: tokio::sync::Mutex::new(()),
+            closed: ShutdownFlag::default(),
         })
     }
 
     pub(crate) fn config(&self) -> &RabbitMqConfig {
         &self.config
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_closed()
+    }
+
+    /// Publishes `envelope` to the default exchange, straight into `queue`.
+    pub(crate) async fn publish_to_queue(&self, queue: &str, envelope: &Envelope) -> Result<()> {
+        let route = Route {
+            exchange: "",
+            routing_key: queue,
+            mandatory: true,
+        };
+        self.publish(&route, &envelope.payload, &to_properties(envelope))
+            .await
     }
 
     /// The live session; when the connection dropped, reconnects with backoff for up
@@ -228,7 +244,6 @@ impl Link {
                         ),
                     )
                     .set_retryable(true)
-                    .with_broker("rabbitmq")
                     .with_source(e));
                 }
                 Err(e) => {
@@ -288,7 +303,6 @@ impl Link {
             if e.message().starts_with("unroutable") {
                 return Err(
                     Error::new(ErrorKind::NoResponder, "nobody serves this channel")
-                        .with_broker("rabbitmq")
                         .with_operation("request"),
                 );
             }
@@ -301,20 +315,20 @@ impl Link {
                 "connection lost while waiting for the reply",
             )
             .set_retryable(true)
-            .with_broker("rabbitmq")
             .with_operation("request")),
             Err(_) => {
                 forget();
                 Err(
                     Error::new(ErrorKind::Timeout, format!("no reply within {timeout:?}"))
-                        .with_broker("rabbitmq")
                         .with_operation("request"),
                 )
             }
         }
     }
 
+    /// Marks the broker closed and closes the connection.
     pub(crate) async fn close(&self) -> Result<()> {
+        self.closed.close();
         let session = self.current.read().unwrap().clone();
         if session.is_alive() {
             session

@@ -18,7 +18,6 @@ pub(crate) fn from_lapin(e: lapin::Error, operation: &'static str) -> Error {
     };
     Error::new(kind, "RabbitMQ operation failed")
         .set_retryable(kind != ErrorKind::Broker)
-        .with_broker("rabbitmq")
         .with_operation(operation)
         .with_source(e)
 }

@@ -27,21 +27,25 @@
 pub mod config;
 
 #[cfg(feature = "rabbitmq")]
+mod broker;
+#[cfg(feature = "rabbitmq")]
+mod channel;
+#[cfg(feature = "rabbitmq")]
 mod codec;
 #[cfg(feature = "rabbitmq")]
 mod connection;
 #[cfg(feature = "rabbitmq")]
-mod consumer;
-#[cfg(feature = "rabbitmq")]
 mod error;
 #[cfg(feature = "rabbitmq")]
-mod publisher;
+mod subscription;
 #[cfg(feature = "rabbitmq")]
 mod topology;
 
-pub use config::RabbitMqConfig;
 #[cfg(feature = "rabbitmq")]
-pub use publisher::RabbitMqBroker;
+pub use broker::RabbitMqBroker;
+#[cfg(feature = "rabbitmq")]
+pub use channel::RabbitMqChannel;
+pub use config::RabbitMqConfig;
 
 /// The queue and routing-key names of one channel.
 #[cfg(feature = "rabbitmq")]

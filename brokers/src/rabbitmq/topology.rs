@@ -100,7 +100,7 @@ pub(crate) async fn declare_group(
         FieldTable::default(),
     )
     .await
-    .map_err(|e| from_lapin(e, "declare queue").with_channel(channel))?;
+    .map_err(|e| from_lapin(e, "declare queue"))?;
     for source in [exchange.to_string(), Names::delayed_exchange(exchange)] {
         ch.queue_bind(
             queue.as_str().into(),
@@ -110,7 +110,7 @@ pub(crate) async fn declare_group(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| from_lapin(e, "bind queue").with_channel(channel))?;
+        .map_err(|e| from_lapin(e, "bind queue"))?;
     }
     declare_dead_letters(ch, channel).await?;
     Ok(queue)
@@ -126,7 +126,7 @@ pub(crate) async fn declare_dead_letters(ch: &Channel, channel: &str) -> Result<
             FieldTable::default(),
         )
         .await
-        .map_err(|e| from_lapin(e, "declare queue").with_channel(channel))?;
+        .map_err(|e| from_lapin(e, "declare queue"))?;
     Ok((queue, declared.message_count()))
 }
 
@@ -160,7 +160,7 @@ pub(crate) async fn declare_rpc(ch: &Channel, exchange: &str, channel: &str) -> 
     args.insert("x-expires".into(), millis(RPC_QUEUE_IDLE));
     ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
         .await
-        .map_err(|e| from_lapin(e, "declare queue").with_channel(channel))?;
+        .map_err(|e| from_lapin(e, "declare queue"))?;
     ch.queue_bind(
         queue.as_str().into(),
         exchange.into(),
@@ -169,6 +169,6 @@ pub(crate) async fn declare_rpc(ch: &Channel, exchange: &str, channel: &str) -> 
         FieldTable::default(),
     )
     .await
-    .map_err(|e| from_lapin(e, "bind queue").with_channel(channel))?;
+    .map_err(|e| from_lapin(e, "bind queue"))?;
     Ok(queue)
 }

@@ -208,7 +208,6 @@ fn malformed(what: &str) -> Error {
         ErrorKind::Broker,
         format!("unexpected Redis reply to {what}"),
     )
-    .with_broker("redis")
 }
 
 /// Entries of an `XRANGE`/`XCLAIM` reply or of one stream in an `XREADGROUP` reply.

@@ -15,7 +15,6 @@ pub(crate) fn from_redis(e: redis::RedisError, operation: &'static str) -> Error
     let retryable = !matches!(e.retry_method(), RetryMethod::NoRetry) || kind != ErrorKind::Broker;
     Error::new(kind, "Redis command failed")
         .set_retryable(retryable)
-        .with_broker("redis")
         .with_operation(operation)
         .with_source(e)
 }

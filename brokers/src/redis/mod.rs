@@ -24,19 +24,27 @@
 pub mod config;
 
 #[cfg(feature = "redis")]
+mod broker;
+#[cfg(feature = "redis")]
+mod channel;
+#[cfg(feature = "redis")]
 mod codec;
 #[cfg(feature = "redis")]
-mod consumer;
+mod connection;
 #[cfg(feature = "redis")]
 mod error;
 #[cfg(feature = "redis")]
-mod publisher;
-#[cfg(feature = "redis")]
 mod pubsub;
+#[cfg(feature = "redis")]
+mod subscription;
 
+#[cfg(feature = "redis")]
+pub use broker::RedisBroker;
+#[cfg(feature = "redis")]
+pub use channel::{RedisChannel, StreamChannel};
 pub use config::{RedisConfig, RedisMode};
 #[cfg(feature = "redis")]
-pub use publisher::RedisBroker;
+pub use pubsub::PubSubChannel;
 
 /// The Redis key names of one channel.
 #[cfg(feature = "redis")]

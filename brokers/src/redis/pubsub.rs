@@ -11,20 +11,57 @@ use tokio::task::JoinHandle;
 
 use super::codec::{from_fields, unframe};
 use super::error::from_redis;
-use super::RedisBroker;
+use super::connection::Connection;
 use crate::core::{
-    Delivery, DeliveryTag, Envelope, Result, Settlement, SubscribeOptions, Subscription,
+    BackendChannel, Capabilities, Delivery, DeliveryTag, Envelope, Result, Settlement,
+    SubscribeOptions, Subscription,
 };
+
+/// A channel in pub/sub mode: it guarantees nothing.
+pub struct PubSubChannel {
+    connection: Arc<Connection>,
+    name: Arc<str>,
+}
+
+impl PubSubChannel {
+    pub(crate) fn new(connection: Arc<Connection>, name: &Arc<str>) -> Self {
+        PubSubChannel {
+            connection,
+            name: name.clone(),
+        }
+    }
+}
+
+impl BackendChannel for PubSubChannel {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        redis::cmd("PUBLISH")
+            .arg(&*self.name)
+            .arg(super::codec::frame(&super::codec::to_fields(&envelope)))
+            .query_async::<redis::Value>(&mut self.connection.conn())
+            .await
+            .map(|_| ())
+            .map_err(|e| from_redis(e, "publish"))
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Ok(Box::new(
+            PubSubSubscription::start(self.connection.clone(), options).await?,
+        ))
+    }
+}
 
 pub(crate) struct PubSubSubscription {
     rx: Mutex<tokio::sync::mpsc::UnboundedReceiver<Envelope>>,
     reader: JoinHandle<()>,
-    channel: Arc<str>,
     next_tag: AtomicU64,
 }
 
 impl PubSubSubscription {
-    pub(crate) async fn start(broker: RedisBroker, options: SubscribeOptions) -> Result<Self> {
+    pub(crate) async fn start(broker: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
         let pubsub = subscribe(&broker, &channel).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -32,7 +69,6 @@ impl PubSubSubscription {
         Ok(PubSubSubscription {
             rx: Mutex::new(rx),
             reader,
-            channel,
             next_tag: AtomicU64::new(1),
         })
     }
@@ -42,7 +78,7 @@ impl PubSubSubscription {
 /// is opened again and the channel subscribed again (what was published meanwhile is
 /// not received: nothing keeps it).
 async fn read(
-    broker: RedisBroker,
+    broker: Arc<Connection>,
     channel: Arc<str>,
     mut pubsub: redis::aio::PubSub,
     tx: tokio::sync::mpsc::UnboundedSender<Envelope>,
@@ -76,9 +112,8 @@ async fn read(
 }
 
 /// A pub/sub connection subscribed to `channel`.
-async fn subscribe(broker: &RedisBroker, channel: &str) -> Result<redis::aio::PubSub> {
+async fn subscribe(broker: &Connection, channel: &str) -> Result<redis::aio::PubSub> {
     let mut pubsub = broker
-        .inner
         .client
         .get_async_pubsub()
         .await
@@ -120,7 +155,7 @@ impl Subscription for PubSubSubscription {
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
-        crate::core::settle_fire_and_forget(&settlements, "redis", "Redis pub/sub", &self.channel)
+        crate::core::settle_fire_and_forget(&settlements, "Redis pub/sub")
     }
 
     async fn close(&self) -> Result<()> {

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::codec::{from_record, DUE, GROUP, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC};
 use super::error::from_kafka;
 use super::offsets::{OffsetTracker, Partition};
-use super::publisher::{client_config, Client, KafkaBroker};
+use super::connection::{client_config, Client, Connection};
 use super::retry_topics::RetryTopics;
 use super::Topics;
 use crate::core::{
@@ -106,7 +106,7 @@ struct InFlight {
 }
 
 pub(crate) struct KafkaSubscription {
-    broker: KafkaBroker,
+    connection: Arc<Connection>,
     channel: Arc<str>,
     group: String,
     /// The retry topics of this group's policy: `C-retry-0 .. C-retry-<n-1>`.
@@ -131,36 +131,35 @@ impl KafkaSubscription {
         self.consumer.lock().unwrap().clone()
     }
 
-    pub(crate) async fn start(broker: KafkaBroker, options: SubscribeOptions) -> Result<Self> {
+    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
         let retry_topics = RetryTopics::for_policy(&options.retry).map_err(|e| {
             Error::new(ErrorKind::ConfigInvalid, e)
-                .with_broker("kafka")
                 .with_channel(&*channel)
         })?;
         let mut topics = vec![channel.to_string(), Topics::delay(&channel)];
         topics.extend((0..retry_topics.count()).map(|n| Topics::retry(&channel, n)));
         let mut all = topics.clone();
         all.push(Topics::dead_letters(&channel));
-        broker
+        connection
             .ensure_topics(&all)
             .await
-            .map_err(|e| e.with_channel(&*channel))?;
+            ?;
         // Retry topics an earlier policy of this or another group left: what is in
         // them is read too, not stranded.
-        for earlier in broker
+        for earlier in connection
             .retry_topics_of(&channel)
             .await
-            .map_err(|e| e.with_channel(&*channel))?
+            ?
         {
             if !topics.contains(&earlier) {
                 topics.push(earlier);
             }
         }
         let state: Arc<Mutex<State>> = Arc::default();
-        let reset = broker.config().auto_offset_reset.clone();
+        let reset = connection.config().auto_offset_reset.clone();
         let consumer: StreamConsumer<Rebalancing> = client_config(
-            broker.config(),
+            connection.config(),
             Client::Consumer,
             &[
                 ("group.id", &Topics::group_id(&options.group, &channel)),
@@ -176,7 +175,7 @@ impl KafkaSubscription {
                 ("partition.assignment.strategy", "range,roundrobin"),
                 (
                     "allow.auto.create.topics",
-                    if broker.config().create_topics {
+                    if connection.config().create_topics {
                         "false"
                     } else {
                         "true"
@@ -187,13 +186,13 @@ impl KafkaSubscription {
         .create_with_context(Rebalancing {
             state: state.clone(),
         })
-        .map_err(|e| from_kafka(e, "subscribe").with_channel(&*channel))?;
+        .map_err(|e| from_kafka(e, "subscribe"))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
-            .map_err(|e| from_kafka(e, "subscribe").with_channel(&*channel))?;
+            .map_err(|e| from_kafka(e, "subscribe"))?;
         let subscription = KafkaSubscription {
-            broker,
+            connection,
             channel,
             group: options.group,
             retry_topics,
@@ -340,14 +339,13 @@ impl KafkaSubscription {
             let Some(consumer) = self.consumer() else {
                 return Err(
                     Error::closed("the subscription was closed before its commit")
-                        .with_broker("kafka")
                         .with_operation("commit")
-                        .with_channel(&*self.channel),
+                        ,
                 );
             };
             consumer
                 .commit(&tpl, mode)
-                .map_err(|e| from_kafka(e, "commit").with_channel(&*self.channel))?;
+                .map_err(|e| from_kafka(e, "commit"))?;
         }
         Ok(())
     }
@@ -358,11 +356,11 @@ impl KafkaSubscription {
                 let mut envelope = f.envelope.clone();
                 envelope.record_failure(&error);
                 let topic = Topics::retry(&self.channel, self.retry_topics.index_for(delay));
-                self.broker
+                self.connection
                     .ensure_topics(std::slice::from_ref(&topic))
                     .await?;
                 let due = unix_micros(SystemTime::now() + delay).to_string();
-                self.broker
+                self.connection
                     .produce(&topic, &envelope, &[(DUE, &due), (GROUP, &self.group)])
                     .await
             }
@@ -376,15 +374,14 @@ impl KafkaSubscription {
                     .with_header(ORIGINAL_PARTITION, partition.to_string())
                     .with_header(ORIGINAL_OFFSET, f.offset.to_string())
                     .into_dead_letter(&dead);
-                self.broker
+                self.connection
                     .produce(&Topics::dead_letters(&self.channel), &envelope, &[])
                     .await
             }
             #[allow(unreachable_patterns)]
             other => Err(Error::unsupported(format!(
                 "settlement {other:?} is not offered by the Kafka backend"
-            ))
-            .with_broker("kafka")),
+            ))),
         }
     }
 }
@@ -392,7 +389,7 @@ impl KafkaSubscription {
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
-        if self.closed.load(Ordering::Acquire) || self.broker.is_closed() {
+        if self.closed.load(Ordering::Acquire) || self.connection.is_closed() {
             return Ok(Vec::new());
         }
         let _one = self.receiving.lock().await;
@@ -428,7 +425,7 @@ impl Subscription for KafkaSubscription {
                         break d;
                     }
                 }
-                Err(e) => return Err(from_kafka(e, "fetch").with_channel(&*self.channel)),
+                Err(e) => return Err(from_kafka(e, "fetch")),
             }
         };
         let mut out = batch_of(first, max);
@@ -482,9 +479,9 @@ impl Subscription for KafkaSubscription {
         }
         self.commit_finished(CommitMode::Async)?;
         if let Some(e) = first_error {
-            return Err(e.with_channel(&*self.channel));
+            return Err(e);
         }
-        unknown.error().map_err(|e| e.with_broker("kafka"))
+        unknown.error()
     }
 
     async fn close(&self) -> Result<()> {
@@ -500,13 +497,12 @@ impl Subscription for KafkaSubscription {
         let left = leave_group(consumer, to_list(&commits));
         let fail = |kind, message: String| {
             Error::new(kind, message)
-                .with_broker("kafka")
                 .with_operation("close")
-                .with_channel(&*self.channel)
+                
         };
         match tokio::time::timeout(CLOSE_TIMEOUT, left).await {
             Ok(Ok(committed)) => {
-                committed.map_err(|e| from_kafka(e, "commit").with_channel(&*self.channel))
+                committed.map_err(|e| from_kafka(e, "commit"))
             }
             Ok(Err(_)) => Err(fail(
                 ErrorKind::Broker,

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::attempts::AttemptCounts;
 use super::codec::{consumer_name, from_message, same_id_headers, DUE};
 use super::error::from_nats;
-use super::publisher::{NatsBroker, DELAYED, DLT};
+use super::connection::{Connection, DELAYED, DLT};
 use super::puller::Puller;
 use crate::core::{
     header, unix_millis, Delivery, DeliveryTag, Error, InFlightTable, Result, Settlement,
@@ -34,7 +34,7 @@ struct InFlight {
 }
 
 pub(crate) struct JetStreamSubscription {
-    broker: NatsBroker,
+    connection: Arc<Connection>,
     channel: Arc<str>,
     /// `None` once closed: the member pulls no more.
     puller: tokio::sync::Mutex<Option<Puller>>,
@@ -48,36 +48,35 @@ pub(crate) struct JetStreamSubscription {
 }
 
 impl JetStreamSubscription {
-    pub(crate) async fn start(broker: NatsBroker, options: SubscribeOptions) -> Result<Self> {
+    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
-        let stream = broker.ensure_stream(&channel, "", &channel).await?;
-        broker
+        let stream = connection.ensure_stream(&channel, "", &channel).await?;
+        connection
             .ensure_stream(&channel, DLT, &format!("{channel}.dlt"))
             .await?;
         let name = consumer_name(&options.group);
         let config = pull::Config {
             durable_name: Some(name.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: broker.inner.config.ack_wait,
+            ack_wait: connection.config.ack_wait,
             max_ack_pending: (options.prefetch * 2) as i64,
             ..Default::default()
         };
         let consumer = stream
             .get_or_create_consumer(&name, config)
             .await
-            .map_err(|e| from_nats(e, "subscribe").with_channel(&*channel))?;
-        let attempts = AttemptCounts::open(&broker, &channel, &name).await?;
+            .map_err(|e| from_nats(e, "subscribe"))?;
+        let attempts = AttemptCounts::open(&connection, &channel, &name).await?;
         let puller = Puller::open(
-            &broker.inner.client,
-            &broker.inner.js,
+            &connection.client,
+            &connection.js,
             &consumer,
             options.prefetch,
         )
-        .await
-        .map_err(|e| e.with_channel(&*channel))?;
-        let mover = tokio::spawn(move_delayed(broker.clone(), channel.clone()));
+        .await?;
+        let mover = tokio::spawn(move_delayed(connection.clone(), channel.clone()));
         Ok(JetStreamSubscription {
-            broker,
+            connection,
             channel,
             puller: tokio::sync::Mutex::new(Some(puller)),
             attempts,
@@ -192,7 +191,7 @@ impl JetStreamSubscription {
                 let ids =
                     same_id_headers(&dead.id, format!("{}.dead.{}", dead.id, f.stream_sequence));
                 // Stored in the dead-letter stream before the original is terminated.
-                self.broker
+                self.connection
                     .js_publish(format!("{}.dlt", self.channel), dead, &ids)
                     .await?;
                 if f.counted {
@@ -206,7 +205,7 @@ impl JetStreamSubscription {
                     .await;
             }
             #[allow(unreachable_patterns)]
-            _ => return Err(Error::unsupported("unknown settlement").with_broker("nats")),
+            _ => return Err(Error::unsupported("unknown settlement")),
         };
         result.map_err(|e| from_nats(NatsError(e.to_string()), "settle"))
     }
@@ -231,7 +230,7 @@ impl JetStreamSubscription {
 #[async_trait]
 impl Subscription for JetStreamSubscription {
     async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
-        if self.closed.load(Ordering::Acquire) || self.broker.is_closed() {
+        if self.closed.load(Ordering::Acquire) || self.connection.is_closed() {
             return Ok(Vec::new());
         }
         let mut guard = self.puller.lock().await;
@@ -342,7 +341,7 @@ impl Subscription for JetStreamSubscription {
         if let Some(e) = first_error {
             return Err(e.with_channel(&*self.channel));
         }
-        unknown.error().map_err(|e| e.with_broker("nats"))
+        unknown.error()
     }
 
     async fn close(&self) -> Result<()> {
@@ -362,7 +361,7 @@ impl Subscription for JetStreamSubscription {
         let in_flight = self.in_flight.drain();
         // Acks are fire-and-forget publishes: make sure the server has them before the
         // group's next member can be handed anything.
-        let _ = self.broker.inner.client.flush().await;
+        let _ = self.connection.client.flush().await;
         let gives = fetched
             .iter()
             .map(|held| (&held.message, held.sequence, held.counted))
@@ -406,11 +405,11 @@ impl std::error::Error for NatsError {}
 /// Moves the channel's delayed messages to the channel when due: not yet due ones are
 /// nak'ed with the time left; due ones are published with their original id (so a
 /// crash between publish and ack cannot duplicate them) and then acked.
-async fn move_delayed(broker: NatsBroker, channel: Arc<str>) {
+async fn move_delayed(connection: Arc<Connection>, channel: Arc<str>) {
     let subject = format!("{channel}.delayed");
     loop {
         let result: Result<()> = async {
-            let stream = broker.ensure_stream(&channel, DELAYED, &subject).await?;
+            let stream = connection.ensure_stream(&channel, DELAYED, &subject).await?;
             let consumer = stream
                 .get_or_create_consumer(
                     "anybroker-mover",
@@ -446,7 +445,7 @@ async fn move_delayed(broker: NatsBroker, channel: Arc<str>) {
                 }
                 let envelope =
                     from_message(&channel, String::new, m.headers.as_ref(), m.payload.clone());
-                broker
+                connection
                     .js_publish(channel.to_string(), envelope, &[])
                     .await?;
                 let _ = m.ack().await;
@@ -454,7 +453,7 @@ async fn move_delayed(broker: NatsBroker, channel: Arc<str>) {
             Ok(())
         }
         .await;
-        if broker.is_closed() {
+        if connection.is_closed() {
             return;
         }
         if let Err(e) = result {

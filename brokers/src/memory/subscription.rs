@@ -6,12 +6,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::connection::Connection;
 use super::topic::{Timed, Topic};
-use super::MemoryBroker;
 use crate::core::{Delivery, DeliveryTag, Error, Result, Settlement, Subscription};
 
 pub(crate) struct MemorySubscription {
-    broker: MemoryBroker,
+    connection: Arc<Connection>,
     topic: Arc<Topic>,
     group: String,
     member: u64,
@@ -19,9 +19,11 @@ pub(crate) struct MemorySubscription {
 }
 
 impl MemorySubscription {
-    pub(crate) fn new(broker: MemoryBroker, topic: Arc<Topic>, group: String, member: u64) -> Self {
+    pub(crate) fn new(
+        connection: Arc<Connection>,
+        topic: Arc<Topic>, group: String, member: u64) -> Self {
         MemorySubscription {
-            broker,
+            connection,
             topic,
             group,
             member,
@@ -52,7 +54,7 @@ impl Subscription for MemorySubscription {
             let notified = self.topic.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.closed.load(Ordering::Acquire) || self.broker.is_closed() {
+            if self.closed.load(Ordering::Acquire) || self.connection.is_closed() {
                 return Ok(Vec::new());
             }
             let now = Instant::now();
@@ -128,7 +130,7 @@ impl Subscription for MemorySubscription {
                     }
                     Settlement::Release => released.push(envelope),
                     #[allow(unreachable_patterns)]
-                    _ => return Err(Error::unsupported("unknown settlement").with_broker("memory")),
+                    _ => return Err(Error::unsupported("unknown settlement")),
                 }
             }
             // Released messages go back to the front of the group's queue in their order.
@@ -148,7 +150,6 @@ impl Subscription for MemorySubscription {
                 crate::ErrorKind::Broker,
                 format!("{unknown} deliveries settled twice or not from this subscription"),
             )
-            .with_broker("memory")
             .with_operation("settle"));
         }
         Ok(())

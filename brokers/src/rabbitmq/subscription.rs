@@ -16,7 +16,7 @@ use lapin::Acker;
 use super::codec::{from_delivery, to_properties};
 use super::connection::{Route, Session};
 use super::error::from_lapin;
-use super::publisher::RabbitMqBroker;
+use super::connection::Link;
 use super::{topology, Names};
 use crate::core::{
     batch_of, header, Delivery, DeliveryTag, Envelope, Error, ErrorKind, InFlightTable, Result,
@@ -46,7 +46,7 @@ struct Consuming {
 }
 
 pub(crate) struct RabbitSubscription {
-    broker: RabbitMqBroker,
+    link: Arc<Link>,
     channel: Arc<str>,
     group: String,
     role: QueueRole,
@@ -58,12 +58,12 @@ pub(crate) struct RabbitSubscription {
 
 impl RabbitSubscription {
     pub(crate) async fn start(
-        broker: RabbitMqBroker,
+        link: Arc<Link>,
         options: SubscribeOptions,
         role: QueueRole,
     ) -> Result<Self> {
         let subscription = RabbitSubscription {
-            broker,
+            link,
             channel: Arc::from(options.channel.as_str()),
             group: options.group,
             role,
@@ -81,9 +81,9 @@ impl RabbitSubscription {
 
     /// Declares the queue and starts consuming it on a new AMQP channel.
     async fn open(&self) -> Result<Consuming> {
-        let session = self.broker.inner.link.session().await?;
+        let session = self.link.session().await?;
         let amqp = session.declaring_channel().await?;
-        let exchange = &self.broker.config().exchange;
+        let exchange = &self.link.config().exchange;
         let queue = match self.role {
             QueueRole::Group => {
                 topology::declare_group(&amqp, exchange, &self.channel, &self.group).await?
@@ -92,7 +92,7 @@ impl RabbitSubscription {
         };
         amqp.basic_qos(self.prefetch, BasicQosOptions::default())
             .await
-            .map_err(|e| from_lapin(e, "qos").with_channel(&*self.channel))?;
+            .map_err(|e| from_lapin(e, "qos"))?;
         let consumer = amqp
             .basic_consume(
                 queue.as_str().into(),
@@ -101,7 +101,7 @@ impl RabbitSubscription {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| from_lapin(e, "consume").with_channel(&*self.channel))?;
+            .map_err(|e| from_lapin(e, "consume"))?;
         Ok(Consuming { amqp, consumer })
     }
 
@@ -143,11 +143,11 @@ impl RabbitSubscription {
                 session
                     .ensure_delay_queue(&queue, Duration::from_millis(ms), "", &back_to)
                     .await?;
-                self.broker.publish_to_queue(&queue, &envelope).await?;
+                self.link.publish_to_queue(&queue, &envelope).await?;
             }
             Settlement::DeadLetter(dead) => {
                 let envelope = f.envelope.into_dead_letter(&dead);
-                self.broker
+                self.link
                     .publish_to_queue(&Names::dead_letters(&self.channel), &envelope)
                     .await?;
             }
@@ -181,15 +181,13 @@ impl RabbitSubscription {
                         routing_key: to.as_str(),
                         mandatory: false,
                     };
-                    self.broker
-                        .inner
-                        .link
+                    self.link
                         .publish(&route, &reply.payload, &properties)
                         .await?;
                 }
             }
             #[allow(unreachable_patterns)]
-            _ => return Err(Error::unsupported("unknown settlement").with_broker("rabbitmq")),
+            _ => return Err(Error::unsupported("unknown settlement")),
         }
         f.acker
             .ack(ack)
@@ -202,7 +200,7 @@ impl RabbitSubscription {
 #[async_trait]
 impl Subscription for RabbitSubscription {
     async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
-        if self.closed.load(Ordering::Acquire) || self.broker.is_closed() {
+        if self.closed.load(Ordering::Acquire) || self.link.is_closed() {
             return Ok(Vec::new());
         }
         let mut consuming = self.consuming.lock().await;
@@ -218,8 +216,7 @@ impl Subscription for RabbitSubscription {
                 *consuming = None;
                 let error = Error::new(ErrorKind::Unreachable, "consumer stopped; reconnecting")
                     .set_retryable(true)
-                    .with_broker("rabbitmq")
-                    .with_channel(&*self.channel);
+                    ;
                 return Err(match ended {
                     Some(Err(e)) => error.with_source(e),
                     _ => error,
@@ -250,7 +247,7 @@ impl Subscription for RabbitSubscription {
             }
         }
         if !others.is_empty() {
-            let session = self.broker.inner.link.session().await?;
+            let session = self.link.session().await?;
             let results = futures::future::join_all(
                 others
                     .into_iter()
@@ -264,9 +261,9 @@ impl Subscription for RabbitSubscription {
             }
         }
         if let Some(e) = first_error {
-            return Err(e.with_channel(&*self.channel));
+            return Err(e);
         }
-        unknown.error().map_err(|e| e.with_broker("rabbitmq"))
+        unknown.error()
     }
 
     async fn close(&self) -> Result<()> {

@@ -15,7 +15,8 @@ use super::codec::{
     from_fields, parse_autoclaim, parse_entries, parse_read, text, write_fields, Entry,
 };
 use super::error::from_redis;
-use super::{Keys, RedisBroker};
+use super::connection::Connection;
+use super::Keys;
 use crate::core::{
     new_message_id, unix_millis, Delivery, DeliveryTag, Envelope, Error, InFlightTable, Result,
     Settlement, SubscribeOptions, Subscription,
@@ -71,7 +72,7 @@ struct Timers {
 }
 
 pub(crate) struct StreamSubscription {
-    broker: RedisBroker,
+    connection: Arc<Connection>,
     channel: Arc<str>,
     group: String,
     consumer: String,
@@ -97,14 +98,14 @@ fn is_no_group(e: &redis::RedisError) -> bool {
 }
 
 impl StreamSubscription {
-    pub(crate) async fn start(broker: RedisBroker, options: SubscribeOptions) -> Result<Self> {
+    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
         let sub = StreamSubscription {
             retry_stream: Keys::retry_stream(&channel, &options.group),
             consumer: format!("anybroker-{}", new_message_id()),
             group: options.group,
             channel,
-            broker,
+            connection,
             blocking: tokio::sync::Mutex::new(None),
             in_flight: InFlightTable::default(),
             overflow: Mutex::new(VecDeque::new()),
@@ -123,7 +124,7 @@ impl StreamSubscription {
     }
 
     fn err(&self, e: redis::RedisError, operation: &'static str) -> Error {
-        from_redis(e, operation).with_channel(&*self.channel)
+        from_redis(e, operation)
     }
 
     fn stream(&self, source: Source) -> &str {
@@ -136,7 +137,7 @@ impl StreamSubscription {
     /// Creates the group on the channel and on its retry stream, from the start of
     /// each; an existing group is kept as it is.
     async fn create_groups(&self) -> Result<()> {
-        let mut conn = self.broker.conn();
+        let mut conn = self.connection.conn();
         for stream in [&*self.channel, &self.retry_stream] {
             let r: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -162,13 +163,12 @@ impl StreamSubscription {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = &self.broker.inner.config;
+        let config = &self.connection.config;
         let conn_config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(config.block + config.response_timeout));
         let mut conn = self
-            .broker
-            .inner
+            .connection
             .client
             .get_multiplexed_async_connection_with_config(&conn_config)
             .await
@@ -204,7 +204,7 @@ impl StreamSubscription {
                     .arg("STREAMS")
                     .arg(self.stream(source))
                     .arg(&after)
-                    .query_async(&mut self.broker.conn())
+                    .query_async(&mut self.connection.conn())
                     .await;
                 let reply = match reply {
                     Ok(r) => r,
@@ -242,7 +242,7 @@ impl StreamSubscription {
     /// may block before the next known due time.
     async fn promote_due(&self) -> Result<Duration> {
         let now_ms = unix_millis(SystemTime::now());
-        let block = self.broker.inner.config.block;
+        let block = self.connection.config.block;
         {
             let t = self.timers.lock().unwrap();
             let recently = t
@@ -257,7 +257,7 @@ impl StreamSubscription {
                 return Ok(until_due.min(block).min(PROMOTE_INTERVAL));
             }
         }
-        let config = &self.broker.inner.config;
+        let config = &self.connection.config;
         let next: i64 = self
             .promote
             .key(Keys::delayed(&self.channel))
@@ -269,7 +269,7 @@ impl StreamSubscription {
             .arg(Keys::delayed_message(&self.channel, ""))
             .arg(Keys::retry_message(&self.channel, &self.group, ""))
             .arg(config.max_len)
-            .invoke_async(&mut self.broker.conn())
+            .invoke_async(&mut self.connection.conn())
             .await
             .map_err(|e| self.err(e, "promote"))?;
         let mut t = self.timers.lock().unwrap();
@@ -284,7 +284,7 @@ impl StreamSubscription {
 
     /// Takes over entries a vanished member left pending for longer than `claim_idle`.
     async fn reclaim(&self, max: usize) -> Result<Vec<(Source, Entry)>> {
-        let claim_idle = self.broker.inner.config.claim_idle;
+        let claim_idle = self.connection.config.claim_idle;
         {
             let mut t = self.timers.lock().unwrap();
             if t.last_claim.is_some_and(|l| l.elapsed() < claim_idle / 2) {
@@ -302,7 +302,7 @@ impl StreamSubscription {
                 .arg("0-0")
                 .arg("COUNT")
                 .arg(max)
-                .query_async(&mut self.broker.conn())
+                .query_async(&mut self.connection.conn())
                 .await
                 .map_err(|e| self.err(e, "reclaim"))?;
             let (_, entries) = parse_autoclaim(reply)?;
@@ -411,7 +411,7 @@ impl StreamSubscription {
                     .arg("+")
                     .arg(500)
                     .arg(&self.consumer)
-                    .query_async(&mut self.broker.conn())
+                    .query_async(&mut self.connection.conn())
                     .await
                     .map_err(|e| self.err(e, "close"))?;
                 let ids: Vec<String> = match &pending {
@@ -434,19 +434,19 @@ impl StreamSubscription {
                     .arg(&self.consumer)
                     .arg(0)
                     .arg(&ids)
-                    .query_async(&mut self.broker.conn())
+                    .query_async(&mut self.connection.conn())
                     .await
                     .map_err(|e| self.err(e, "close"))?;
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 for (id, fields) in parse_entries(claimed)? {
                     let envelope = from_fields(&self.channel, &id, fields);
-                    pipe.add_command(self.broker.xadd(&self.retry_stream, &envelope))
+                    pipe.add_command(self.connection.xadd(&self.retry_stream, &envelope))
                         .ignore();
                 }
                 let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
                 self.ack(&mut pipe, source, &refs);
-                pipe.query_async::<()>(&mut self.broker.conn())
+                pipe.query_async::<()>(&mut self.connection.conn())
                     .await
                     .map_err(|e| self.err(e, "close"))?;
                 released += ids.len();
@@ -522,17 +522,17 @@ impl Subscription for StreamSubscription {
                     let mut dead = envelope.into_dead_letter(&dead);
                     dead.headers
                         .insert(ORIGINAL_ENTRY_ID.to_string(), f.id.clone());
-                    pipe.add_command(self.broker.xadd(&Keys::dead_letters(&self.channel), &dead))
+                    pipe.add_command(self.connection.xadd(&Keys::dead_letters(&self.channel), &dead))
                         .ignore();
                 }
                 Settlement::Release => {
-                    pipe.add_command(self.broker.xadd(&self.retry_stream, &envelope))
+                    pipe.add_command(self.connection.xadd(&self.retry_stream, &envelope))
                         .ignore();
                 }
                 #[allow(unreachable_patterns)]
                 _ => {
                     unsupported.get_or_insert(
-                        Error::unsupported("unknown settlement").with_broker("redis"),
+                        Error::unsupported("unknown settlement"),
                     );
                     return;
                 }
@@ -552,11 +552,11 @@ impl Subscription for StreamSubscription {
             if !only_acks {
                 pipe.atomic();
             }
-            pipe.query_async::<()>(&mut self.broker.conn())
+            pipe.query_async::<()>(&mut self.connection.conn())
                 .await
                 .map_err(|e| self.err(e, "settle"))?;
         }
-        unknown.error().map_err(|e| e.with_broker("redis"))
+        unknown.error()
     }
 
     async fn close(&self) -> Result<()> {
@@ -569,7 +569,7 @@ impl Subscription for StreamSubscription {
             let _: redis::RedisResult<Value> = redis::cmd("CLIENT")
                 .arg("UNBLOCK")
                 .arg(id)
-                .query_async(&mut self.broker.conn())
+                .query_async(&mut self.connection.conn())
                 .await;
             let _: redis::RedisResult<Value> = redis::cmd("PING").query_async(&mut conn).await;
         }

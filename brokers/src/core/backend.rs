@@ -1,0 +1,214 @@
+//! The contract every backend implements: a broker opens channels; an open channel
+//! publishes, subscribes and, where its mode can, delays, keeps dead letters and
+//! answers requests.
+//!
+//! Futures are returned as `impl Future + Send`, not boxed: the registry dispatches
+//! through enums, so a publish costs no allocation for its future.
+
+use std::future::{ready, Future};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Capabilities, Envelope, Error, Result, SubscribeOptions, Subscription};
+pub use crate::BrokerKind;
+
+impl std::fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a broker needs to open one channel.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChannelSpec {
+    /// The channel's wire name.
+    pub name: Arc<str>,
+    /// The group handlers join when they name none. A broker that keeps messages only
+    /// for groups that exist (a queue per group) declares this one when the channel
+    /// opens, so what is published before its first member subscribes is kept.
+    pub default_group: String,
+}
+
+impl ChannelSpec {
+    /// The spec of `name`, whose handlers join `default_group` unless they name one.
+    pub fn new(name: impl Into<Arc<str>>, default_group: impl Into<String>) -> Self {
+        ChannelSpec {
+            name: name.into(),
+            default_group: default_group.into(),
+        }
+    }
+}
+
+/// One connected broker, as configured. Cloning shares the connection.
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// Its `[brokers.<name>]` table.
+    type Config;
+    /// What [`open_channel`](Backend::open_channel) returns: the mode's channel type,
+    /// or an enum of them when the config chooses the mode.
+    type Channel: BackendChannel;
+
+    /// Connects and checks the server answers.
+    fn connect(config: &Self::Config) -> impl Future<Output = Result<Self>> + Send;
+
+    /// Opens `spec.name` once: validates the name, declares what the channel needs on
+    /// the broker (streams, exchanges, queues, topics) and works out its wire names,
+    /// so nothing of that is done again per publish.
+    fn open_channel(
+        &self,
+        spec: &ChannelSpec,
+    ) -> impl Future<Output = Result<Self::Channel>> + Send;
+
+    /// Whether [`shutdown`](Backend::shutdown) ran.
+    fn is_closed(&self) -> bool;
+
+    /// Closes connections; the registry answers every later call with `Closed`.
+    fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// An open channel of one mode. The required methods are what every mode does; the
+/// others answer [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) unless the
+/// mode has the capability their doc names. Broker name, channel and operation are
+/// added to errors by the registry, once, as is the check that the broker is open.
+pub trait BackendChannel: Send + Sync + 'static {
+    /// What this mode guarantees: declared here, once per mode.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes and returns once the broker accepted the message.
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send;
+
+    /// Starts one member of `options.group`.
+    fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> impl Future<Output = Result<Box<dyn Subscription>>> + Send;
+
+    /// Publishes so the message is delivered no earlier than `delay` from now.
+    /// Capability `delay`.
+    fn publish_delayed(
+        &self,
+        envelope: Envelope,
+        delay: Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (envelope, delay);
+        ready(Err(lacks("publish_delayed", "delay")))
+    }
+
+    /// Reads up to `limit` dead letters, oldest first, without removing them.
+    /// Capability `dead_letters`.
+    fn dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<Envelope>>> + Send {
+        let _ = limit;
+        ready(Err(lacks("dead_letters", "dead-letters")))
+    }
+
+    /// Moves up to `limit` dead letters back onto the channel, oldest first, as the
+    /// same messages (same id) on attempt 1, at most what was there when it started;
+    /// returns how many moved. Capability `dead_letters`.
+    fn replay_dead_letters(&self, limit: usize) -> impl Future<Output = Result<usize>> + Send {
+        let _ = limit;
+        ready(Err(lacks("replay_dead_letters", "dead-letters")))
+    }
+
+    /// Sends a request and waits up to `timeout` for the reply of a handler. A reply
+    /// carrying the handler's error has the header
+    /// [`header::REPLY_ERROR`](crate::header::REPLY_ERROR). Capability `request_reply`.
+    fn request(
+        &self,
+        envelope: Envelope,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Envelope>> + Send {
+        let _ = (envelope, timeout);
+        ready(Err(lacks("request", "request-reply")))
+    }
+
+    /// Starts answering requests as a member of `options.group`; deliveries are settled
+    /// with [`Settlement::Reply`](crate::Settlement::Reply). Capability `request_reply`.
+    fn serve(
+        &self,
+        options: SubscribeOptions,
+    ) -> impl Future<Output = Result<Box<dyn Subscription>>> + Send {
+        let _ = options;
+        ready(Err(lacks("serve", "request-reply")))
+    }
+}
+
+/// The `Unsupported` error of an operation whose capability a mode lacks.
+fn lacks(operation: &'static str, capability: &str) -> Error {
+    Error::unsupported(format!(
+        "{operation} needs the capability {capability}, which this broker in its configured mode lacks"
+    ))
+    .with_operation(operation)
+}
+
+/// Makes an enum of channel types one channel type, forwarding every operation to the
+/// variant: a backend whose config chooses the mode (`Streams(..)`, `PubSub(..)`), and
+/// the registry's enum of every backend. Each variant may carry `#[cfg(..)]`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! channel_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[doc = $doc:literal])* $(#[cfg($($cfg:tt)*)])? $variant:ident($ty:ty), )+
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $( $(#[doc = $doc])* $(#[cfg($($cfg)*)])? $variant($ty), )+
+        }
+
+        impl $crate::BackendChannel for $name {
+            fn capabilities(&self) -> $crate::Capabilities {
+                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.capabilities(), )+ }
+            }
+
+            async fn publish(&self, envelope: $crate::Envelope) -> $crate::Result<()> {
+                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.publish(envelope).await, )+ }
+            }
+
+            async fn subscribe(
+                &self,
+                options: $crate::SubscribeOptions,
+            ) -> $crate::Result<Box<dyn $crate::Subscription>> {
+                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.subscribe(options).await, )+ }
+            }
+
+            async fn publish_delayed(
+                &self,
+                envelope: $crate::Envelope,
+                delay: std::time::Duration,
+            ) -> $crate::Result<()> {
+                match self {
+                    $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.publish_delayed(envelope, delay).await, )+
+                }
+            }
+
+            async fn dead_letters(&self, limit: usize) -> $crate::Result<Vec<$crate::Envelope>> {
+                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.dead_letters(limit).await, )+ }
+            }
+
+            async fn replay_dead_letters(&self, limit: usize) -> $crate::Result<usize> {
+                match self {
+                    $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.replay_dead_letters(limit).await, )+
+                }
+            }
+
+            async fn request(
+                &self,
+                envelope: $crate::Envelope,
+                timeout: std::time::Duration,
+            ) -> $crate::Result<$crate::Envelope> {
+                match self {
+                    $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.request(envelope, timeout).await, )+
+                }
+            }
+
+            async fn serve(
+                &self,
+                options: $crate::SubscribeOptions,
+            ) -> $crate::Result<Box<dyn $crate::Subscription>> {
+                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.serve(options).await, )+ }
+            }
+        }
+    };
+}

@@ -1,0 +1,45 @@
+//! The Kafka broker: connecting, and opening channels.
+
+use std::sync::Arc;
+
+use super::channel::KafkaChannel;
+use super::connection::Connection;
+use super::KafkaConfig;
+use crate::core::{Backend, ChannelSpec, Result};
+
+/// A connection to a Kafka cluster. Cloning shares it.
+#[derive(Clone)]
+pub struct KafkaBroker {
+    connection: Arc<Connection>,
+}
+
+impl std::fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("config", self.connection.config())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for KafkaBroker {
+    type Config = KafkaConfig;
+    type Channel = KafkaChannel;
+
+    async fn connect(config: &KafkaConfig) -> Result<Self> {
+        Ok(KafkaBroker {
+            connection: Arc::new(Connection::open(config).await?),
+        })
+    }
+
+    async fn open_channel(&self, spec: &ChannelSpec) -> Result<KafkaChannel> {
+        KafkaChannel::open(self.connection.clone(), &spec.name).await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.connection.is_closed()
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.connection.close().await
+    }
+}

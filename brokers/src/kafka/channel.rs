@@ -1,0 +1,219 @@
+//! A Kafka channel: its topic, validated and known to exist once it opens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::codec::{from_record, DUE};
+use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
+use super::error::from_kafka;
+use super::subscription::KafkaSubscription;
+use super::Topics;
+use crate::core::{
+    unix_micros, BackendChannel, Capabilities, Envelope, Error, ErrorKind, Result,
+    SubscribeOptions, Subscription,
+};
+
+/// What Kafka guarantees.
+const CAPABILITIES: Capabilities = Capabilities {
+    persistent: true,
+    survives_broker_restart: true,
+    groups: true,
+    ordering_by_key: true,
+    ordering_across_members: false,
+    retry: true,
+    dead_letters: true,
+    delay: true,
+    native_redelivery_count: false,
+    request_reply: false,
+};
+
+/// A channel: its topic (and, once used, its delay and dead-letter topics).
+pub struct KafkaChannel {
+    connection: Arc<Connection>,
+    name: Arc<str>,
+    delay_topic: String,
+}
+
+/// Checks `channel` can be a Kafka topic name.
+fn validate_name(channel: &str) -> Result<()> {
+    let ok = !channel.is_empty()
+        && channel.len() <= 200
+        && channel != "."
+        && channel != ".."
+        && channel
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(Error::config(format!(
+            "channel {channel:?} is not a valid Kafka topic name (1 to 200 of a-z A-Z 0-9 . _ -)"
+        )));
+    }
+    Ok(())
+}
+
+impl KafkaChannel {
+    /// Validates the name and makes sure the topic exists.
+    pub(crate) async fn open(connection: Arc<Connection>, name: &Arc<str>) -> Result<Self> {
+        validate_name(name)?;
+        connection.ensure_topics(&[name.to_string()]).await?;
+        Ok(KafkaChannel {
+            delay_topic: Topics::delay(name),
+            name: name.clone(),
+            connection,
+        })
+    }
+
+    /// Reads the dead letters past the replay cursor, up to `limit`; with `replay`,
+    /// produces each to the channel as a fresh message and moves the cursor past it.
+    async fn with_dead_letters(&self, limit: usize, replay: bool) -> Result<(Vec<Envelope>, usize)> {
+        let channel = &*self.name;
+        let topic = Topics::dead_letters(channel);
+        self.connection
+            .ensure_topics(std::slice::from_ref(&topic))
+            .await?;
+        let group = Topics::replay_group(channel);
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            client_config(
+                &self.connection.config,
+                Client::Consumer,
+                &[
+                    ("group.id", &group),
+                    ("enable.auto.commit", "false"),
+                    ("auto.offset.reset", "earliest"),
+                ],
+            )
+            .create()
+            .map_err(|e| from_kafka(e, "dead letters"))?,
+        );
+        // Per partition: where the cursor is (committed offset, else the oldest
+        // retained record) and where the partition ends now; reading stops there.
+        let ranges: Vec<(i32, i64, i64)> = {
+            let (consumer, topic) = (consumer.clone(), topic.clone());
+            tokio::task::spawn_blocking(
+                move || -> rdkafka::error::KafkaResult<Vec<(i32, i64, i64)>> {
+                    let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
+                    let partitions: Vec<i32> = metadata
+                        .topics()
+                        .iter()
+                        .filter(|t| t.name() == topic)
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    let mut all = TopicPartitionList::new();
+                    for p in &partitions {
+                        all.add_partition(&topic, *p);
+                    }
+                    let committed = consumer.committed_offsets(all, CALL_TIMEOUT)?;
+                    let mut ranges = Vec::new();
+                    let mut assignment = TopicPartitionList::new();
+                    for p in partitions {
+                        let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
+                        let start = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                            Some(Offset::Offset(o)) => o.max(low),
+                            _ => low,
+                        };
+                        assignment.add_partition_offset(&topic, p, Offset::Offset(start))?;
+                        if start < high {
+                            ranges.push((p, start, high));
+                        }
+                    }
+                    consumer.assign(&assignment)?;
+                    Ok(ranges)
+                },
+            )
+            .await
+            .expect("dead-letter reader")
+            .map_err(|e| from_kafka(e, "dead letters"))?
+        };
+        let mut remaining: std::collections::HashMap<i32, i64> =
+            ranges.into_iter().map(|(p, _, high)| (p, high)).collect();
+        let mut read = Vec::new();
+        let mut moved = 0;
+        let mut cursor = TopicPartitionList::new();
+        let mut messages = consumer.stream();
+        // What was dead-lettered when the call began: up to each partition's high
+        // watermark; a record written since is left to the next call.
+        while read.len() + moved < limit && !remaining.is_empty() {
+            let m = match tokio::time::timeout(CALL_TIMEOUT, messages.next()).await {
+                Ok(Some(Ok(m))) => m.detach(),
+                Ok(Some(Err(e))) => return Err(from_kafka(e, "dead letters")),
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "dead letters of {channel:?} did not arrive within {CALL_TIMEOUT:?}"
+                        ),
+                    ))
+                }
+            };
+            let Some(&high) = remaining.get(&m.partition()) else {
+                continue;
+            };
+            if m.offset() + 1 >= high {
+                remaining.remove(&m.partition());
+            }
+            if m.offset() >= high {
+                continue;
+            }
+            let (envelope, _) = from_record(&self.name, &m);
+            if replay {
+                let replayed = envelope.into_replayed();
+                self.connection.produce(channel, &replayed, &[]).await?;
+                cursor
+                    .add_partition_offset(&topic, m.partition(), Offset::Offset(m.offset() + 1))
+                    .map_err(|e| from_kafka(e, "replay dead letters"))?;
+                moved += 1;
+            } else {
+                read.push(envelope);
+            }
+        }
+        drop(messages);
+        if moved > 0 {
+            let c = consumer.clone();
+            tokio::task::spawn_blocking(move || c.commit(&cursor, CommitMode::Sync))
+                .await
+                .expect("commit")
+                .map_err(|e| from_kafka(e, "replay dead letters"))?;
+        }
+        Ok((read, moved))
+    }
+}
+
+impl BackendChannel for KafkaChannel {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        self.connection.produce(&self.name, &envelope, &[]).await
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Ok(Box::new(
+            KafkaSubscription::start(self.connection.clone(), options).await?,
+        ))
+    }
+
+    async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {
+        self.connection
+            .ensure_topics(std::slice::from_ref(&self.delay_topic))
+            .await?;
+        let due = unix_micros(std::time::SystemTime::now() + delay).to_string();
+        self.connection
+            .produce(&self.delay_topic, &envelope, &[(DUE, &due)])
+            .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
+        Ok(self.with_dead_letters(limit, false).await?.0)
+    }
+
+    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
+        Ok(self.with_dead_letters(limit, true).await?.1)
+    }
+}

@@ -1,0 +1,135 @@
+//! A channel of the embedded broker: its topic, found once when it opens.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::connection::Connection;
+use super::subscription::MemorySubscription;
+use super::topic::{Group, Timed, Topic};
+use crate::core::{
+    BackendChannel, Capabilities, Envelope, Error, ErrorKind, Result, SubscribeOptions,
+    Subscription,
+};
+
+/// What the embedded broker guarantees.
+const CAPABILITIES: Capabilities = Capabilities {
+    persistent: true,
+    survives_broker_restart: false,
+    groups: true,
+    ordering_by_key: true,
+    ordering_across_members: true,
+    retry: true,
+    dead_letters: true,
+    delay: true,
+    native_redelivery_count: true,
+    request_reply: false,
+};
+
+/// One channel of the embedded broker.
+pub struct MemoryChannel {
+    connection: Arc<Connection>,
+    topic: Arc<Topic>,
+}
+
+impl MemoryChannel {
+    pub(crate) fn new(connection: Arc<Connection>, name: &str) -> Self {
+        let topic = connection.topic(name);
+        MemoryChannel { connection, topic }
+    }
+
+    /// The slow path of publish: the channel is at `max_backlog`, so wait until a group
+    /// takes a message (or `publish_timeout` passes).
+    async fn publish_when_room(&self, mut envelope: Envelope) -> Result<()> {
+        let (max_backlog, publish_timeout) =
+            (self.connection.max_backlog, self.connection.publish_timeout);
+        let deadline = Instant::now() + publish_timeout;
+        loop {
+            let room = self.topic.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.connection.is_closed() {
+                return Err(Error::closed("the broker was shut down while publish waited for room"));
+            }
+            envelope = match self.topic.try_append(envelope, max_backlog) {
+                None => return Ok(()),
+                Some(back) => back,
+            };
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the channel holds max_backlog = {max_backlog} messages its consumers have not taken, and none was taken within publish_timeout = {publish_timeout:?}"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+impl BackendChannel for MemoryChannel {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        match self.topic.try_append(envelope, self.connection.max_backlog) {
+            None => Ok(()),
+            Some(envelope) => self.publish_when_room(envelope).await,
+        }
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        {
+            let mut state = self.topic.lock();
+            let base = state.base;
+            state
+                .groups
+                .entry(options.group.clone())
+                .or_insert_with(|| Group::starting_at(base));
+        }
+        let member = self.connection.next_member.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(MemorySubscription::new(
+            self.connection.clone(),
+            self.topic.clone(),
+            options.group,
+            member,
+        )))
+    }
+
+    async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {
+        {
+            let mut state = self.topic.lock();
+            let seq = state.next_seq();
+            state.delayed.push(std::cmp::Reverse(Timed {
+                due: Instant::now() + delay,
+                seq,
+                envelope,
+            }));
+        }
+        // Sleeping consumers recompute their deadline.
+        self.topic.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
+        let state = self.topic.lock();
+        Ok(state.dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
+        let moved = {
+            let mut state = self.topic.lock();
+            let n = limit.min(state.dead.len());
+            for _ in 0..n {
+                let dead = state.dead.pop_front().expect("counted");
+                state.log.push_back(dead.into_replayed());
+            }
+            n
+        };
+        self.topic.notify.notify_waiters();
+        Ok(moved)
+    }
+}

@@ -1,0 +1,59 @@
+//! The NATS broker: connecting, and opening channels in the configured mode.
+
+use std::sync::Arc;
+
+use super::channel::{JetStreamChannel, NatsChannel};
+use super::connection::Connection;
+use super::core_mode::CoreChannel;
+use super::error::from_nats;
+use super::{NatsConfig, NatsMode};
+use crate::core::{Backend, ChannelSpec, Result};
+
+/// A connection to a NATS server, in the configured mode. Cloning shares it.
+#[derive(Clone)]
+pub struct NatsBroker {
+    connection: Arc<Connection>,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("config", &self.connection.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for NatsBroker {
+    type Config = NatsConfig;
+    type Channel = NatsChannel;
+
+    async fn connect(config: &NatsConfig) -> Result<Self> {
+        Ok(NatsBroker {
+            connection: Arc::new(Connection::open(config).await?),
+        })
+    }
+
+    async fn open_channel(&self, spec: &ChannelSpec) -> Result<NatsChannel> {
+        Connection::validate_subject(&spec.name)?;
+        let connection = self.connection.clone();
+        Ok(match self.connection.config.mode {
+            NatsMode::Jetstream => {
+                NatsChannel::JetStream(JetStreamChannel::open(connection, &spec.name).await?)
+            }
+            NatsMode::Core => NatsChannel::Core(CoreChannel::new(connection, &spec.name)),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.connection.is_closed()
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.connection.closed.close();
+        self.connection
+            .client
+            .flush()
+            .await
+            .map_err(|e| from_nats(e, "shutdown"))
+    }
+}

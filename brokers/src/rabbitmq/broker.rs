@@ -1,0 +1,46 @@
+//! The RabbitMQ broker: connecting, and opening channels.
+
+use std::sync::Arc;
+
+use super::channel::RabbitMqChannel;
+use super::connection::Link;
+use super::RabbitMqConfig;
+use crate::core::{Backend, ChannelSpec, Result};
+
+/// A connection to RabbitMQ. Cloning shares it.
+#[derive(Clone)]
+pub struct RabbitMqBroker {
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for RabbitMqBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqBroker")
+            .field("config", self.link.config())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for RabbitMqBroker {
+    type Config = RabbitMqConfig;
+    type Channel = RabbitMqChannel;
+
+    /// Connects, and declares the exchanges; later connection losses are recovered.
+    async fn connect(config: &RabbitMqConfig) -> Result<Self> {
+        Ok(RabbitMqBroker {
+            link: Arc::new(Link::connect(config).await?),
+        })
+    }
+
+    async fn open_channel(&self, spec: &ChannelSpec) -> Result<RabbitMqChannel> {
+        RabbitMqChannel::open(self.link.clone(), spec).await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.link.is_closed()
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.link.close().await
+    }
+}

@@ -1,0 +1,188 @@
+//! A RabbitMQ channel: a routing key on the exchange, validated and given its default
+//! group's queue once, when it opens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+
+use super::codec::{from_delivery, to_properties};
+use super::connection::{publish_confirmed, Link, Route};
+use super::error::from_lapin;
+use super::subscription::{QueueRole, RabbitSubscription};
+use super::{topology, Names};
+use crate::core::{
+    BackendChannel, Capabilities, ChannelSpec, Envelope, Error, Result, SubscribeOptions,
+    Subscription,
+};
+
+/// What RabbitMQ guarantees.
+const CAPABILITIES: Capabilities = Capabilities {
+    persistent: true,
+    survives_broker_restart: true,
+    groups: true,
+    ordering_by_key: true,
+    ordering_across_members: false,
+    retry: true,
+    dead_letters: true,
+    delay: true,
+    native_redelivery_count: false,
+    request_reply: true,
+};
+
+/// AMQP short strings (queue names, routing keys) hold at most 255 bytes; the longest
+/// name built from a channel adds the group and a delay.
+const MAX_CHANNEL_NAME: usize = 180;
+
+/// A channel: its routing key on the configured exchange.
+pub struct RabbitMqChannel {
+    link: Arc<Link>,
+    name: Arc<str>,
+    rpc_routing_key: String,
+    delayed_exchange: String,
+}
+
+impl RabbitMqChannel {
+    /// Validates the name and declares the default group's queue, so what is published
+    /// before the group's first member subscribes is kept.
+    pub(crate) async fn open(link: Arc<Link>, spec: &ChannelSpec) -> Result<Self> {
+        let name = &spec.name;
+        if name.is_empty() || name.len() > MAX_CHANNEL_NAME {
+            return Err(Error::config(format!(
+                "channel {name:?} cannot be a RabbitMQ routing key: expected 1 to {MAX_CHANNEL_NAME} bytes"
+            )));
+        }
+        let session = link.session().await?;
+        let ch = session.declaring_channel().await?;
+        let declared =
+            topology::declare_group(&ch, &link.config().exchange, name, &spec.default_group).await;
+        let _ = ch.close(200, "declared".into()).await;
+        declared?;
+        Ok(RabbitMqChannel {
+            rpc_routing_key: Names::rpc(name),
+            delayed_exchange: Names::delayed_exchange(&link.config().exchange),
+            name: name.clone(),
+            link,
+        })
+    }
+
+    fn route(&self) -> Route<'_> {
+        Route {
+            exchange: &self.link.config().exchange,
+            routing_key: &self.name,
+            mandatory: true,
+        }
+    }
+
+    /// Takes up to `limit` dead letters (unacknowledged) on a channel of their own,
+    /// passes them to `each`, then closes the channel, which gives back whatever `each`
+    /// did not ack.
+    async fn with_dead_letters(&self, limit: usize, replay: bool) -> Result<(Vec<Envelope>, usize)> {
+        let channel = &*self.name;
+        let session = self.link.session().await?;
+        let ch = session.declaring_channel().await?;
+        let result = async {
+            let (queue, present) = topology::declare_dead_letters(&ch, channel).await?;
+            // No more than were there at the start: a replayed message that fails at
+            // once is dead-lettered again, and must not be replayed again by this call.
+            let limit = limit.min(present as usize);
+            if replay {
+                ch.confirm_select(Default::default())
+                    .await
+                    .map_err(|e| from_lapin(e, "confirm select"))?;
+            }
+            let (mut read, mut moved) = (Vec::new(), 0);
+            while read.len() + moved < limit {
+                let Some(got) = ch
+                    .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                    .await
+                    .map_err(|e| from_lapin(e, "read dead letters"))?
+                else {
+                    break;
+                };
+                let delivery = got.delivery;
+                let envelope = from_delivery(&self.name, &delivery.properties, delivery.data);
+                if !replay {
+                    read.push(envelope);
+                    continue;
+                }
+                // Published (confirmed) first, acked after: a crash in between
+                // duplicates, never loses.
+                let replayed = envelope.into_replayed();
+                publish_confirmed(&ch, &self.route(), &replayed.payload, to_properties(&replayed))
+                    .await?;
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| from_lapin(e, "replay dead letters"))?;
+                moved += 1;
+            }
+            Ok((read, moved))
+        }
+        .await;
+        // Closing gives back the dead letters only read (in their original order).
+        let _ = ch.close(200, "done".into()).await;
+        result
+    }
+}
+
+impl BackendChannel for RabbitMqChannel {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        self.link
+            .publish(&self.route(), &envelope.payload, &to_properties(&envelope))
+            .await
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Ok(Box::new(
+            RabbitSubscription::start(self.link.clone(), options, QueueRole::Group).await?,
+        ))
+    }
+
+    async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {
+        let ms = delay.as_millis() as u64;
+        let queue = Names::delay_queue(&self.name, ms);
+        let session = self.link.session().await?;
+        session
+            .ensure_delay_queue(
+                &queue,
+                Duration::from_millis(ms),
+                &self.delayed_exchange,
+                &self.name,
+            )
+            .await?;
+        self.link.publish_to_queue(&queue, &envelope).await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
+        Ok(self.with_dead_letters(limit, false).await?.0)
+    }
+
+    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
+        Ok(self.with_dead_letters(limit, true).await?.1)
+    }
+
+    async fn request(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope> {
+        let route = Route {
+            exchange: &self.link.config().exchange,
+            routing_key: &self.rpc_routing_key,
+            mandatory: true,
+        };
+        let (properties, body) = self
+            .link
+            .request(&route, &envelope.payload, to_properties(&envelope), timeout)
+            .await?;
+        Ok(from_delivery(&self.name, &properties, body))
+    }
+
+    async fn serve(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        Ok(Box::new(
+            RabbitSubscription::start(self.link.clone(), options, QueueRole::Requests).await?,
+        ))
+    }
+}

@@ -1,0 +1,51 @@
+//! The Redis broker: connecting, and opening channels in the configured mode.
+
+use std::sync::Arc;
+
+use super::channel::{RedisChannel, StreamChannel};
+use super::connection::Connection;
+use super::pubsub::PubSubChannel;
+use super::{RedisConfig, RedisMode};
+use crate::core::{Backend, ChannelSpec, Result};
+
+/// A connection to one Redis server, in the configured mode. Cloning shares it.
+#[derive(Clone)]
+pub struct RedisBroker {
+    connection: Arc<Connection>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("config", &self.connection.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for RedisBroker {
+    type Config = RedisConfig;
+    type Channel = RedisChannel;
+
+    async fn connect(config: &RedisConfig) -> Result<Self> {
+        Ok(RedisBroker {
+            connection: Arc::new(Connection::open(config).await?),
+        })
+    }
+
+    async fn open_channel(&self, spec: &ChannelSpec) -> Result<RedisChannel> {
+        let connection = self.connection.clone();
+        Ok(match self.connection.config.mode {
+            RedisMode::Streams => RedisChannel::Streams(StreamChannel::new(connection, &spec.name)),
+            RedisMode::Pubsub => RedisChannel::PubSub(PubSubChannel::new(connection, &spec.name)),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.connection.closed.is_closed()
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.connection.closed.close();
+        Ok(())
+    }
+}
