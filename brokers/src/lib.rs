@@ -1,5 +1,5 @@
 //! Broker backends of [anybroker](https://docs.rs/anybroker): the core contract
-//! every backend implements ([`MessagePublisher`], [`Subscription`], [`Envelope`],
+//! every backend implements ([`Backend`], [`BackendChannel`], [`Subscription`], [`Envelope`],
 //! [`Capabilities`], [`Error`]) and one module per broker. Applications use the
 //! `anybroker` crate, which re-exports what they need from here.
 #![deny(missing_docs)]

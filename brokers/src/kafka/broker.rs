@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::channel::KafkaChannel;
 use super::connection::Connection;
-use super::KafkaConfig;
+use super::config::KafkaConfig;
 use crate::core::{Backend, ChannelSpec, Result};
 
 /// A connection to a Kafka cluster. Cloning shares it.

@@ -12,7 +12,7 @@ use super::codec::{from_record, DUE};
 use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
 use super::subscription::KafkaSubscription;
-use super::Topics;
+use super::names::Topics;
 use crate::core::{
     unix_micros, BackendChannel, Capabilities, Envelope, Error, ErrorKind, Result,
     SubscribeOptions, Subscription,

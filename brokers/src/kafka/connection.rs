@@ -13,7 +13,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::codec::to_headers;
 use super::error::from_kafka;
-use super::{KafkaConfig, Topics};
+use super::config::KafkaConfig;
+use super::names::Topics;
 use crate::core::{Envelope, Error, ErrorKind, Result, ShutdownFlag};
 
 /// How long metadata, watermark and commit calls may block.

@@ -38,6 +38,8 @@ mod connection;
 #[cfg(feature = "kafka")]
 mod error;
 #[cfg(feature = "kafka")]
+mod names;
+#[cfg(feature = "kafka")]
 mod offsets;
 #[cfg(feature = "kafka")]
 mod retry_topics;
@@ -49,37 +51,3 @@ pub use broker::KafkaBroker;
 #[cfg(feature = "kafka")]
 pub use channel::KafkaChannel;
 pub use config::KafkaConfig;
-
-/// The topic names of one channel.
-#[cfg(feature = "kafka")]
-pub(crate) struct Topics;
-
-#[cfg(feature = "kafka")]
-impl Topics {
-    pub(crate) fn retry(channel: &str, n: u32) -> String {
-        format!("{channel}-retry-{n}")
-    }
-    /// Whether `topic` is one of `channel`'s retry topics.
-    pub(crate) fn is_retry_of(topic: &str, channel: &str) -> bool {
-        topic
-            .strip_prefix(channel)
-            .and_then(|rest| rest.strip_prefix("-retry-"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    }
-    pub(crate) fn dead_letters(channel: &str) -> String {
-        format!("{channel}-dlt")
-    }
-    pub(crate) fn delay(channel: &str) -> String {
-        format!("{channel}-delay")
-    }
-    /// The Kafka consumer group of anybroker group `group` on `channel`: one per
-    /// channel, so members joining on one channel never rebalance another channel's
-    /// consumers (a Kafka group spans every topic its members read).
-    pub(crate) fn group_id(group: &str, channel: &str) -> String {
-        format!("{group}.{channel}")
-    }
-    /// The group whose committed offset on `C-dlt` marks what was replayed.
-    pub(crate) fn replay_group(channel: &str) -> String {
-        format!("anybroker-dlt-{channel}")
-    }
-}

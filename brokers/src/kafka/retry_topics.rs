@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_channels_retry_topics_are_told_from_other_topics() {
-        use super::super::Topics;
+        use super::super::names::Topics;
         assert!(Topics::is_retry_of("orders-retry-0", "orders"));
         assert!(Topics::is_retry_of("orders-retry-31", "orders"));
         assert!(!Topics::is_retry_of("orders-retry-", "orders"));

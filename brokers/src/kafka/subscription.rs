@@ -21,7 +21,7 @@ use super::error::from_kafka;
 use super::offsets::{OffsetTracker, Partition};
 use super::connection::{client_config, Client, Connection};
 use super::retry_topics::RetryTopics;
-use super::Topics;
+use super::names::Topics;
 use crate::core::{
     batch_of, Delivery, DeliveryTag, Envelope, Error, ErrorKind, InFlightTable, Result, Settlement,
     SubscribeOptions, Subscription,

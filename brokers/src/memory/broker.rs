@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::channel::MemoryChannel;
 use super::connection::Connection;
-use super::MemoryConfig;
+use super::config::MemoryConfig;
 use crate::core::{Backend, ChannelSpec, Result};
 
 /// The embedded broker. Cloning gives another handle to the same broker, so several

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustc_hash::FxHashMap as HashMap;
 
 use super::topic::Topic;
-use super::MemoryConfig;
+use super::config::MemoryConfig;
 use crate::core::ShutdownFlag;
 
 pub(crate) struct Connection {

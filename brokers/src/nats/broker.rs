@@ -6,7 +6,7 @@ use super::channel::{JetStreamChannel, NatsChannel};
 use super::connection::Connection;
 use super::core_mode::CoreChannel;
 use super::error::from_nats;
-use super::{NatsConfig, NatsMode};
+use super::config::{NatsConfig, NatsMode};
 use crate::core::{Backend, ChannelSpec, Result};
 
 /// A connection to a NATS server, in the configured mode. Cloning shares it.

@@ -8,7 +8,7 @@ use async_nats::jetstream;
 
 use super::codec::{from_message, stream_name, to_headers, IdHeaders};
 use super::error::from_nats;
-use super::NatsConfig;
+use super::config::NatsConfig;
 use crate::core::{Envelope, Error, ErrorKind, Result, ShutdownFlag};
 
 /// Requests travel on core NATS, on `<channel>.rpc`: outside the channel's stream, so

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::channel::RabbitMqChannel;
 use super::connection::Link;
-use super::RabbitMqConfig;
+use super::config::RabbitMqConfig;
 use crate::core::{Backend, ChannelSpec, Result};
 
 /// A connection to RabbitMQ. Cloning shares it.

@@ -10,7 +10,8 @@ use super::codec::{from_delivery, to_properties};
 use super::connection::{publish_confirmed, Link, Route};
 use super::error::from_lapin;
 use super::subscription::{QueueRole, RabbitSubscription};
-use super::{topology, Names};
+use super::names::Names;
+use super::topology;
 use crate::core::{
     BackendChannel, Capabilities, ChannelSpec, Envelope, Error, Result, SubscribeOptions,
     Subscription,

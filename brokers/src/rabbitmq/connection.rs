@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use super::codec::to_properties;
 use super::error::from_lapin;
-use super::{topology, RabbitMqConfig};
+use super::config::RabbitMqConfig;
+use super::topology;
 use crate::core::{Envelope, Error, ErrorKind, Result, ShutdownFlag};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.

@@ -37,6 +37,8 @@ mod connection;
 #[cfg(feature = "rabbitmq")]
 mod error;
 #[cfg(feature = "rabbitmq")]
+mod names;
+#[cfg(feature = "rabbitmq")]
 mod subscription;
 #[cfg(feature = "rabbitmq")]
 mod topology;
@@ -46,32 +48,3 @@ pub use broker::RabbitMqBroker;
 #[cfg(feature = "rabbitmq")]
 pub use channel::RabbitMqChannel;
 pub use config::RabbitMqConfig;
-
-/// The queue and routing-key names of one channel.
-#[cfg(feature = "rabbitmq")]
-pub(crate) struct Names;
-
-#[cfg(feature = "rabbitmq")]
-impl Names {
-    pub(crate) fn group_queue(channel: &str, group: &str) -> String {
-        format!("{channel}:{group}")
-    }
-    pub(crate) fn retry_queue(channel: &str, group: &str, delay_ms: u64) -> String {
-        format!("{channel}:{group}:retry:{delay_ms}")
-    }
-    pub(crate) fn dead_letters(channel: &str) -> String {
-        format!("{channel}.dlq")
-    }
-    pub(crate) fn delay_queue(channel: &str, delay_ms: u64) -> String {
-        format!("{channel}.delay.{delay_ms}")
-    }
-    pub(crate) fn rpc(channel: &str) -> String {
-        format!("{channel}.rpc")
-    }
-    pub(crate) fn delayed_exchange(exchange: &str) -> String {
-        format!("{exchange}.delayed")
-    }
-    pub(crate) fn unroutable(exchange: &str) -> String {
-        format!("{exchange}.unroutable")
-    }
-}

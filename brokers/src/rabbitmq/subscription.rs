@@ -17,7 +17,8 @@ use super::codec::{from_delivery, to_properties};
 use super::connection::{Route, Session};
 use super::error::from_lapin;
 use super::connection::Link;
-use super::{topology, Names};
+use super::names::Names;
+use super::topology;
 use crate::core::{
     batch_of, header, Delivery, DeliveryTag, Envelope, Error, ErrorKind, InFlightTable, Result,
     Settlement, SubscribeOptions, Subscription,

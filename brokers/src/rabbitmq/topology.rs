@@ -8,7 +8,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use super::error::from_lapin;
-use super::Names;
+use super::names::Names;
 use crate::core::Result;
 
 /// How long an unused delay queue outlives its delay before RabbitMQ deletes it.

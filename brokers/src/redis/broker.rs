@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::channel::{RedisChannel, StreamChannel};
 use super::connection::Connection;
 use super::pubsub::PubSubChannel;
-use super::{RedisConfig, RedisMode};
+use super::config::{RedisConfig, RedisMode};
 use crate::core::{Backend, ChannelSpec, Result};
 
 /// A connection to one Redis server, in the configured mode. Cloning shares it.

@@ -9,7 +9,7 @@ use super::connection::Connection;
 use super::error::from_redis;
 use super::pubsub::PubSubChannel;
 use super::subscription::StreamSubscription;
-use super::Keys;
+use super::names::Keys;
 use crate::core::{
     unix_millis, BackendChannel, Capabilities, Envelope, Result, SubscribeOptions, Subscription,
 };

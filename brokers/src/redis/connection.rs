@@ -7,7 +7,7 @@ use redis::aio::ConnectionManager;
 
 use super::codec::{fields_size, write_fields};
 use super::error::from_redis;
-use super::RedisConfig;
+use super::config::RedisConfig;
 use crate::core::{Envelope, Error, Result, ShutdownFlag};
 
 pub(crate) struct Connection {

@@ -34,6 +34,8 @@ mod connection;
 #[cfg(feature = "redis")]
 mod error;
 #[cfg(feature = "redis")]
+mod names;
+#[cfg(feature = "redis")]
 mod pubsub;
 #[cfg(feature = "redis")]
 mod subscription;
@@ -45,29 +47,3 @@ pub use channel::{RedisChannel, StreamChannel};
 pub use config::{RedisConfig, RedisMode};
 #[cfg(feature = "redis")]
 pub use pubsub::PubSubChannel;
-
-/// The Redis key names of one channel.
-#[cfg(feature = "redis")]
-pub(crate) struct Keys;
-
-#[cfg(feature = "redis")]
-impl Keys {
-    pub(crate) fn dead_letters(channel: &str) -> String {
-        format!("{channel}:dlt")
-    }
-    pub(crate) fn delayed(channel: &str) -> String {
-        format!("{channel}:delayed")
-    }
-    pub(crate) fn delayed_message(channel: &str, id: &str) -> String {
-        format!("{channel}:delayed:{id}")
-    }
-    pub(crate) fn retry_schedule(channel: &str, group: &str) -> String {
-        format!("{channel}:retry:{group}")
-    }
-    pub(crate) fn retry_message(channel: &str, group: &str, id: &str) -> String {
-        format!("{channel}:retry:{group}:m:{id}")
-    }
-    pub(crate) fn retry_stream(channel: &str, group: &str) -> String {
-        format!("{channel}:retry:{group}:s")
-    }
-}

@@ -16,7 +16,7 @@ use super::codec::{
 };
 use super::error::from_redis;
 use super::connection::Connection;
-use super::Keys;
+use super::names::Keys;
 use crate::core::{
     new_message_id, unix_millis, Delivery, DeliveryTag, Envelope, Error, InFlightTable, Result,
     Settlement, SubscribeOptions, Subscription,
