@@ -133,10 +133,8 @@ impl KafkaSubscription {
 
     pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
         let channel: Arc<str> = Arc::from(options.channel.as_str());
-        let retry_topics = RetryTopics::for_policy(&options.retry).map_err(|e| {
-            Error::new(ErrorKind::ConfigInvalid, e)
-                .with_channel(&*channel)
-        })?;
+        let retry_topics = RetryTopics::for_policy(&options.retry)
+            .map_err(|e| Error::new(ErrorKind::ConfigInvalid, e))?;
         let mut topics = vec![channel.to_string(), Topics::delay(&channel)];
         topics.extend((0..retry_topics.count()).map(|n| Topics::retry(&channel, n)));
         let mut all = topics.clone();

@@ -238,10 +238,7 @@ impl Subscription for JetStreamSubscription {
             return Ok(Vec::new());
         };
         if puller.held.is_empty() {
-            let first = puller
-                .next()
-                .await
-                .map_err(|e| e.with_channel(&*self.channel))?;
+            let first = puller.next().await?;
             puller.held.push_back(first.into());
             while puller.held.len() < max.max(1) {
                 match puller.try_next() {
@@ -339,7 +336,7 @@ impl Subscription for JetStreamSubscription {
             }
         }
         if let Some(e) = first_error {
-            return Err(e.with_channel(&*self.channel));
+            return Err(e);
         }
         unknown.error()
     }

@@ -117,11 +117,11 @@ async fn subscribe(broker: &Connection, channel: &str) -> Result<redis::aio::Pub
         .client
         .get_async_pubsub()
         .await
-        .map_err(|e| from_redis(e, "subscribe").with_channel(channel))?;
+        .map_err(|e| from_redis(e, "subscribe"))?;
     pubsub
         .subscribe(channel)
         .await
-        .map_err(|e| from_redis(e, "subscribe").with_channel(channel))?;
+        .map_err(|e| from_redis(e, "subscribe"))?;
     Ok(pubsub)
 }
 
