@@ -172,7 +172,7 @@ async fn nats_members_starting_together_on_a_new_channel_all_start() {
         let starts = members.iter().map(|m| async move {
             open(m, ch.name())
                 .await?
-                .subscribe(SubscribeOptions::new(ch.name(), "default"))
+                .subscribe(SubscribeOptions::new("default"))
                 .await
         });
         let results = futures::future::join_all(starts).await;
@@ -215,7 +215,7 @@ async fn core_nats_subscription_gets_what_is_published_right_after_start() {
             let sub = open(subscriber, ch.name())
                 .await
                 .unwrap()
-                .subscribe(SubscribeOptions::new(ch.name(), "default"))
+                .subscribe(SubscribeOptions::new("default"))
                 .await
                 .unwrap();
             let payload = serde_json::to_vec(&Numbered { seq: round as u64 }).unwrap();

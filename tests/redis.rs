@@ -131,7 +131,7 @@ async fn redis_crashed_consumer_messages_are_reclaimed() {
         .open_channel("crashed", &ChannelSpec::new(ch.name(), "default"))
         .await
         .unwrap()
-        .subscribe(SubscribeOptions::new(ch.name(), "default"))
+        .subscribe(SubscribeOptions::new("default"))
         .await
         .unwrap();
     let taken = sub.recv(100).await.unwrap();

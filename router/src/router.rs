@@ -544,7 +544,7 @@ impl MessageRouter {
             .with_channel(r.channel));
         }
         for _ in 0..consumers {
-            let options = SubscribeOptions::new(r.channel, group.clone())
+            let options = SubscribeOptions::new(group.clone())
                 .retry(policy)
                 .prefetch(prefetch);
             let subscription = if r.serves_requests {

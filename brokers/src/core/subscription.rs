@@ -78,12 +78,10 @@ pub fn settle_fire_and_forget(settlements: &[(DeliveryTag, Settlement)], mode: &
     Ok(())
 }
 
-/// Who subscribes: channel, group and how failed messages come back.
+/// Who subscribes to an open channel: group, and how failed messages come back.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SubscribeOptions {
-    /// The channel's wire name.
-    pub channel: String,
     /// Consumers in one group share messages; each group gets all.
     pub group: String,
     /// The channel's retry policy (some backends build their retry topology from it).
@@ -93,10 +91,9 @@ pub struct SubscribeOptions {
 }
 
 impl SubscribeOptions {
-    /// Options for `channel` in `group` with the default policy and a prefetch of 256.
-    pub fn new(channel: impl Into<String>, group: impl Into<String>) -> Self {
+    /// Options for a member of `group` with the default policy and a prefetch of 256.
+    pub fn new(group: impl Into<String>) -> Self {
         SubscribeOptions {
-            channel: channel.into(),
             group: group.into(),
             retry: RetryPolicy::default(),
             prefetch: 256,

@@ -195,7 +195,7 @@ impl BackendChannel for KafkaChannel {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            KafkaSubscription::start(self.connection.clone(), options).await?,
+            KafkaSubscription::start(self.connection.clone(), self.name.clone(), options).await?,
         ))
     }
 

@@ -131,8 +131,11 @@ impl KafkaSubscription {
         self.consumer.lock().unwrap().clone()
     }
 
-    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
-        let channel: Arc<str> = Arc::from(options.channel.as_str());
+    pub(crate) async fn start(
+        connection: Arc<Connection>,
+        channel: Arc<str>,
+        options: SubscribeOptions,
+    ) -> Result<Self> {
         let retry_topics = RetryTopics::for_policy(&options.retry)
             .map_err(|e| Error::new(ErrorKind::ConfigInvalid, e))?;
         let mut topics = vec![channel.to_string(), Topics::delay(&channel)];

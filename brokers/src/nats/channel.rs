@@ -108,7 +108,7 @@ impl BackendChannel for JetStreamChannel {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            JetStreamSubscription::start(self.connection.clone(), options).await?,
+            JetStreamSubscription::start(self.connection.clone(), self.name.clone(), options).await?,
         ))
     }
 
@@ -167,7 +167,7 @@ impl BackendChannel for JetStreamChannel {
 
     async fn serve(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            CoreSubscription::serve(self.connection.clone(), options).await?,
+            CoreSubscription::serve(self.connection.clone(), self.name.clone(), options).await?,
         ))
     }
 }

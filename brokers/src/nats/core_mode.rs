@@ -26,14 +26,16 @@ const CAPABILITIES: Capabilities = Capabilities {
 /// A channel on core NATS: a plain subject.
 pub struct CoreChannel {
     connection: Arc<Connection>,
+    name: Arc<str>,
     subject: async_nats::Subject,
 }
 
 impl CoreChannel {
-    pub(crate) fn new(connection: Arc<Connection>, name: &str) -> Self {
+    pub(crate) fn new(connection: Arc<Connection>, name: &Arc<str>) -> Self {
         CoreChannel {
             connection,
-            subject: async_nats::Subject::from(name),
+            subject: async_nats::Subject::from(&**name),
+            name: name.clone(),
         }
     }
 }
@@ -54,7 +56,7 @@ impl BackendChannel for CoreChannel {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            CoreSubscription::start(self.connection.clone(), options).await?,
+            CoreSubscription::start(self.connection.clone(), self.name.clone(), options).await?,
         ))
     }
 
@@ -64,7 +66,7 @@ impl BackendChannel for CoreChannel {
 
     async fn serve(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            CoreSubscription::serve(self.connection.clone(), options).await?,
+            CoreSubscription::serve(self.connection.clone(), self.name.clone(), options).await?,
         ))
     }
 }
@@ -81,28 +83,32 @@ pub(crate) struct CoreSubscription {
 }
 
 impl CoreSubscription {
-    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
-        Self::subscribe(connection, options.channel.clone(), options, false).await
+    pub(crate) async fn start(
+        connection: Arc<Connection>,
+        channel: Arc<str>,
+        options: SubscribeOptions,
+    ) -> Result<Self> {
+        let subject = channel.to_string();
+        Self::subscribe(connection, channel, subject, options, false).await
     }
 
     /// Answers requests sent to the channel's request subject.
-    pub(crate) async fn serve(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
-        Self::subscribe(
-            connection,
-            super::connection::rpc_subject(&options.channel),
-            options,
-            true,
-        )
-        .await
+    pub(crate) async fn serve(
+        connection: Arc<Connection>,
+        channel: Arc<str>,
+        options: SubscribeOptions,
+    ) -> Result<Self> {
+        let subject = super::connection::rpc_subject(&channel);
+        Self::subscribe(connection, channel, subject, options, true).await
     }
 
     async fn subscribe(
         connection: Arc<Connection>,
+        channel: Arc<str>,
         subject: String,
         options: SubscribeOptions,
         serving: bool,
     ) -> Result<Self> {
-        let channel: Arc<str> = Arc::from(options.channel.as_str());
         let subscriber = connection
             .client
             .queue_subscribe(subject, options.group.clone())

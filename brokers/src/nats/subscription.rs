@@ -48,8 +48,11 @@ pub(crate) struct JetStreamSubscription {
 }
 
 impl JetStreamSubscription {
-    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
-        let channel: Arc<str> = Arc::from(options.channel.as_str());
+    pub(crate) async fn start(
+        connection: Arc<Connection>,
+        channel: Arc<str>,
+        options: SubscribeOptions,
+    ) -> Result<Self> {
         let stream = connection.ensure_stream(&channel, "", &channel).await?;
         connection
             .ensure_stream(&channel, DLT, &format!("{channel}.dlt"))

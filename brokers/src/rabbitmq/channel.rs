@@ -141,7 +141,7 @@ impl BackendChannel for RabbitMqChannel {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            RabbitSubscription::start(self.link.clone(), options, QueueRole::Group).await?,
+            RabbitSubscription::start(self.link.clone(), self.name.clone(), options, QueueRole::Group).await?,
         ))
     }
 
@@ -183,7 +183,7 @@ impl BackendChannel for RabbitMqChannel {
 
     async fn serve(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            RabbitSubscription::start(self.link.clone(), options, QueueRole::Requests).await?,
+            RabbitSubscription::start(self.link.clone(), self.name.clone(), options, QueueRole::Requests).await?,
         ))
     }
 }

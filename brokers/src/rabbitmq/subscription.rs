@@ -60,12 +60,13 @@ pub(crate) struct RabbitSubscription {
 impl RabbitSubscription {
     pub(crate) async fn start(
         link: Arc<Link>,
+        channel: Arc<str>,
         options: SubscribeOptions,
         role: QueueRole,
     ) -> Result<Self> {
         let subscription = RabbitSubscription {
             link,
-            channel: Arc::from(options.channel.as_str()),
+            channel,
             group: options.group,
             role,
             prefetch: options.prefetch.clamp(1, u16::MAX as usize) as u16,

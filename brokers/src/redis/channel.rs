@@ -97,7 +97,7 @@ impl BackendChannel for StreamChannel {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            StreamSubscription::start(self.connection.clone(), options).await?,
+            StreamSubscription::start(self.connection.clone(), self.name.clone(), options).await?,
         ))
     }
 

@@ -47,9 +47,10 @@ impl BackendChannel for PubSubChannel {
             .map_err(|e| from_redis(e, "publish"))
     }
 
-    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+    /// Every subscriber gets every message: pub/sub has no groups.
+    async fn subscribe(&self, _: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
-            PubSubSubscription::start(self.connection.clone(), options).await?,
+            PubSubSubscription::start(self.connection.clone(), self.name.clone()).await?,
         ))
     }
 }
@@ -61,8 +62,10 @@ pub(crate) struct PubSubSubscription {
 }
 
 impl PubSubSubscription {
-    pub(crate) async fn start(broker: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
-        let channel: Arc<str> = Arc::from(options.channel.as_str());
+    pub(crate) async fn start(
+        broker: Arc<Connection>,
+        channel: Arc<str>,
+    ) -> Result<Self> {
         let pubsub = subscribe(&broker, &channel).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let reader = tokio::spawn(read(broker, channel.clone(), pubsub, tx));

@@ -98,8 +98,11 @@ fn is_no_group(e: &redis::RedisError) -> bool {
 }
 
 impl StreamSubscription {
-    pub(crate) async fn start(connection: Arc<Connection>, options: SubscribeOptions) -> Result<Self> {
-        let channel: Arc<str> = Arc::from(options.channel.as_str());
+    pub(crate) async fn start(
+        connection: Arc<Connection>,
+        channel: Arc<str>,
+        options: SubscribeOptions,
+    ) -> Result<Self> {
         let sub = StreamSubscription {
             retry_stream: Keys::retry_stream(&channel, &options.group),
             consumer: format!("anybroker-{}", new_message_id()),
