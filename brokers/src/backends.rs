@@ -132,11 +132,25 @@ macro_rules! backends {
             }
         )+
 
+        /// Each backend's channel type, or [`Unbuilt`](crate::core::Unbuilt) when the
+        /// build leaves the backend out.
+        mod channel_types {
+            $(
+                #[cfg($($built)*)]
+                pub(crate) use $crate::$module::$channel;
+                #[cfg(not($($built)*))]
+                pub(crate) type $channel = $crate::core::Unbuilt;
+            )+
+        }
+
         $crate::channel_enum! {
-            /// An open channel of any backend this build includes.
+            /// An open channel of any backend.
+            // The variant of a backend the build leaves out holds `Unbuilt`: never made.
+            #[allow(dead_code)]
             pub(crate) enum AnyChannel {
-                $( #[cfg($($built)*)] $variant($module::$channel), )+
+                $( $variant(channel_types::$channel), )+
             }
+            future AnyChannelFuture;
         }
 
         impl Broker {

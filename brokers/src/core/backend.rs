@@ -140,74 +140,135 @@ fn lacks(operation: &'static str, capability: &str) -> Error {
     .with_operation(operation)
 }
 
+/// The channel type of a backend this build leaves out (its cargo feature is off): it
+/// has no values, so the registry's enum keeps one variant per backend whatever the
+/// build, and no channel of it can exist.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Unbuilt {}
+
+impl BackendChannel for Unbuilt {
+    fn capabilities(&self) -> Capabilities {
+        match *self {}
+    }
+
+    async fn publish(&self, _: Envelope) -> Result<()> {
+        match *self {}
+    }
+
+    async fn subscribe(&self, _: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        match *self {}
+    }
+}
+
 /// Makes an enum of channel types one channel type, forwarding every operation to the
 /// variant: a backend whose config chooses the mode (`Streams(..)`, `PubSub(..)`), and
-/// the registry's enum of every backend. Each variant may carry `#[cfg(..)]`.
+/// the registry's enum of every backend. `future` names the enum of the variants'
+/// futures that each operation returns: dispatching allocates nothing and adds no
+/// copy of the arguments, so a publish future is the size of the largest variant's.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! channel_enum {
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident {
-            $( $(#[doc = $doc:literal])* $(#[cfg($($cfg:tt)*)])? $variant:ident($ty:ty), )+
+            $( $(#[doc = $doc:literal])* $variant:ident($ty:ty), )+
         }
+        future $future:ident;
     ) => {
         $(#[$meta])*
         $vis enum $name {
-            $( $(#[doc = $doc])* $(#[cfg($($cfg)*)])? $variant($ty), )+
+            $( $(#[doc = $doc])* $variant($ty), )+
+        }
+
+        /// The future of one operation on one variant.
+        #[doc(hidden)]
+        $vis enum $future<$($variant),+> {
+            $( $variant($variant), )+
+        }
+
+        impl<Output, $($variant: std::future::Future<Output = Output>),+> std::future::Future
+            for $future<$($variant),+>
+        {
+            type Output = Output;
+
+            fn poll(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Output> {
+                // SAFETY: structural pinning. The enum is pinned as a whole, has no
+                // Drop of its own and no method that moves a field out, and each arm
+                // only reborrows the one field of the current variant, pinned.
+                unsafe {
+                    match self.get_unchecked_mut() {
+                        $( $future::$variant(f) => std::pin::Pin::new_unchecked(f).poll(cx), )+
+                    }
+                }
+            }
         }
 
         impl $crate::BackendChannel for $name {
             fn capabilities(&self) -> $crate::Capabilities {
-                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.capabilities(), )+ }
+                match self { $( $name::$variant(c) => c.capabilities(), )+ }
             }
 
-            async fn publish(&self, envelope: $crate::Envelope) -> $crate::Result<()> {
-                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.publish(envelope).await, )+ }
+            fn publish(
+                &self,
+                envelope: $crate::Envelope,
+            ) -> impl std::future::Future<Output = $crate::Result<()>> + Send {
+                match self { $( $name::$variant(c) => $future::$variant(c.publish(envelope)), )+ }
             }
 
-            async fn subscribe(
+            fn subscribe(
                 &self,
                 options: $crate::SubscribeOptions,
-            ) -> $crate::Result<Box<dyn $crate::Subscription>> {
-                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.subscribe(options).await, )+ }
+            ) -> impl std::future::Future<Output = $crate::Result<Box<dyn $crate::Subscription>>> + Send
+            {
+                match self { $( $name::$variant(c) => $future::$variant(c.subscribe(options)), )+ }
             }
 
-            async fn publish_delayed(
+            fn publish_delayed(
                 &self,
                 envelope: $crate::Envelope,
                 delay: std::time::Duration,
-            ) -> $crate::Result<()> {
+            ) -> impl std::future::Future<Output = $crate::Result<()>> + Send {
                 match self {
-                    $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.publish_delayed(envelope, delay).await, )+
+                    $( $name::$variant(c) => $future::$variant(c.publish_delayed(envelope, delay)), )+
                 }
             }
 
-            async fn dead_letters(&self, limit: usize) -> $crate::Result<Vec<$crate::Envelope>> {
-                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.dead_letters(limit).await, )+ }
+            fn dead_letters(
+                &self,
+                limit: usize,
+            ) -> impl std::future::Future<Output = $crate::Result<Vec<$crate::Envelope>>> + Send {
+                match self { $( $name::$variant(c) => $future::$variant(c.dead_letters(limit)), )+ }
             }
 
-            async fn replay_dead_letters(&self, limit: usize) -> $crate::Result<usize> {
+            fn replay_dead_letters(
+                &self,
+                limit: usize,
+            ) -> impl std::future::Future<Output = $crate::Result<usize>> + Send {
                 match self {
-                    $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.replay_dead_letters(limit).await, )+
+                    $( $name::$variant(c) => $future::$variant(c.replay_dead_letters(limit)), )+
                 }
             }
 
-            async fn request(
+            fn request(
                 &self,
                 envelope: $crate::Envelope,
                 timeout: std::time::Duration,
-            ) -> $crate::Result<$crate::Envelope> {
+            ) -> impl std::future::Future<Output = $crate::Result<$crate::Envelope>> + Send {
                 match self {
-                    $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.request(envelope, timeout).await, )+
+                    $( $name::$variant(c) => $future::$variant(c.request(envelope, timeout)), )+
                 }
             }
 
-            async fn serve(
+            fn serve(
                 &self,
                 options: $crate::SubscribeOptions,
-            ) -> $crate::Result<Box<dyn $crate::Subscription>> {
-                match self { $( $(#[cfg($($cfg)*)])? $name::$variant(c) => c.serve(options).await, )+ }
+            ) -> impl std::future::Future<Output = $crate::Result<Box<dyn $crate::Subscription>>> + Send
+            {
+                match self { $( $name::$variant(c) => $future::$variant(c.serve(options)), )+ }
             }
         }
     };

@@ -12,7 +12,7 @@ mod retry;
 mod shutdown;
 mod subscription;
 
-pub use backend::{Backend, BackendChannel, BrokerKind, ChannelSpec};
+pub use backend::{Backend, BackendChannel, BrokerKind, ChannelSpec, Unbuilt};
 pub use capabilities::Capabilities;
 pub use envelope::{
     header, unix_micros, unix_millis, DeadLetter, DeadLetterReason, Envelope, Headers,

@@ -77,7 +77,9 @@ impl BackendChannel for MemoryChannel {
     async fn publish(&self, envelope: Envelope) -> Result<()> {
         match self.topic.try_append(envelope, self.connection.max_backlog) {
             None => Ok(()),
-            Some(envelope) => self.publish_when_room(envelope).await,
+            // Boxed: the wait (timer, notification) is rare, and inline it would make
+            // every publish future, and every backend's through the registry, its size.
+            Some(envelope) => Box::pin(self.publish_when_room(envelope)).await,
         }
     }
 

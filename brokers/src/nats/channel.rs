@@ -21,6 +21,7 @@ crate::channel_enum! {
         /// `mode = "core"`.
         Core(CoreChannel),
     }
+    future NatsChannelFuture;
 }
 
 /// What JetStream guarantees.

@@ -47,11 +47,15 @@ impl BackendChannel for CoreChannel {
 
     async fn publish(&self, envelope: Envelope) -> Result<()> {
         let headers = to_headers(&envelope, IdHeaders::Core);
-        self.connection
-            .client
-            .publish_with_headers(self.subject.clone(), headers, envelope.payload)
-            .await
-            .map_err(|e| from_nats(e, "publish"))
+        // The client's future (~900 bytes) boxed: inline, every publish future through
+        // the registry would be its size, whichever backend it is for.
+        Box::pin(self.connection.client.publish_with_headers(
+            self.subject.clone(),
+            headers,
+            envelope.payload,
+        ))
+        .await
+        .map_err(|e| from_nats(e, "publish"))
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

@@ -134,9 +134,11 @@ impl BackendChannel for RabbitMqChannel {
     }
 
     async fn publish(&self, envelope: Envelope) -> Result<()> {
-        self.link
-            .publish(&self.route(), &envelope.payload, &to_properties(&envelope))
-            .await
+        // The link's future (~2 KB: the publish, the confirm, a reconnect) boxed: inline,
+        // every publish future through the registry would be its size.
+        let route = self.route();
+        let properties = to_properties(&envelope);
+        Box::pin(self.link.publish(&route, &envelope.payload, &properties)).await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

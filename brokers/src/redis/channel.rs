@@ -22,6 +22,7 @@ crate::channel_enum! {
         /// `mode = "pubsub"`.
         PubSub(PubSubChannel),
     }
+    future RedisChannelFuture;
 }
 
 /// What Redis Streams guarantee.
