@@ -275,3 +275,43 @@ async fn memory_backlog_is_unbounded_before_a_consumer_exists() {
     publisher.shutdown().await.unwrap();
     assert_eq!(*seen.lock().unwrap(), (0..N).collect::<Vec<_>>());
 }
+
+/// A member settling a delivery another member of its group holds is refused, as on
+/// every other backend, and the holder still settles it: the embedded broker keeps a
+/// group's deliveries in one table, so it checks whose each one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_settling_another_members_delivery_is_refused() {
+    use anybroker_brokers::{ChannelSpec, Settlement, SubscribeOptions};
+    let broker = anybroker::Broker::from(anybroker::MemoryBroker::default());
+    let ch = unique_channel::<Numbered>("foreign-settle");
+    let channel = broker
+        .open_channel("memory", &ChannelSpec::new(ch.name(), "default"))
+        .await
+        .unwrap();
+    let holder = channel
+        .subscribe(SubscribeOptions::new("default"))
+        .await
+        .unwrap();
+    let other = channel
+        .subscribe(SubscribeOptions::new("default"))
+        .await
+        .unwrap();
+    let payload = serde_json::to_vec(&Numbered { seq: 1 }).unwrap();
+    channel
+        .publish(anybroker::Envelope::new(ch.name(), payload))
+        .await
+        .unwrap();
+    let held = holder.recv(1).await.unwrap();
+    assert_eq!(held.len(), 1);
+    let tag = held[0].tag;
+
+    let refused = other.settle(vec![(tag, Settlement::Ack)]).await;
+    let error = refused.expect_err("another member's delivery was settled");
+    assert!(
+        error.to_string().contains("not from this subscription"),
+        "{error}"
+    );
+    holder.settle(vec![(tag, Settlement::Ack)]).await.unwrap();
+    // Settled once: a second settle is refused too.
+    assert!(holder.settle(vec![(tag, Settlement::Ack)]).await.is_err());
+}

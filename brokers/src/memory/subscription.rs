@@ -98,10 +98,17 @@ impl Subscription for MemorySubscription {
             let state = &mut *guard;
             let group = state.groups.get_mut(&self.group).expect("group exists");
             for (tag, settlement) in settlements {
-                let Some(in_flight) = group.in_flight.remove(&tag.0) else {
+                // The group's deliveries share one table: one another member holds is
+                // as unknown to this one as one settled already.
+                if !group
+                    .in_flight
+                    .get(&tag.0)
+                    .is_some_and(|f| f.member == self.member)
+                {
                     unknown += 1;
                     continue;
-                };
+                }
+                let in_flight = group.in_flight.remove(&tag.0).expect("checked above");
                 let mut envelope = in_flight.envelope;
                 match settlement {
                     Settlement::Ack => {
