@@ -100,10 +100,10 @@ impl Subscription for MemorySubscription {
             for (tag, settlement) in settlements {
                 // The group's deliveries share one table: one another member holds is
                 // as unknown to this one as one settled already.
-                if !group
+                if group
                     .in_flight
                     .get(&tag.0)
-                    .is_some_and(|f| f.member == self.member)
+                    .is_none_or(|f| f.member != self.member)
                 {
                     unknown += 1;
                     continue;

@@ -1,6 +1,7 @@
 //! A NATS channel: a JetStream stream (and the enum of both modes). The stream is
 //! found or created once, when the channel opens.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -101,10 +102,9 @@ impl BackendChannel for JetStreamChannel {
         CAPABILITIES
     }
 
-    async fn publish(&self, envelope: Envelope) -> Result<()> {
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
         self.connection
             .js_publish(self.subject.clone(), envelope, &[])
-            .await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

@@ -1,6 +1,7 @@
 //! Core NATS mode: a queue subscription per group; fire-and-forget.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -45,17 +46,17 @@ impl BackendChannel for CoreChannel {
         CAPABILITIES
     }
 
-    async fn publish(&self, envelope: Envelope) -> Result<()> {
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
         let headers = to_headers(&envelope, IdHeaders::Core);
-        // The client's future (~900 bytes) boxed: inline, every publish future through
-        // the registry would be its size, whichever backend it is for.
-        Box::pin(self.connection.client.publish_with_headers(
+        // The client's future (~900 bytes) boxed, and made here: the publish future
+        // holds only the box (every backend's publish future through the registry is
+        // as large as the largest, see docs/backends.md).
+        let publish = Box::pin(self.connection.client.publish_with_headers(
             self.subject.clone(),
             headers,
             envelope.payload,
-        ))
-        .await
-        .map_err(|e| from_nats(e, "publish"))
+        ));
+        async move { publish.await.map_err(|e| from_nats(e, "publish")) }
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

@@ -1,6 +1,7 @@
 //! A Redis channel: the stream of Streams mode (and the enum of both modes). Its key
 //! names are worked out once, when it opens.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -87,13 +88,19 @@ impl BackendChannel for StreamChannel {
         CAPABILITIES
     }
 
-    async fn publish(&self, envelope: Envelope) -> Result<()> {
-        self.connection
-            .xadd(&self.name, &envelope)
-            .query_async::<redis::Value>(&mut self.connection.conn())
-            .await
-            .map(|_| ())
-            .map_err(|e| from_redis(e, "publish"))
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
+        // The command is written before the future: the future holds it, not the
+        // envelope as well (a smaller future for every backend's publish, see
+        // docs/backends.md).
+        let command = self.connection.xadd(&self.name, &envelope);
+        let mut conn = self.connection.conn();
+        async move {
+            command
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| from_redis(e, "publish"))
+        }
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
