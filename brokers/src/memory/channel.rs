@@ -75,12 +75,14 @@ impl BackendChannel for MemoryChannel {
     }
 
     async fn publish(&self, envelope: Envelope) -> Result<()> {
-        match self.topic.try_append(envelope, self.connection.max_backlog) {
-            None => Ok(()),
-            // Boxed: the wait (timer, notification) is rare, and inline it would make
-            // every publish future, and every backend's through the registry, its size.
-            Some(envelope) => Box::pin(self.publish_when_room(envelope)).await,
-        }
+        // The slow path boxed: the wait (timer, notification) is rare, and inline it
+        // would make every publish future, every backend's through the registry, its
+        // size. Made in the `let`, so the future does not hold the rejected envelope.
+        let wait = match self.topic.try_append(envelope, self.connection.max_backlog) {
+            None => return Ok(()),
+            Some(back) => Box::pin(self.publish_when_room(back)),
+        };
+        wait.await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

@@ -2,6 +2,7 @@
 //! the message, nothing is kept, acknowledged, retried or dead-lettered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,14 +38,21 @@ impl BackendChannel for PubSubChannel {
         Capabilities::NONE
     }
 
-    async fn publish(&self, envelope: Envelope) -> Result<()> {
-        redis::cmd("PUBLISH")
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
+        // The command is written before the future: the future holds it, not the
+        // envelope as well (see docs/backends.md).
+        let mut command = redis::cmd("PUBLISH");
+        command
             .arg(&*self.name)
-            .arg(super::codec::frame(&super::codec::to_fields(&envelope)))
-            .query_async::<redis::Value>(&mut self.connection.conn())
-            .await
-            .map(|_| ())
-            .map_err(|e| from_redis(e, "publish"))
+            .arg(super::codec::frame(&super::codec::to_fields(&envelope)));
+        let mut conn = self.connection.conn();
+        async move {
+            command
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| from_redis(e, "publish"))
+        }
     }
 
     /// Every subscriber gets every message: pub/sub has no groups.
