@@ -87,9 +87,9 @@ impl OpenChannel {
             .or_operation(operation)
     }
 
-    /// Runs `call`, the backend's future for `operation`, if the broker is open, and
-    /// gives its error this channel's context. The backend's future is made before the
-    /// check, not inside it, so the arguments are not held twice: made is not run.
+    /// Runs `call`, the backend's future for `operation`, if the broker is open when
+    /// the call is made, and gives its error this channel's context. Making a future
+    /// runs none of it, so `call` is made by the caller and held once.
     fn call<'a, T, F: Future<Output = Result<T>>>(
         &'a self,
         operation: &'static str,

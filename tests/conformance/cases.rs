@@ -1049,6 +1049,36 @@ pub async fn missing_capabilities_are_unsupported(t: &Target) {
     println!("{}: {checked} missing capabilities checked", t.name);
 }
 
+/// An error says where it happened, on every backend alike: the broker's name (its
+/// key under `[brokers]`, not its kind) and kind, the channel and the operation. A call
+/// after the router shut its broker down fails with `Closed`, with that context.
+pub async fn errors_name_broker_channel_and_operation(t: &Target) {
+    let ch = unique_channel::<TestMessage>("context");
+    let router = t.own_router().start().await.unwrap();
+    router.publish(ch, &TestMessage::new(1)).await.unwrap();
+    let (name, kind) = router.broker_of(ch).await.unwrap();
+    assert_eq!(name, "target");
+    router.shutdown().await.unwrap();
+
+    let err = router.publish(ch, &TestMessage::new(2)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    assert_eq!(err.broker(), Some("target"), "{err}");
+    assert_eq!(err.broker_kind(), Some(kind), "{err}");
+    assert_eq!(err.channel(), Some(ch.name()), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("operation publish"), "{text}");
+    assert!(text.contains(&format!("broker target ({kind})")), "{text}");
+
+    // A channel first used after the shutdown cannot be opened either.
+    let fresh = unique_channel::<TestMessage>("context_fresh");
+    let err = router
+        .publish(fresh, &TestMessage::new(3))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    assert_eq!(err.channel(), Some(fresh.name()), "{err}");
+}
+
 /// The capabilities a target's module says the backend lacks (which skip the cases
 /// needing them) are exactly those the backend declares false.
 pub async fn declared_lacks_match_capabilities(t: &Target, lacks: &[&str]) {
@@ -1142,6 +1172,7 @@ macro_rules! conformance_cases {
         case!([] publish_via_explicit_broker);
         case!([request_reply] request_reply_round_trip);
         case!([] missing_capabilities_are_unsupported);
+        case!([] errors_name_broker_channel_and_operation);
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn declared_lacks_match_capabilities() {

@@ -181,6 +181,12 @@ impl Target {
         }
     }
 
+    /// A router that connects a broker of its own (for the embedded broker too, a new
+    /// instance), so its shutdown closes the broker.
+    pub fn own_router(&self) -> RouterBuilder {
+        MessageRouter::builder(self.config(&self.broker_toml, ""))
+    }
+
     /// The config of a router on this backend, reaching it through `broker_toml`.
     pub fn config(&self, broker_toml: &str, channels_toml: &str) -> RouterConfig {
         let text = format!(
