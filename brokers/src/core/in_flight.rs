@@ -1,6 +1,9 @@
 //! Deliveries handed out and not settled yet: one table per subscription, which issues
 //! the delivery tags and tells a settlement it does not know (settled twice, or handed
-//! out by another subscription). Every backend keeps its own per-delivery state in it.
+//! out by another subscription). Every server backend keeps its own per-delivery state
+//! in it. The embedded broker keeps a group's deliveries with the group's other state
+//! under its topic's lock instead (a key held by one member holds it for all), and
+//! checks there that a settlement is of the settling member's delivery.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
