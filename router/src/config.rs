@@ -84,6 +84,28 @@ struct RawConfig {
     channels: BTreeMap<String, ChannelConfig>,
 }
 
+/// A channel's `retry` table inherits, key by key, what `[defaults].retry` sets and it
+/// does not: `retry = { attempts = 6 }` keeps the defaults' backoff. (Keys neither sets
+/// take the built-in defaults when the policy is read.) Tables of the wrong type are
+/// left alone for deserialization to report.
+fn inherit_default_retry(table: &mut toml::Table) {
+    let Some(toml::Value::Table(defaults)) =
+        table.get("defaults").and_then(|d| d.get("retry")).cloned()
+    else {
+        return;
+    };
+    let Some(toml::Value::Table(channels)) = table.get_mut("channels") else {
+        return;
+    };
+    for (_, channel) in channels.iter_mut() {
+        if let Some(toml::Value::Table(retry)) = channel.get_mut("retry") {
+            for (key, value) in &defaults {
+                retry.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
+    }
+}
+
 /// Channel names match config keys ignoring case and `.`/`-`/`_` differences, so
 /// environment variables (which cannot hold dots) can name them.
 pub(crate) fn normalize_channel(name: &str) -> String {
@@ -124,6 +146,7 @@ impl RouterConfig {
                 apply_override(&mut table, &name, rest, &value)?;
             }
         }
+        inherit_default_retry(&mut table);
         Self::from_table(table)
     }
 
@@ -439,4 +462,53 @@ fn parse_env_value(value: &str) -> toml::Value {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const DEFAULTS: &str = r#"
+        default_broker = "memory"
+        [defaults]
+        retry = { initial = "20s", max = "5m" }
+        [brokers.memory]
+        kind = "memory"
+    "#;
+
+    #[test]
+    fn a_channels_retry_inherits_the_defaults_key_by_key() {
+        let config = RouterConfig::from_toml_str(&format!(
+            "{DEFAULTS}\n[channels.x]\nretry = {{ attempts = 6 }}\n[channels.y]\nretry = {{ initial = \"1s\" }}\n"
+        ))
+        .unwrap();
+        let x = config.retry_for("x");
+        assert_eq!(
+            (x.attempts, x.initial, x.multiplier, x.max),
+            (6, Duration::from_secs(20), 2.0, Duration::from_secs(300))
+        );
+        let y = config.retry_for("y");
+        assert_eq!(
+            (y.attempts, y.initial, y.max),
+            (3, Duration::from_secs(1), Duration::from_secs(300))
+        );
+        // A channel without retry settings takes the defaults whole.
+        assert_eq!(config.retry_for("z"), config.defaults.retry);
+    }
+
+    #[test]
+    fn a_retry_set_from_the_environment_inherits_the_defaults_too() {
+        let vars = [(
+            "ANYBROKER_CHANNELS__X__RETRY__ATTEMPTS".to_string(),
+            "6".to_string(),
+        )];
+        let config = RouterConfig::from_toml_with_env(DEFAULTS, vars).unwrap();
+        let x = config.retry_for("x");
+        assert_eq!(
+            (x.attempts, x.initial, x.max),
+            (6, Duration::from_secs(20), Duration::from_secs(300))
+        );
+    }
 }
