@@ -290,7 +290,45 @@ fn env_override_errors_name_the_variable() {
     let err = RouterConfig::from_toml_with_env(MEMORY, vars).unwrap_err();
     assert_mentions(
         &err.to_string(),
-        &["alarm_to_log", "unknown broker \"nope\""],
+        &[
+            "alarm_to_log",
+            "unknown broker \"nope\"",
+            "environment variable ANYBROKER_CHANNELS__ALARM_TO_LOG__BROKER",
+        ],
+    );
+}
+
+/// A value of the wrong type set by a variable: the error names the variable.
+#[test]
+fn env_override_of_the_wrong_type_names_the_variable() {
+    let vars = [(
+        "ANYBROKER_DEFAULTS__PREFETCH".to_string(),
+        "many".to_string(),
+    )];
+    let err = RouterConfig::from_toml_with_env(MEMORY, vars).unwrap_err();
+    assert_mentions(
+        &err.to_string(),
+        &[
+            "defaults.prefetch",
+            "environment variable ANYBROKER_DEFAULTS__PREFETCH",
+        ],
+    );
+}
+
+/// A variable with the prefix that names no config key (a tool's own setting, say) is
+/// an error naming it and the keys a variable can set, not an "unknown field" of the
+/// file.
+#[test]
+fn env_variable_that_is_no_config_key_is_named() {
+    let vars = [("ANYBROKER_TEST_FEATURES".to_string(), "redis".to_string())];
+    let err = RouterConfig::from_toml_with_env(MEMORY, vars).unwrap_err();
+    assert_mentions(
+        &err.to_string(),
+        &[
+            "environment variable ANYBROKER_TEST_FEATURES",
+            "ANYBROKER_CHANNELS",
+            "ANYBROKER_BROKERS",
+        ],
     );
 }
 

@@ -84,6 +84,15 @@ struct RawConfig {
     channels: BTreeMap<String, ChannelConfig>,
 }
 
+/// A config error, and the environment variable that caused it, if one did.
+struct ParseError {
+    error: Error,
+    var: Option<String>,
+}
+
+/// The top-level keys a variable may set.
+const TOP_LEVEL_KEYS: [&str; 4] = ["default_broker", "defaults", "brokers", "channels"];
+
 /// A channel's `retry` table inherits, key by key, what `[defaults].retry` sets and it
 /// does not: `retry = { attempts = 6 }` keeps the defaults' backoff. (Keys neither sets
 /// take the built-in defaults when the policy is read.) Tables of the wrong type are
@@ -124,8 +133,15 @@ impl RouterConfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        Self::from_toml_with_env(&text, std::env::vars())
-            .map_err(|e| Error::config(format!("config file {}: {}", path.display(), e.message())))
+        Self::parse(&text, std::env::vars()).map_err(|e| match e.var {
+            // The variable is named in the message; the file is not to blame.
+            Some(_) => e.error,
+            None => Error::config(format!(
+                "config file {}: {}",
+                path.display(),
+                e.error.message()
+            )),
+        })
     }
 
     /// Parses TOML text, without environment overrides.
@@ -133,21 +149,53 @@ impl RouterConfig {
         Self::from_toml_with_env(text, std::iter::empty())
     }
 
-    /// Parses TOML text and applies the `ANYBROKER_*` variables among `vars`.
+    /// Parses TOML text and applies the `ANYBROKER_*` variables among `vars`. An error
+    /// a variable caused names it.
     pub fn from_toml_with_env(
         text: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| Error::config(format!("not valid TOML: {e}")))?;
+        Self::parse(text, vars).map_err(|e| e.error)
+    }
+
+    fn parse(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> std::result::Result<Self, Box<ParseError>> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            Box::new(ParseError {
+                error: Error::config(format!("not valid TOML: {e}")),
+                var: None,
+            })
+        })?;
+        // Where each variable wrote, to name it in an error about that key.
+        let mut overridden: Vec<(String, String)> = Vec::new();
         for (name, value) in vars {
             if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut table, &name, rest, &value)?;
+                let key = apply_override(&mut table, &name, rest, &value).map_err(|error| {
+                    Box::new(ParseError {
+                        error,
+                        var: Some(name.clone()),
+                    })
+                })?;
+                overridden.push((key, name));
             }
         }
         inherit_default_retry(&mut table);
-        Self::from_table(table)
+        Self::from_table(table).map_err(|error| {
+            let message = error.message();
+            let var = overridden.iter().find_map(|(key, var)| {
+                let rest = message.strip_prefix(key.as_str())?;
+                (rest.starts_with(':') || rest.starts_with('.')).then(|| var.clone())
+            });
+            Box::new(match var {
+                Some(var) => ParseError {
+                    error: Error::config(format!("{message} (set by environment variable {var})")),
+                    var: Some(var),
+                },
+                None => ParseError { error, var: None },
+            })
+        })
     }
 
     fn from_table(table: toml::Table) -> Result<Self> {
@@ -423,13 +471,23 @@ fn display_path(path: &serde_path_to_error::Path) -> String {
 /// Applies `ANYBROKER_A__B__C=value`: walks the table by keys matched ignoring case and
 /// `.`/`-`/`_`, creating tables where missing. The value is read as a TOML value when it
 /// is one (number, boolean, inline table), else as a string.
-fn apply_override(table: &mut toml::Table, var: &str, path: &str, value: &str) -> Result<()> {
+fn apply_override(table: &mut toml::Table, var: &str, path: &str, value: &str) -> Result<String> {
     let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
     if segments.iter().any(String::is_empty) {
         return Err(Error::config(format!(
             "environment variable {var}: empty key segment; expected ANYBROKER_KEY__SUBKEY"
         )));
     }
+    if !TOP_LEVEL_KEYS.contains(&segments[0].as_str()) {
+        return Err(Error::config(format!(
+            "environment variable {var}: {ENV_PREFIX} variables set config keys, and {:?} is not one; expected {}",
+            segments[0],
+            TOP_LEVEL_KEYS
+                .map(|k| format!("{ENV_PREFIX}{}…", k.to_ascii_uppercase()))
+                .join(", ")
+        )));
+    }
+    let mut key = Vec::new();
     let mut current = table;
     for (i, segment) in segments.iter().enumerate() {
         let existing = current
@@ -437,9 +495,10 @@ fn apply_override(table: &mut toml::Table, var: &str, path: &str, value: &str) -
             .find(|k| normalize_channel(k) == *segment)
             .cloned()
             .unwrap_or_else(|| segment.clone());
+        key.push(quote_key(&existing));
         if i + 1 == segments.len() {
             current.insert(existing, parse_env_value(value));
-            return Ok(());
+            return Ok(key.join("."));
         }
         let entry = current
             .entry(existing.clone())
@@ -453,7 +512,7 @@ fn apply_override(table: &mut toml::Table, var: &str, path: &str, value: &str) -
             }
         };
     }
-    Ok(())
+    Ok(key.join("."))
 }
 
 fn parse_env_value(value: &str) -> toml::Value {
