@@ -1,11 +1,18 @@
-//! Keeping secrets out of Debug output and logs.
+//! Keeping secrets out of Debug output, logs and serialized config: a secret reads in
+//! from config as written and never writes back out in clear.
 
 use std::fmt;
 
-/// A connection URL that prints with its password replaced by `***`.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// A connection URL that prints, and serializes, with its password replaced by `***`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct SecretUrl(url::Url);
+
+impl serde::Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
 
 impl SecretUrl {
     /// Parses a URL; the error says what is wrong, without echoing the URL (it may hold
@@ -43,12 +50,6 @@ impl TryFrom<String> for SecretUrl {
     }
 }
 
-impl From<SecretUrl> for String {
-    fn from(u: SecretUrl) -> String {
-        u.0.into()
-    }
-}
-
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.redacted())
@@ -61,10 +62,19 @@ impl fmt::Display for SecretUrl {
     }
 }
 
-/// A password, token or other secret string: Debug and Display print `***`.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A password, token or other secret string: Debug prints, and Serialize writes, `***`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// What a secret serializes as.
+pub(crate) const REDACTED: &str = "***";
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
 
 impl Secret {
     /// Wraps a secret.

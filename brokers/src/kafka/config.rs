@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Secret;
+use crate::redact::REDACTED;
 
 /// `kind = "kafka"`.
 ///
@@ -44,19 +44,52 @@ pub struct KafkaConfig {
     #[serde(default = "default_auto_offset_reset")]
     pub auto_offset_reset: String,
     /// Any librdkafka property, given to every client the backend makes (producer,
-    /// consumers, admin) after the backend's own defaults; values never appear in
-    /// Debug output.
-    #[serde(default)]
-    pub properties: BTreeMap<String, Secret>,
+    /// consumers, admin) after the backend's own defaults. The value of a property
+    /// whose name says it is a secret (`password`, `secret`, `token`, `jaas`, `ssl.key`,
+    /// `oauthbearer.config`) never appears in Debug output or serialized config.
+    #[serde(default, serialize_with = "serialize_properties")]
+    pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the producer only (librdkafka warns when a consumer
     /// gets a producer property), applied after `properties` and the backend's
     /// producer defaults (`compression.type = lz4`, `linger.ms = 5`, idempotence,
     /// `acks = all`).
-    #[serde(default)]
-    pub producer_properties: BTreeMap<String, Secret>,
+    #[serde(default, serialize_with = "serialize_properties")]
+    pub producer_properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumers only, applied after `properties`.
-    #[serde(default)]
-    pub consumer_properties: BTreeMap<String, Secret>,
+    #[serde(default, serialize_with = "serialize_properties")]
+    pub consumer_properties: BTreeMap<String, String>,
+}
+
+/// Whether a librdkafka property's value is a secret, by its name (`sasl.password`,
+/// `ssl.key.password`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`,
+/// `sasl.oauthbearer.config`, `sasl.jaas.config`, any `*token*`).
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "token", "jaas", "ssl.key", "oauthbearer.config"]
+        .iter()
+        .any(|part| name.contains(part))
+}
+
+/// The properties with each secret value replaced by `***`.
+fn redacted(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    properties
+        .iter()
+        .map(|(name, value)| {
+            let shown = if is_secret_property(name) {
+                REDACTED
+            } else {
+                value.as_str()
+            };
+            (name.as_str(), shown)
+        })
+        .collect()
+}
+
+fn serialize_properties<S: serde::Serializer>(
+    properties: &BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&redacted(properties), serializer)
 }
 
 fn default_partitions() -> i32 {
@@ -80,15 +113,9 @@ impl std::fmt::Debug for KafkaConfig {
             .field("replication_factor", &self.replication_factor)
             .field("create_topics", &self.create_topics)
             .field("auto_offset_reset", &self.auto_offset_reset)
-            .field("properties", &self.properties.keys().collect::<Vec<_>>())
-            .field(
-                "producer_properties",
-                &self.producer_properties.keys().collect::<Vec<_>>(),
-            )
-            .field(
-                "consumer_properties",
-                &self.consumer_properties.keys().collect::<Vec<_>>(),
-            )
+            .field("properties", &redacted(&self.properties))
+            .field("producer_properties", &redacted(&self.producer_properties))
+            .field("consumer_properties", &redacted(&self.consumer_properties))
             .finish()
     }
 }

@@ -56,7 +56,7 @@ pub(crate) fn client_config(
         Client::Admin => None,
     };
     for (k, v) in config.properties.iter().chain(own.into_iter().flatten()) {
-        c.set(k, v.expose());
+        c.set(k, v);
     }
     c
 }
