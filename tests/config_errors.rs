@@ -376,3 +376,70 @@ fn secrets_never_in_debug_output() {
         assert!(debug.contains(name), "property names stay visible: {debug}");
     }
 }
+
+/// The router's config as a field of an application's own config, read by serde: the
+/// same checks, the message naming the key within it.
+#[test]
+fn config_inside_an_application_config() {
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct AppConfig {
+        name: String,
+        messaging: RouterConfig,
+    }
+    let app: AppConfig = toml::from_str(
+        "name = \"alarms\"\n[messaging]\ndefault_broker = \"memory\"\n\
+         [messaging.defaults]\nretry = { initial = \"20s\", max = \"5m\" }\n\
+         [messaging.brokers.memory]\nkind = \"memory\"\n\
+         [messaging.channels.x]\nretry = { attempts = 6 }\n",
+    )
+    .unwrap();
+    let retry = app.messaging.retry_for("x");
+    assert_eq!((retry.attempts, retry.initial.as_secs()), (6, 20));
+
+    let err = toml::from_str::<AppConfig>(
+        "name = \"alarms\"\n[messaging]\ndefault_broker = \"kafak\"\n\
+         [messaging.brokers.memory]\nkind = \"memory\"\n",
+    )
+    .unwrap_err();
+    assert_mentions(
+        &err.to_string(),
+        &["messaging", "default_broker", "unknown broker \"kafak\""],
+    );
+    let json = serde_json::json!({
+        "name": "alarms",
+        "messaging": { "brokers": { "r": { "kind": "redis", "url": "redis://x:6379", "max_len": 0 } } }
+    });
+    let err = serde_json::from_value::<AppConfig>(json).unwrap_err();
+    assert_mentions(&err.to_string(), &["brokers.r", "max_len"]);
+}
+
+/// Backend configs built in code, without a file: checked when the router starts,
+/// with the same messages.
+#[tokio::test]
+async fn configs_built_in_code() {
+    use anybroker::kafka::KafkaConfig;
+    use anybroker::redis::RedisConfig;
+    use anybroker::{BrokerConfig, MessageRouter, SecretUrl};
+    let redis = RedisConfig::new(SecretUrl::parse("redis://127.0.0.1:6379").unwrap());
+    let mut kafka = KafkaConfig::new("127.0.0.1:9092");
+    kafka.partitions = 3;
+    // This build has neither backend: configured but unrouted is fine, as in a file.
+    let config = RouterConfig::new()
+        .with_broker("redis", BrokerConfig::Redis(redis))
+        .with_broker("kafka", BrokerConfig::Kafka(kafka))
+        .with_broker("memory", BrokerConfig::Memory(Default::default()))
+        .with_default_broker("memory");
+    config.validate().unwrap();
+    MessageRouter::builder(config).start().await.unwrap();
+
+    let unroutable = RouterConfig::new().with_default_broker("nowhere");
+    let err = MessageRouter::builder(unroutable)
+        .start()
+        .await
+        .unwrap_err();
+    assert_mentions(
+        &err.to_string(),
+        &["default_broker", "unknown broker \"nowhere\""],
+    );
+}

@@ -71,6 +71,81 @@ pub struct ChannelConfig {
     pub consumers: Option<usize>,
 }
 
+/// A config inside an application's own: `#[derive(Deserialize)] struct AppConfig {
+/// messaging: anybroker::RouterConfig }`, read with serde from any format (TOML, JSON,
+/// figment, config-rs), with the same checks and messages as [`RouterConfig::load`]
+/// (environment overrides are `load`'s alone).
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct AppConfig {
+///     name: String,
+///     messaging: anybroker::RouterConfig,
+/// }
+/// let app: AppConfig = toml::from_str(
+///     r#"
+///     name = "alarms"
+///     [messaging]
+///     default_broker = "memory"
+///     [messaging.brokers.memory]
+///     kind = "memory"
+///     "#,
+/// )
+/// .unwrap();
+/// assert_eq!(app.messaging.default_broker.as_deref(), Some("memory"));
+/// ```
+impl<'de> Deserialize<'de> for RouterConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(deserializer)?;
+        inherit_default_retry(&mut table);
+        RouterConfig::from_table(table).map_err(|e| serde::de::Error::custom(e.message()))
+    }
+}
+
+impl RouterConfig {
+    /// An empty config, to build in code: add brokers, a default broker, channels.
+    ///
+    /// ```
+    /// use anybroker::{BrokerConfig, RouterConfig};
+    /// use anybroker::redis::RedisConfig;
+    /// let url = anybroker::SecretUrl::parse("redis://127.0.0.1:6379").unwrap();
+    /// let config = RouterConfig::new()
+    ///     .with_broker("memory", BrokerConfig::Memory(Default::default()))
+    ///     .with_broker("redis", BrokerConfig::Redis(RedisConfig::new(url)))
+    ///     .with_default_broker("memory");
+    /// config.validate().unwrap();
+    /// ```
+    pub fn new() -> Self {
+        RouterConfig::default()
+    }
+
+    /// Adds (or replaces) the broker named `name`.
+    pub fn with_broker(mut self, name: impl Into<String>, broker: BrokerConfig) -> Self {
+        self.brokers.insert(name.into(), broker);
+        self
+    }
+
+    /// Sets the broker of channels without their own.
+    pub fn with_default_broker(mut self, name: impl Into<String>) -> Self {
+        self.default_broker = Some(name.into());
+        self
+    }
+
+    /// Sets the settings of `channel`.
+    pub fn with_channel(mut self, channel: impl Into<String>, config: ChannelConfig) -> Self {
+        self.channels.insert(channel.into(), config);
+        self
+    }
+
+    /// Sets the defaults every channel inherits.
+    pub fn with_defaults(mut self, defaults: ChannelDefaults) -> Self {
+        self.defaults = defaults;
+        self
+    }
+}
+
 /// The file as written, before brokers are interpreted by kind.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,8 +297,9 @@ impl RouterConfig {
         Ok(config)
     }
 
-    /// Checks routes and values; every error names its key.
-    fn validate(&self) -> Result<()> {
+    /// Checks routes and values; every error names its key. Loading runs it; a config
+    /// built in code is checked by [`RouterBuilder::start`](crate::RouterBuilder::start).
+    pub fn validate(&self) -> Result<()> {
         if let Some(name) = &self.default_broker {
             self.check_route("default_broker", name)?;
         }

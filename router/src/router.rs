@@ -192,6 +192,8 @@ impl RouterBuilder {
     /// Checks routes, connects the brokers the routes use and starts every handler.
     pub async fn start(self) -> Result<MessageRouter> {
         let config = self.config;
+        // A loaded config was checked; one built in code is checked here.
+        config.validate()?;
         if let Some(names) = self.declared {
             for name in names {
                 config.broker_for(name)?;

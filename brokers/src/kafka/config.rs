@@ -121,6 +121,21 @@ impl std::fmt::Debug for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// A config reaching the cluster at `bootstrap_servers` (`host:port[,host:port…]`),
+    /// everything else at its default; set fields to change them.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            create_topics: default_true(),
+            auto_offset_reset: default_auto_offset_reset(),
+            properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+        }
+    }
+
     /// Checks values that serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         let servers: Vec<&str> = self.bootstrap_servers.split(',').map(str::trim).collect();
