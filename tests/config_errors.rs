@@ -443,3 +443,35 @@ async fn configs_built_in_code() {
         &["default_broker", "unknown broker \"nowhere\""],
     );
 }
+
+/// The README's configuration reference is a valid config: every key it lists exists
+/// (configs refuse unknown keys) and every value it shows is accepted.
+#[test]
+fn readme_configuration_reference_is_a_valid_config() {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .expect("the README has a configuration reference");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the reference opens with a TOML block");
+    // The TLS files it names, made here (validation checks they can be read).
+    let dir = std::env::temp_dir().join(format!("anybroker-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut block = block.to_string();
+    for file in ["ca.pem", "client.pem", "client-key.pem"] {
+        let path = dir.join(file);
+        std::fs::write(&path, "not read").unwrap();
+        block = block.replace(&format!("\"{file}\""), &format!("{:?}", path.display().to_string()));
+    }
+    let parsed = RouterConfig::from_toml_str(&block);
+    std::fs::remove_dir_all(&dir).unwrap();
+    match parsed {
+        Ok(config) => assert!(anybroker::BrokerKind::Kafka.is_built(), "{config:?}"),
+        // Its channel goes to Kafka: a build without the feature refuses that route only.
+        Err(e) => assert_mentions(&e.to_string(), &["alarm.to.log", "cargo feature \"kafka\""]),
+    }
+}
