@@ -3,6 +3,7 @@
 //! [`Capabilities`], [`Error`]) and one module per broker. Applications use the
 //! `anybroker` crate, which re-exports what they need from here.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod core;
 #[macro_use]
