@@ -465,7 +465,10 @@ fn readme_configuration_reference_is_a_valid_config() {
     for file in ["ca.pem", "client.pem", "client-key.pem"] {
         let path = dir.join(file);
         std::fs::write(&path, "not read").unwrap();
-        block = block.replace(&format!("\"{file}\""), &format!("{:?}", path.display().to_string()));
+        block = block.replace(
+            &format!("\"{file}\""),
+            &format!("{:?}", path.display().to_string()),
+        );
     }
     let parsed = RouterConfig::from_toml_str(&block);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -473,5 +476,25 @@ fn readme_configuration_reference_is_a_valid_config() {
         Ok(config) => assert!(anybroker::BrokerKind::Kafka.is_built(), "{config:?}"),
         // Its channel goes to Kafka: a build without the feature refuses that route only.
         Err(e) => assert_mentions(&e.to_string(), &["alarm.to.log", "cargo feature \"kafka\""]),
+    }
+}
+
+/// The README's minimal config ("Add it") is a valid config.
+#[test]
+fn readme_minimal_config_is_valid() {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("## Add it")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has an Add it section");
+    let block = section
+        .split("```toml\n")
+        .find(|b| b.starts_with("default_broker"))
+        .and_then(|b| b.split("\n```").next())
+        .expect("Add it shows a config file");
+    match RouterConfig::from_toml_str(block) {
+        Ok(config) => assert!(anybroker::BrokerKind::Redis.is_built(), "{config:?}"),
+        Err(e) => assert_mentions(&e.to_string(), &["alarm.to.log", "cargo feature \"redis\""]),
     }
 }
