@@ -47,8 +47,10 @@ impl Connection {
         if config.url.url().scheme() != "rediss" {
             return redis::Client::open(config.url.expose());
         }
-        // rustls needs one process-wide crypto provider; keep one installed by the app.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // No process-wide crypto provider is installed here: that is the application's
+        // setting. rustls picks one from its crate features, and this crate turns on
+        // `ring` alone; an application that builds in a second provider installs its
+        // choice (`CryptoProvider::install_default`) before connecting.
         let read = |p: &std::path::PathBuf| {
             std::fs::read(p).map_err(|e| {
                 redis::RedisError::from((
