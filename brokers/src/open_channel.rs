@@ -21,16 +21,36 @@ use crate::{AnyChannel, Broker, BrokerKind};
 pub struct OpenChannel {
     channel: AnyChannel,
     broker: Broker,
+    place: Arc<Place>,
+}
+
+/// Where an operation happens: what every error of a channel, and of the subscriptions
+/// it starts, is given.
+#[derive(Debug)]
+struct Place {
     broker_name: Arc<str>,
-    name: Arc<str>,
+    kind: BrokerKind,
+    channel: Arc<str>,
+}
+
+impl Place {
+    fn context(&self, e: Error, operation: &'static str) -> Error {
+        e.in_context(&self.broker_name, self.kind, &self.channel)
+            .or_operation(operation)
+    }
+
+    /// The error of a call made after the broker was shut down.
+    fn closed(&self, operation: &'static str) -> Error {
+        self.context(Error::closed("the broker was shut down"), operation)
+    }
 }
 
 impl std::fmt::Debug for OpenChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenChannel")
-            .field("name", &self.name)
-            .field("broker", &self.broker_name)
-            .field("kind", &self.broker.kind())
+            .field("name", &self.place.channel)
+            .field("broker", &self.place.broker_name)
+            .field("kind", &self.place.kind)
             .finish_non_exhaustive()
     }
 }
@@ -38,53 +58,45 @@ impl std::fmt::Debug for OpenChannel {
 impl Broker {
     /// Opens `spec.name` on this broker, known as `broker_name` in errors.
     pub async fn open_channel(&self, broker_name: &str, spec: &ChannelSpec) -> Result<OpenChannel> {
-        let broker_name: Arc<str> = Arc::from(broker_name);
-        let context = |e: Error| {
-            e.in_context(&broker_name, self.kind(), &spec.name)
-                .or_operation("open_channel")
-        };
-        if let Some(e) = self.closed_error("open_channel") {
-            return Err(context(e));
+        let place = Arc::new(Place {
+            broker_name: Arc::from(broker_name),
+            kind: self.kind(),
+            channel: spec.name.clone(),
+        });
+        if self.is_closed() {
+            return Err(place.closed("open_channel"));
         }
-        let channel = self.open_any(spec).await.map_err(context)?;
+        let channel = self
+            .open_any(spec)
+            .await
+            .map_err(|e| place.context(e, "open_channel"))?;
         Ok(OpenChannel {
             channel,
             broker: self.clone(),
-            broker_name,
-            name: spec.name.clone(),
+            place,
         })
-    }
-
-    fn closed_error(&self, operation: &'static str) -> Option<Error> {
-        self.is_closed()
-            .then(|| Error::closed("the broker was shut down").with_operation(operation))
     }
 }
 
 impl OpenChannel {
     /// The channel's wire name.
     pub fn name(&self) -> &Arc<str> {
-        &self.name
+        &self.place.channel
     }
 
     /// The name of the broker carrying it (its key under `[brokers]`).
     pub fn broker_name(&self) -> &Arc<str> {
-        &self.broker_name
+        &self.place.broker_name
     }
 
     /// Which backend carries it.
     pub fn kind(&self) -> BrokerKind {
-        self.broker.kind()
+        self.place.kind
     }
 
     /// What the broker, in its configured mode, guarantees on this channel.
     pub fn capabilities(&self) -> Capabilities {
         self.channel.capabilities()
-    }
-
-    fn context(&self, e: Error, operation: &'static str) -> Error {
-        e.in_context(&self.broker_name, self.broker.kind(), &self.name)
-            .or_operation(operation)
     }
 
     /// Runs `call`, the backend's future for `operation`, if the broker is open when
@@ -98,7 +110,7 @@ impl OpenChannel {
         InContext {
             call,
             open: !self.broker.is_closed(),
-            channel: self,
+            place: &self.place,
             operation,
         }
     }
@@ -132,9 +144,7 @@ impl OpenChannel {
     fn member(&self, subscription: Box<dyn Subscription>) -> Box<dyn Subscription> {
         Box::new(Member {
             subscription,
-            broker_name: self.broker_name.clone(),
-            kind: self.kind(),
-            channel: self.name.clone(),
+            place: self.place.clone(),
         })
     }
 
@@ -178,7 +188,7 @@ impl OpenChannel {
 struct InContext<'a, F> {
     call: F,
     open: bool,
-    channel: &'a OpenChannel,
+    place: &'a Place,
     operation: &'static str,
 }
 
@@ -191,12 +201,11 @@ impl<T, F: Future<Output = Result<T>>> Future for InContext<'_, F> {
         // reference and are `Unpin`.
         let this = unsafe { self.get_unchecked_mut() };
         if !this.open {
-            let closed = Error::closed("the broker was shut down");
-            return Poll::Ready(Err(this.channel.context(closed, this.operation)));
+            return Poll::Ready(Err(this.place.closed(this.operation)));
         }
         let call = unsafe { Pin::new_unchecked(&mut this.call) };
         match call.poll(cx) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.channel.context(e, this.operation))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.place.context(e, this.operation))),
             other => other,
         }
     }
@@ -205,16 +214,7 @@ impl<T, F: Future<Output = Result<T>>> Future for InContext<'_, F> {
 /// A backend's subscription, its errors given the channel's context.
 struct Member {
     subscription: Box<dyn Subscription>,
-    broker_name: Arc<str>,
-    kind: BrokerKind,
-    channel: Arc<str>,
-}
-
-impl Member {
-    fn context(&self, e: Error, operation: &'static str) -> Error {
-        e.in_context(&self.broker_name, self.kind, &self.channel)
-            .or_operation(operation)
-    }
+    place: Arc<Place>,
 }
 
 #[async_trait]
@@ -223,21 +223,21 @@ impl Subscription for Member {
         self.subscription
             .recv(max)
             .await
-            .map_err(|e| self.context(e, "recv"))
+            .map_err(|e| self.place.context(e, "recv"))
     }
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         self.subscription
             .settle(settlements)
             .await
-            .map_err(|e| self.context(e, "settle"))
+            .map_err(|e| self.place.context(e, "settle"))
     }
 
     async fn close(&self) -> Result<()> {
         self.subscription
             .close()
             .await
-            .map_err(|e| self.context(e, "close"))
+            .map_err(|e| self.place.context(e, "close"))
     }
 }
 
