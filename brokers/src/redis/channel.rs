@@ -89,18 +89,8 @@ impl BackendChannel for StreamChannel {
     }
 
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
-        // The command is written before the future: the future holds it, not the
-        // envelope as well (a smaller future for every backend's publish, see
-        // docs/backends.md).
-        let command = self.connection.xadd(&self.name, &envelope);
-        let mut conn = self.connection.conn();
-        async move {
-            command
-                .query_async::<redis::Value>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| from_redis(e, "publish"))
-        }
+        self.connection
+            .send(self.connection.xadd(&self.name, &envelope), "publish")
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

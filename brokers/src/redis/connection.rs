@@ -1,6 +1,7 @@
 //! What the broker's channels and subscriptions share: the client, the connection
 //! that reconnects by itself, the config and whether the broker was shut down.
 
+use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -79,6 +80,24 @@ impl Connection {
 
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Sends `command` and waits for the reply, whatever its value. The command is
+    /// written before the future is made, so the future holds it and a connection
+    /// handle, not what it was written from (see docs/backends.md on publish futures).
+    pub(crate) fn send(
+        &self,
+        command: redis::Cmd,
+        operation: &'static str,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let mut conn = self.conn();
+        async move {
+            command
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .map(drop)
+                .map_err(|e| from_redis(e, operation))
+        }
     }
 
     /// `XADD <stream> MAXLEN ~ max_len * fields…`

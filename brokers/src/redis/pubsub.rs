@@ -39,20 +39,11 @@ impl BackendChannel for PubSubChannel {
     }
 
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
-        // The command is written before the future: the future holds it, not the
-        // envelope as well (see docs/backends.md).
         let mut command = redis::cmd("PUBLISH");
         command
             .arg(&*self.name)
             .arg(super::codec::frame(&super::codec::to_fields(&envelope)));
-        let mut conn = self.connection.conn();
-        async move {
-            command
-                .query_async::<redis::Value>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| from_redis(e, "publish"))
-        }
+        self.connection.send(command, "publish")
     }
 
     /// Every subscriber gets every message: pub/sub has no groups.
