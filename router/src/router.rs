@@ -272,16 +272,17 @@ struct BrokerSlot {
 /// Where one channel goes: the channel, opened on its broker.
 type Route = OpenChannel;
 
-/// Opened channels by the name they are looked up with.
-type Routes<K> = RwLock<rustc_hash::FxHashMap<K, Arc<Route>>>;
+/// Opened channels by name.
+type ChannelRoutes = rustc_hash::FxHashMap<Arc<str>, Arc<Route>>;
 
 struct RouterInner {
     config: RouterConfig,
     slots: HashMap<String, BrokerSlot>,
     /// Each channel opened on its configured broker.
-    routes: Routes<Arc<str>>,
-    /// Channels opened on a broker chosen per call (`publish_via`), by broker and channel.
-    routes_via: Routes<(String, Arc<str>)>,
+    routes: RwLock<ChannelRoutes>,
+    /// Channels opened on a broker chosen per call (`publish_via`), by broker, then
+    /// channel: both looked up by `&str`, so a repeated call allocates nothing.
+    routes_via: RwLock<rustc_hash::FxHashMap<String, ChannelRoutes>>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -328,12 +329,12 @@ impl RouterInner {
 
     /// `channel` opened on the broker named `broker`, for calls that choose the broker.
     async fn route_via(&self, broker: &str, channel: &str) -> Result<Arc<Route>> {
-        let key = (broker.to_string(), Arc::from(channel));
         if let Some(r) = self
             .routes_via
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+            .get(broker)
+            .and_then(|routes| routes.get(channel))
         {
             return Ok(r.clone());
         }
@@ -341,7 +342,9 @@ impl RouterInner {
         self.routes_via
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, route.clone());
+            .entry(broker.to_string())
+            .or_default()
+            .insert(route.name().clone(), route.clone());
         Ok(route)
     }
 
