@@ -1,3 +1,10 @@
+// In a document the first definition of a link label wins: these send the README's links
+// to the broker pages, which point at files in the repository, to the pages' copies in
+// `guide` when rustdoc renders the README.
+#![doc = "[redis-guide]: crate::guide::redis"]
+#![doc = "[nats-guide]: crate::guide::nats"]
+#![doc = "[rabbitmq-guide]: crate::guide::rabbitmq"]
+#![doc = "[kafka-guide]: crate::guide::kafka"]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -24,3 +31,22 @@ pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
 pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};
 pub use router::{HandlerOptions, MessageRouter, PublishOptions, RouterBuilder};
+
+/// One page per backend: how it keeps each promise, its wire format, its config keys,
+/// TLS, and the servers it is tested against.
+pub mod guide {
+    // As in the crate's page, the first definition wins: the pages' link to the README's
+    // promises goes to the crate's front page.
+    #[doc = "[promises]: crate#promises-every-backend-every-mode-that-declares-the-capability"]
+    #[doc = include_str!("../guide/redis.md")]
+    pub mod redis {}
+    #[doc = "[promises]: crate#promises-every-backend-every-mode-that-declares-the-capability"]
+    #[doc = include_str!("../guide/nats.md")]
+    pub mod nats {}
+    #[doc = "[promises]: crate#promises-every-backend-every-mode-that-declares-the-capability"]
+    #[doc = include_str!("../guide/rabbitmq.md")]
+    pub mod rabbitmq {}
+    #[doc = "[promises]: crate#promises-every-backend-every-mode-that-declares-the-capability"]
+    #[doc = include_str!("../guide/kafka.md")]
+    pub mod kafka {}
+}

@@ -34,9 +34,22 @@ const COUNTER_BITS: u32 = 36;
 thread_local! {
     /// This thread's prefix and the counter of its last id.
     static SOURCE: Cell<(u64, u64)> = Cell::new({
-        let (prefix, counter) = uuid::Uuid::new_v4().as_u64_pair();
+        let (prefix, counter) = random_pair();
         (prefix >> (64 - PREFIX_BITS), counter >> (64 - COUNTER_BITS))
     });
+}
+
+/// Two random numbers, from the keys std seeds from the operating system's randomness
+/// for each thread's `RandomState`, mixed with the time and the process and thread.
+fn random_pair() -> (u64, u64) {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    unix_micros(SystemTime::now()).hash(&mut hasher);
+    std::process::id().hash(&mut hasher);
+    std::thread::current().id().hash(&mut hasher);
+    let first = hasher.finish();
+    first.hash(&mut hasher);
+    (first, hasher.finish())
 }
 
 /// A new unique message id, made now.
@@ -183,7 +196,7 @@ mod tests {
         );
         assert_eq!(message_id_time("0123456789abcdef01234."), None, "a dot");
         assert_eq!(
-            message_id_time(&uuid::Uuid::new_v4().hyphenated().to_string()),
+            message_id_time("67e55044-10b1-426f-9247-bb680e5fe0c8"),
             None
         );
     }

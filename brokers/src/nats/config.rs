@@ -120,7 +120,7 @@ impl NatsConfig {
 
     /// Checks values that serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        match self.url.url().scheme() {
+        match self.url.scheme() {
             "nats" | "tls" => {}
             other => {
                 return Err(format!(

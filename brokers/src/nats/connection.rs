@@ -43,7 +43,7 @@ impl Connection {
         if let Some(token) = &config.token {
             options = options.token(token.expose().to_string());
         }
-        if config.url.url().scheme() == "tls" {
+        if config.url.scheme() == "tls" {
             options = options.require_tls(true);
         }
         if let Some(ca) = &config.tls_ca {

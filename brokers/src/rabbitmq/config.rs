@@ -64,7 +64,7 @@ impl RabbitMqConfig {
 
     /// Checks values that serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        match self.url.url().scheme() {
+        match self.url.scheme() {
             "amqp" | "amqps" => {}
             other => {
                 return Err(format!(

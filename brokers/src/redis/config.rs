@@ -109,7 +109,7 @@ impl RedisConfig {
 
     /// Checks values that serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let tls = match self.url.url().scheme() {
+        let tls = match self.url.scheme() {
             "redis" => false,
             "rediss" => true,
             other => {

@@ -45,7 +45,7 @@ impl Connection {
     /// The client for the configured URL; with `rediss://`, TLS through rustls, trusting
     /// `tls_ca` if given (else the system's roots), with the client certificate if given.
     fn client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
-        if config.url.url().scheme() != "rediss" {
+        if config.url.scheme() != "rediss" {
             return redis::Client::open(config.url.expose());
         }
         // No process-wide crypto provider is installed here: that is the application's
