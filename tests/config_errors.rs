@@ -243,6 +243,158 @@ async fn declared_channels_must_all_be_routable_and_known() {
     );
 }
 
+/// Pattern tables give settings to channels named at run time: they sit beside a
+/// declared set, the longest matching prefix wins over a shorter one, a channel's own
+/// table over both, and `*` anywhere but at the end is refused.
+#[tokio::test]
+async fn channel_patterns_match_by_longest_prefix() {
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"memory\"\n{MEMORY}\
+         [channels.\"orders.*\"]\nprefetch = 8\n\
+         [channels.\"orders.eu.*\"]\nprefetch = 16\n\
+         [channels.\"orders.eu.acme\"]\nprefetch = 32\n"
+    ))
+    .unwrap();
+    assert_eq!(config.prefetch_for("orders.us.acme"), 8);
+    assert_eq!(config.prefetch_for("orders.eu.other"), 16);
+    assert_eq!(
+        config.prefetch_for("Orders-EU-Other"),
+        16,
+        "names match as keys do"
+    );
+    assert_eq!(config.prefetch_for("orders.eu.acme"), 32);
+    assert_eq!(
+        config.prefetch_for("invoices.acme"),
+        config.defaults.prefetch,
+        "the default"
+    );
+    // The declared channels' check does not take a pattern for an unknown channel.
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"memory\"\n{MEMORY}[channels.\"alarm.*\"]\nprefetch = 8\n"
+    ))
+    .unwrap();
+    MessageRouter::builder(config)
+        .channels::<BrokerChannel>()
+        .start()
+        .await
+        .unwrap();
+
+    let e = load_error(&format!(
+        "default_broker = \"memory\"\n{MEMORY}[channels.\"orders.*.eu\"]\nprefetch = 8\n"
+    ));
+    assert_mentions(&e, &["channels.\"orders.*.eu\"", "'*' may only end"]);
+}
+
+/// A handler's own settings are checked as config is, naming the handler's channel;
+/// the members of one group cannot have two retry policies.
+#[tokio::test]
+async fn handler_options_are_checked_like_config() {
+    use anybroker::{HandlerOptions, RetryPolicy};
+    let config =
+        || RouterConfig::from_toml_str(&format!("default_broker = \"memory\"\n{MEMORY}")).unwrap();
+    let handler = || handler_fn(|_m: AlarmToBot, _cx| async { Ok(()) });
+    let start = |options: HandlerOptions| {
+        MessageRouter::builder(config())
+            .handle_with(BrokerChannel::AlarmToBot, handler(), options)
+            .start()
+    };
+    for (options, wanted) in [
+        (
+            HandlerOptions::new().prefetch(0),
+            "prefetch: expected at least 1",
+        ),
+        (
+            HandlerOptions::new().consumers(0),
+            "consumers: expected at least 1",
+        ),
+        (
+            HandlerOptions::new().retry(RetryPolicy::new(0)),
+            "retry.attempts",
+        ),
+    ] {
+        let err = start(options).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+        assert_mentions(
+            &err.to_string(),
+            &["handler options of \"alarm.to.bot\"", wanted],
+        );
+    }
+
+    let err = MessageRouter::builder(config())
+        .handle_with(
+            BrokerChannel::AlarmToBot,
+            handler(),
+            HandlerOptions::new().group("g").retry(RetryPolicy::new(2)),
+        )
+        .handle_with(
+            BrokerChannel::AlarmToBot,
+            handler(),
+            HandlerOptions::new().group("g").retry(RetryPolicy::new(5)),
+        )
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+    assert_mentions(&err.to_string(), &["group \"g\"", "another retry policy"]);
+    // The same policy in one group, or two policies in two groups, start.
+    let router = MessageRouter::builder(config())
+        .handle_with(
+            BrokerChannel::AlarmToBot,
+            handler(),
+            HandlerOptions::new().group("g").retry(RetryPolicy::new(2)),
+        )
+        .handle_with(
+            BrokerChannel::AlarmToBot,
+            handler(),
+            HandlerOptions::new().group("g").retry(RetryPolicy::new(2)),
+        )
+        .handle_with(
+            BrokerChannel::AlarmToBot,
+            handler(),
+            HandlerOptions::new().group("h").retry(RetryPolicy::new(5)),
+        )
+        .start()
+        .await
+        .unwrap();
+    router.shutdown().await.unwrap();
+}
+
+/// An id the publisher chose is one every backend can carry, or the publish fails
+/// naming what is wrong, before anything is sent.
+#[tokio::test]
+async fn a_publisher_chosen_id_is_checked() {
+    use anybroker::PublishOptions;
+    let config =
+        RouterConfig::from_toml_str(&format!("default_broker = \"memory\"\n{MEMORY}")).unwrap();
+    let router = MessageRouter::builder(config).start().await.unwrap();
+    let alarm = AlarmToBot {
+        message: "disk full".into(),
+    };
+    for id in [String::new(), "x".repeat(256), "line\nbreak".into()] {
+        let err = router
+            .publish_with(
+                BrokerChannel::AlarmToBot,
+                &alarm,
+                PublishOptions::new().id(id),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+        assert_mentions(
+            &err.to_string(),
+            &["message id", "1 to 255 bytes", "alarm.to.bot"],
+        );
+    }
+    router
+        .publish_with(
+            BrokerChannel::AlarmToBot,
+            &alarm,
+            PublishOptions::new().id("x".repeat(255)),
+        )
+        .await
+        .unwrap();
+}
+
 #[test]
 fn not_toml() {
     let e = load_error("default_broker = ");

@@ -41,7 +41,7 @@ pub async fn wait_for_all(handled: &AtomicUsize, done: &tokio::sync::Notify, n: 
 }
 
 fn fresh_channel() -> Channel<AlarmToLog> {
-    Channel::new(Box::leak(crate::fresh_channel_name().into_boxed_str()))
+    Channel::named(crate::fresh_channel_name())
 }
 
 async fn publish_all(

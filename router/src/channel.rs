@@ -1,7 +1,9 @@
-//! Typed channels: a wire name bound at compile time to one payload type.
+//! Typed channels: a wire name bound to one payload type, at compile time or at run time.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -55,10 +57,45 @@ impl<M> Channel<M> {
         }
     }
 
+    /// A channel whose name is decided at run time (`format!("orders.{tenant}")`),
+    /// carrying `M` like any other: publish, handle, dead letters, capabilities and
+    /// config lookup take it as they take a declared one.
+    ///
+    /// The name is interned: each distinct name is stored once for the life of the
+    /// process and every `Channel` of it is a copy of one pointer, so publishing on it
+    /// costs what publishing on a declared channel does. Meant for names from a bounded
+    /// set (tenants, regions, test runs), not one per message. Config can give such
+    /// channels settings by prefix: `[channels."orders.*"]`.
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Order { id: u64 }
+    /// let tenant = "acme";
+    /// let orders = anybroker::Channel::<Order>::named(format!("orders.{tenant}"));
+    /// assert_eq!(orders.name(), "orders.acme");
+    /// let again = anybroker::Channel::<Order>::named("orders.acme");
+    /// assert!(std::ptr::eq(orders.name(), again.name()), "one copy of each name");
+    /// ```
+    pub fn named(name: impl AsRef<str>) -> Self {
+        Channel::new(intern(name.as_ref()))
+    }
+
     /// The wire name.
     pub const fn name(&self) -> &'static str {
         self.name
     }
+}
+
+/// The one stored copy of `name`, made on its first use.
+fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(stored) = names.get(name) {
+        return stored;
+    }
+    let stored: &'static str = Box::leak(name.into());
+    names.insert(stored);
+    stored
 }
 
 impl<M> Clone for Channel<M> {

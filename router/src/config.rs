@@ -190,6 +190,12 @@ fn inherit_default_retry(table: &mut toml::Table) {
     }
 }
 
+/// The prefix of a `[channels."<prefix>*"]` key, which gives its settings to every
+/// channel whose name starts with the prefix; `None` for a channel's own key.
+pub(crate) fn channel_pattern_prefix(key: &str) -> Option<&str> {
+    key.strip_suffix('*')
+}
+
 /// Channel names match config keys ignoring case and `.`/`-`/`_` differences, so
 /// environment variables (which cannot hold dots) can name them.
 pub(crate) fn normalize_channel(name: &str) -> String {
@@ -312,6 +318,12 @@ impl RouterConfig {
         let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for (channel, c) in &self.channels {
             let key = format!("channels.{}", quote_key(channel));
+            let stem = channel_pattern_prefix(channel).unwrap_or(channel);
+            if stem.contains('*') {
+                return Err(Error::config(format!(
+                    "{key}: '*' may only end a channel pattern (\"orders.*\": every channel whose name starts with \"orders.\")"
+                )));
+            }
             if let Some(other) = seen.insert(normalize_channel(channel), channel) {
                 return Err(Error::config(format!(
                     "{key}: same channel as channels.{} (names match ignoring case, '.', '-' and '_'); keep one",
@@ -360,15 +372,28 @@ impl RouterConfig {
             .join(", ")
     }
 
-    /// The settings of `channel`, found ignoring case and `.`/`-`/`_` differences.
+    /// The settings of `channel`, found ignoring case and `.`/`-`/`_` differences: its
+    /// own table, else the table of the longest prefix pattern (`"orders.*"`) it
+    /// matches, for channels named at run time.
     pub fn channel(&self, channel: &str) -> Option<&ChannelConfig> {
-        self.channels.get(channel).or_else(|| {
-            let wanted = normalize_channel(channel);
-            self.channels
-                .iter()
-                .find(|(k, _)| normalize_channel(k) == wanted)
-                .map(|(_, c)| c)
-        })
+        if let Some(c) = self.channels.get(channel) {
+            return Some(c);
+        }
+        let wanted = normalize_channel(channel);
+        let mut best: Option<(usize, &ChannelConfig)> = None;
+        for (key, c) in &self.channels {
+            match channel_pattern_prefix(key) {
+                None if normalize_channel(key) == wanted => return Some(c),
+                Some(prefix)
+                    if wanted.starts_with(&normalize_channel(prefix))
+                        && best.is_none_or(|(len, _)| prefix.len() > len) =>
+                {
+                    best = Some((prefix.len(), c));
+                }
+                _ => {}
+            }
+        }
+        best.map(|(_, c)| c)
     }
 
     /// The broker name carrying `channel`: its own route, else `default_broker`.
@@ -434,7 +459,7 @@ impl RouterConfig {
     }
 }
 
-fn check_channel_settings(
+pub(crate) fn check_channel_settings(
     key: &str,
     retry: Option<&RetryPolicy>,
     prefetch: Option<usize>,

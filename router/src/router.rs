@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anybroker_brokers::{
     Broker, BrokerKind, Capabilities, ChannelSpec, Envelope, Error, ErrorKind, Headers,
-    OpenChannel, Result, SubscribeOptions,
+    OpenChannel, Result, RetryPolicy, SubscribeOptions,
 };
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -17,15 +17,18 @@ use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
 
 use crate::channel::{Channel, ChannelSet, Message};
-use crate::config::{normalize_channel, RouterConfig};
+use crate::config::{
+    channel_pattern_prefix, check_channel_settings, normalize_channel, RouterConfig,
+};
 use crate::consumer::{ConsumerSpec, SpawnConsumer, TypedHandler};
 use crate::handler::MessageHandler;
 
-/// Per-call publish settings: key, headers, delay.
+/// Per-call publish settings: id, key, headers, delay, in any combination.
 ///
 /// ```
 /// # use std::time::Duration;
 /// let options = anybroker::PublishOptions::new()
+///     .id("order-1042-created")
 ///     .key("sensor-7")
 ///     .header("tenant", "acme")
 ///     .delay(Duration::from_secs(5));
@@ -33,6 +36,9 @@ use crate::handler::MessageHandler;
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct PublishOptions {
+    /// The message id; default: a new unique one. Backends that deduplicate by id
+    /// (JetStream) store a second message with the same id once.
+    pub id: Option<Arc<str>>,
     /// Ordering key: same-key messages are handled in publish order within a group.
     pub key: Option<Arc<str>>,
     /// Headers to send with the message.
@@ -45,6 +51,11 @@ impl PublishOptions {
     /// No key, no headers, no delay.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Sets the message id: 1 to 255 bytes, no control characters.
+    pub fn id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.id = Some(id.into());
+        self
     }
     /// Sets the ordering key.
     pub fn key(mut self, key: impl Into<Arc<str>>) -> Self {
@@ -63,7 +74,18 @@ impl PublishOptions {
     }
 }
 
-/// Per-registration handler settings.
+/// Per-registration handler settings; each one left unset comes from the channel's
+/// config, and each one set is checked as config is.
+///
+/// ```
+/// # use std::time::Duration;
+/// use anybroker::{HandlerOptions, RetryPolicy};
+/// let options = HandlerOptions::new()
+///     .group("audit")
+///     .consumers(2)
+///     .prefetch(16)
+///     .retry(RetryPolicy::new(5).initial(Duration::from_millis(100)));
+/// ```
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct HandlerOptions {
@@ -71,6 +93,12 @@ pub struct HandlerOptions {
     pub group: Option<String>,
     /// Consumers (members of the group) to run; default: the channel's setting.
     pub consumers: Option<usize>,
+    /// Retry policy; default: the channel's. The members of one group share one
+    /// policy: two registrations in one group with different policies fail `start`.
+    pub retry: Option<RetryPolicy>,
+    /// Messages each consumer has in flight (fetched, being handled or settled), and
+    /// so handlers running at once per consumer; default: the channel's `prefetch`.
+    pub prefetch: Option<usize>,
 }
 
 impl HandlerOptions {
@@ -83,9 +111,20 @@ impl HandlerOptions {
         self.group = Some(group.into());
         self
     }
-    /// Sets how many consumers run this handler.
+    /// Sets how many consumers run this handler (at least 1).
     pub fn consumers(mut self, consumers: usize) -> Self {
-        self.consumers = Some(consumers.max(1));
+        self.consumers = Some(consumers);
+        self
+    }
+    /// Sets the retry policy. A fire-and-forget mode refuses more than one attempt at
+    /// `start`, as it does in config.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+    /// Sets the in-flight window per consumer (at least 1).
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = Some(prefetch);
         self
     }
 }
@@ -96,6 +135,15 @@ struct Registration {
     handler: Arc<dyn SpawnConsumer>,
     /// Answers requests instead of consuming published messages.
     serves_requests: bool,
+}
+
+impl Registration {
+    fn group<'a>(&'a self, config: &'a RouterConfig) -> &'a str {
+        self.options
+            .group
+            .as_deref()
+            .unwrap_or_else(|| config.group_for(self.channel))
+    }
 }
 
 /// A router being set up: add handlers, then [`start`](RouterBuilder::start).
@@ -198,7 +246,13 @@ impl RouterBuilder {
             for name in names {
                 config.broker_for(name)?;
             }
-            for key in config.channels.keys() {
+            // A pattern gives settings to channels named at run time, which no
+            // declared set lists.
+            let own_keys = config
+                .channels
+                .keys()
+                .filter(|k| channel_pattern_prefix(k).is_none());
+            for key in own_keys {
                 let k = normalize_channel(key);
                 if !names.iter().any(|n| normalize_channel(n) == k) {
                     return Err(Error::config(format!(
@@ -208,8 +262,33 @@ impl RouterBuilder {
                 }
             }
         }
+        let mut group_policies: HashMap<(String, String), RetryPolicy> = HashMap::new();
         for r in &self.registrations {
             config.broker_for(r.channel)?;
+            let key = format!("handler options of {:?}", r.channel);
+            check_channel_settings(
+                &key,
+                r.options.retry.as_ref(),
+                r.options.prefetch,
+                r.options.consumers,
+            )?;
+            if r.serves_requests {
+                continue;
+            }
+            let group = r.group(&config).to_string();
+            let policy = r
+                .options
+                .retry
+                .unwrap_or_else(|| config.retry_for(r.channel));
+            let channel = normalize_channel(r.channel);
+            if let Some(other) = group_policies.insert((channel, group.clone()), policy) {
+                if other != policy {
+                    return Err(Error::config(format!(
+                        "{key}: group {group:?} already has a handler with another retry policy ({other:?}, this one {policy:?}); the members of a group share one policy: give this handler its own group or the same policy"
+                    ))
+                    .with_channel(r.channel));
+                }
+            }
         }
 
         let mut slots = HashMap::new();
@@ -407,7 +486,11 @@ impl MessageRouter {
         options: PublishOptions,
     ) -> Result<()> {
         let route = self.inner.route(channel.name()).await?;
-        let envelope = build_envelope(route.name(), message, options.key, options.headers)?;
+        let mut envelope = build_envelope(route.name(), message, options.key, options.headers)?;
+        if let Some(id) = options.id {
+            check_message_id(&id, channel.name())?;
+            envelope.id = id;
+        }
         send(&route, envelope, options.delay).await
     }
 
@@ -439,6 +522,7 @@ impl MessageRouter {
     /// Publishes a ready-made envelope on its channel's broker, payload untouched
     /// (bridging, replaying, tests).
     pub async fn publish_envelope(&self, envelope: Envelope) -> Result<()> {
+        check_message_id(&envelope.id, &envelope.channel)?;
         let route = self.inner.route(&envelope.channel).await?;
         send(&route, envelope, None).await
     }
@@ -527,22 +611,34 @@ impl MessageRouter {
     async fn start_consumers(&self, r: Registration) -> Result<()> {
         let config = &self.inner.config;
         let route = self.inner.route(r.channel).await?;
-        let group = r
-            .options
-            .group
-            .clone()
-            .unwrap_or_else(|| config.group_for(r.channel).to_string());
+        let group = r.group(config).to_string();
         let consumers = r
             .options
             .consumers
             .unwrap_or_else(|| config.consumers_for(r.channel));
-        let policy = config.retry_for(r.channel);
-        let prefetch = config.prefetch_for(r.channel);
+        let policy = r
+            .options
+            .retry
+            .unwrap_or_else(|| config.retry_for(r.channel));
+        let prefetch = r
+            .options
+            .prefetch
+            .unwrap_or_else(|| config.prefetch_for(r.channel));
         let caps = route.capabilities();
         if !r.serves_requests && policy.attempts > 1 && !caps.retry {
+            let (setting, fix) = match r.options.retry {
+                Some(_) => (
+                    format!("handler options of {:?}: retry", r.channel),
+                    "give this handler RetryPolicy::new(1)",
+                ),
+                None => (
+                    format!("channels.{:?}.retry", r.channel),
+                    "set retry = { attempts = 1 } for this channel",
+                ),
+            };
             return Err(Error::unsupported(format!(
-                "channels.{:?}.retry: broker {:?} in its configured mode cannot retry; set retry = {{ attempts = 1 }} for this channel or route it to a broker that can",
-                r.channel, &**route.broker_name()
+                "{setting}: broker {:?} in its configured mode cannot retry; {fix} or route it to a broker that can",
+                &**route.broker_name()
             ))
             .with_broker(&**route.broker_name())
             .with_broker_kind(route.kind())
@@ -597,6 +693,25 @@ fn build_envelope<M: Serialize>(
     envelope.headers = headers;
     envelope.key = key;
     Ok(envelope)
+}
+
+/// Longest id every backend carries: an AMQP short string.
+const MAX_MESSAGE_ID_BYTES: usize = 255;
+
+/// An id a caller chose: one every backend can carry unchanged.
+fn check_message_id(id: &str, channel: &str) -> Result<()> {
+    let fits = !id.is_empty() && id.len() <= MAX_MESSAGE_ID_BYTES;
+    if fits && !id.chars().any(char::is_control) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Encode,
+        format!(
+            "message id: expected 1 to {MAX_MESSAGE_ID_BYTES} bytes without control characters, got {} bytes",
+            id.len()
+        ),
+    )
+    .with_channel(channel))
 }
 
 async fn send(route: &Route, envelope: Envelope, delay: Option<Duration>) -> Result<()> {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 /// A channel name no other test or run uses.
 pub fn unique_channel<M>(case: &str) -> Channel<M> {
     let name = format!("test.{case}.{}", uuid::Uuid::new_v4().simple());
-    Channel::new(Box::leak(name.into_boxed_str()))
+    Channel::named(name)
 }
 
 /// How often waits look at their condition again.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anybroker::{
     handler_fn, header, Envelope, ErrorKind, HandlerError, HandlerOptions, MessageContext,
-    PublishOptions,
+    PublishOptions, RetryPolicy,
 };
 use tokio::time::Instant;
 
@@ -1112,6 +1112,313 @@ pub async fn declared_lacks_match_capabilities(t: &Target, lacks: &[&str]) {
     );
 }
 
+/// A channel named at run time takes its settings from a `"<prefix>*"` table, and
+/// dead letters and capabilities work on it as on a declared one.
+pub async fn channel_named_at_run_time_takes_pattern_settings(t: &Target) {
+    require!(t, retry && dead_letters);
+    let run = unique_channel::<()>("pattern");
+    let ch = anybroker::Channel::<TestMessage>::named(format!("{}.tenant-a", run.name()));
+    let toml = format!(
+        "[channels.\"{}.*\"]\nretry = {{ attempts = 2, initial = \"50ms\" }}\n",
+        run.name()
+    );
+    let rec = Recorder::default();
+    let handler = {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            rec.record(seen(&m, &cx, 0));
+            async { Err::<(), _>(HandlerError::retryable("always")) }
+        })
+    };
+    let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
+    assert_eq!(
+        router.capabilities(ch).await.unwrap(),
+        t.capabilities().await
+    );
+    router.publish(ch, &TestMessage::new(7)).await.unwrap();
+    let dead = wait_for_dead_letters(&router, ch, 1, "the dead letter").await;
+    router.shutdown().await.unwrap();
+    assert_eq!(
+        dead[0].headers[header::ATTEMPTS],
+        "2",
+        "the pattern's 2 attempts, not the default 3"
+    );
+    let attempts: Vec<u32> = rec.all().iter().map(|s| s.attempt).collect();
+    assert_eq!(attempts, vec![1, 2]);
+}
+
+/// A registration's retry policy overrides the channel's, group by group; a mode that
+/// cannot retry refuses one with more than one attempt.
+pub async fn handler_retry_policy_overrides_config(t: &Target) {
+    let ch = unique_channel::<TestMessage>("handler_retry");
+    let caps = t.capabilities().await;
+    let failing = |rec: &Recorder, handler: usize| {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            rec.record(seen(&m, &cx, handler));
+            async { Err::<(), _>(HandlerError::retryable("always")) }
+        })
+    };
+    let rec = Recorder::default();
+    let policy = |attempts| RetryPolicy::new(attempts).initial(Duration::from_millis(50));
+    if !caps.retry {
+        let err = t
+            .router("")
+            .handle_with(ch, failing(&rec, 0), HandlerOptions::new().retry(policy(3)))
+            .start()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("handler options"), "{err}");
+        return;
+    }
+    let router = t
+        .router("")
+        .handle_with(
+            ch,
+            failing(&rec, 0),
+            HandlerOptions::new().group("two").retry(policy(2)),
+        )
+        .handle_with(
+            ch,
+            failing(&rec, 1),
+            HandlerOptions::new().group("four").retry(policy(4)),
+        )
+        .start()
+        .await
+        .unwrap();
+    router.publish(ch, &TestMessage::new(1)).await.unwrap();
+    // Each group dead-letters its copy once its own attempts are used up.
+    wait_for_dead_letters(&router, ch, 2, "both groups' dead letters").await;
+    router.shutdown().await.unwrap();
+    let attempts_of = |handler| {
+        let mut a: Vec<u32> = rec
+            .all()
+            .iter()
+            .filter(|s| s.handler == handler)
+            .map(|s| s.attempt)
+            .collect();
+        a.sort();
+        a
+    };
+    assert_eq!(attempts_of(0), vec![1, 2], "group two");
+    assert_eq!(attempts_of(1), vec![1, 2, 3, 4], "group four");
+}
+
+/// A registration's prefetch overrides the channel's: it bounds the handlers running
+/// at once.
+pub async fn handler_prefetch_overrides_config(t: &Target) {
+    const N: u64 = 60;
+    let ch = unique_channel::<TestMessage>("handler_prefetch");
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let rec = Recorder::default();
+    let handler = {
+        let (in_flight, max_in_flight, rec) =
+            (in_flight.clone(), max_in_flight.clone(), rec.clone());
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let (in_flight, max_in_flight, rec) =
+                (in_flight.clone(), max_in_flight.clone(), rec.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                rec.record(seen(&m, &cx, 0));
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(ch, "prefetch = 64");
+    let router = t
+        .router(&toml)
+        .handle_with(ch, handler, HandlerOptions::new().prefetch(2))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("all handled", LONG, || rec.distinct() as u64 == N).await;
+    router.shutdown().await.unwrap();
+    let max = max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        max <= 2,
+        "{max} in flight with the handler's prefetch of 2 (config: 64)"
+    );
+}
+
+/// An id chosen by the publisher arrives with the key and headers published beside it.
+pub async fn own_id_key_and_headers_arrive_together(t: &Target) {
+    let ch = unique_channel::<TestMessage>("own_id");
+    let rec = Recorder::default();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
+    let options = |i: u64| {
+        PublishOptions::new()
+            .id(format!("order-{i}-created"))
+            .key(format!("order-{i}"))
+            .header("tenant", "acme")
+    };
+    for i in 0..3 {
+        router
+            .publish_with(ch, &TestMessage::new(i), options(i))
+            .await
+            .unwrap();
+    }
+    wait_until("all delivered", LONG, || rec.distinct() == 3).await;
+    router.shutdown().await.unwrap();
+    for s in rec.all() {
+        assert_eq!(s.id, format!("order-{}-created", s.seq));
+        assert_eq!(s.key.as_deref(), Some(&*format!("order-{}", s.seq)));
+        assert_eq!(s.headers["tenant"], "acme");
+    }
+}
+
+/// Every publish option combines with delay: id, key and headers arrive, not early.
+pub async fn own_id_key_and_headers_combine_with_delay(t: &Target) {
+    require!(t, delay);
+    let ch = unique_channel::<TestMessage>("own_id_delay");
+    let delay = Duration::from_millis(400);
+    let rec = Recorder::default();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
+    let published = Instant::now();
+    let options = PublishOptions::new()
+        .id("invoice-9-due")
+        .key("invoice-9")
+        .header("tenant", "acme")
+        .delay(delay);
+    router
+        .publish_with(ch, &TestMessage::new(9), options)
+        .await
+        .unwrap();
+    wait_until("delivered", LONG, || rec.len() == 1).await;
+    router.shutdown().await.unwrap();
+    let s = &rec.all()[0];
+    assert!(
+        s.at - published >= delay,
+        "came after {:?}",
+        s.at - published
+    );
+    assert_eq!(
+        (
+            s.id.as_str(),
+            s.key.as_deref(),
+            s.headers["tenant"].as_str()
+        ),
+        ("invoice-9-due", Some("invoice-9"), "acme")
+    );
+}
+
+/// Routers share one broker connection (`Broker::connect` + `with_broker`): one
+/// router's shutdown leaves it open for the others; the application closes it.
+pub async fn routers_share_one_broker_connection(t: &Target) {
+    let ch = unique_channel::<TestMessage>("shared_connection");
+    let broker = t.connect().await;
+    let rec = Recorder::default();
+    let consumer = t
+        .router("")
+        .with_broker("target", broker.clone())
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
+    let publisher = t
+        .router("")
+        .with_broker("target", broker.clone())
+        .start()
+        .await
+        .unwrap();
+    publisher.publish(ch, &TestMessage::new(1)).await.unwrap();
+    wait_until("the first delivered", LONG, || rec.len() == 1).await;
+    publisher.shutdown().await.unwrap();
+    assert!(
+        !broker.is_closed(),
+        "a router does not close a shared broker"
+    );
+    let another = t
+        .router("")
+        .with_broker("target", broker.clone())
+        .start()
+        .await
+        .unwrap();
+    another.publish(ch, &TestMessage::new(2)).await.unwrap();
+    wait_until("the second delivered", LONG, || rec.len() == 2).await;
+    consumer.shutdown().await.unwrap();
+    another.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+    assert!(broker.is_closed());
+}
+
+/// The README's capability table says of the target's backend and mode what the
+/// backend declares, row by row.
+pub async fn capabilities_match_the_readme_table(t: &Target) {
+    let column = match t.name {
+        "memory" => "memory",
+        "redis" => "redis (streams)",
+        "redis-pubsub" => "redis (pubsub)",
+        "nats" => "nats (jetstream)",
+        "nats-core" => "nats (core)",
+        "rabbitmq" => "rabbitmq",
+        "kafka" | "kafka-mock" => "kafka",
+        other => panic!("{other}: which column of the README's capability table is it?"),
+    };
+    // Each flag's row, by how its label starts.
+    const ROWS: [(&str, &str); 10] = [
+        ("persistent", "persistent"),
+        ("survives broker restart", "survives-broker-restart"),
+        ("groups", "groups"),
+        ("ordering by key within", "ordering-by-key"),
+        ("ordering by key across", "ordering-across-members"),
+        ("retry", "retry"),
+        ("dead letters", "dead-letters"),
+        ("delay", "delay"),
+        ("broker counts redeliveries", "native-redelivery-count"),
+        ("request/reply", "request-reply"),
+    ];
+    let readme = include_str!("../../README.md");
+    let table: Vec<Vec<&str>> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| capability |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert!(!table.is_empty(), "the README has a capability table");
+    let col = table[0]
+        .iter()
+        .position(|c| *c == column)
+        .unwrap_or_else(|| panic!("the capability table has a {column:?} column"));
+    let flags = t.capabilities().await.flags();
+    assert_eq!(flags.len(), ROWS.len(), "every flag has a row");
+    for (label, flag) in ROWS {
+        let row = table
+            .iter()
+            .find(|r| r[0].starts_with(label))
+            .unwrap_or_else(|| panic!("the capability table has a row {label:?}"));
+        let cell = row[col];
+        let says = match cell.split([' ', '(', ',']).next() {
+            Some("yes") => true,
+            Some("no") => false,
+            _ => panic!("{column} / {label}: expected a cell starting yes or no, got {cell:?}"),
+        };
+        let declared = flags.iter().find(|(name, _)| *name == flag).unwrap().1;
+        assert_eq!(
+            says, declared,
+            "{}: the README says {cell:?} in column {column:?}, row {label:?}; the backend declares {flag} = {declared}",
+            t.name
+        );
+    }
+}
+
 /// Every case, for a backend module to instantiate:
 /// `conformance_cases!(target, lacks [capability, ...])`, where `lacks` names the
 /// capability flags the backend declares false (`declared_lacks_match_capabilities`
@@ -1173,6 +1480,13 @@ macro_rules! conformance_cases {
         case!([request_reply] request_reply_round_trip);
         case!([] missing_capabilities_are_unsupported);
         case!([] errors_name_broker_channel_and_operation);
+        case!([] capabilities_match_the_readme_table);
+        case!([retry, dead_letters] channel_named_at_run_time_takes_pattern_settings);
+        case!([] handler_retry_policy_overrides_config);
+        case!([] handler_prefetch_overrides_config);
+        case!([] own_id_key_and_headers_arrive_together);
+        case!([delay] own_id_key_and_headers_combine_with_delay);
+        case!([] routers_share_one_broker_connection);
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn declared_lacks_match_capabilities() {

@@ -45,7 +45,7 @@ mod redis_pubsub {
         .without_retry(),
         lacks [
             dead_letters, delay, groups, native_redelivery_count, ordering_across_members,
-            ordering_by_key, persistent, request_reply, retry, survives_broker_restart, outage
+            persistent, request_reply, retry, survives_broker_restart, outage
         ]
     );
 }

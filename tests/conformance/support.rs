@@ -181,6 +181,19 @@ impl Target {
         }
     }
 
+    /// A connection to this target's broker, for routers to share (`with_broker`).
+    pub async fn connect(&self) -> anybroker::Broker {
+        match &self.memory {
+            Some(m) => m.clone().into(),
+            None => {
+                let config = self.config(&self.broker_toml, "");
+                anybroker::Broker::connect("target", &config.brokers["target"])
+                    .await
+                    .expect("broker connects")
+            }
+        }
+    }
+
     /// A router that connects a broker of its own (for the embedded broker too, a new
     /// instance), so its shutdown closes the broker.
     pub fn own_router(&self) -> RouterBuilder {

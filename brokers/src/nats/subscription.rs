@@ -45,6 +45,9 @@ pub(crate) struct JetStreamSubscription {
     failures: Mutex<FxHashMap<u64, (u64, String)>>,
     closed: AtomicBool,
     mover: JoinHandle<()>,
+    /// The group's durable consumer: part of a dead letter's deduplication key, so two
+    /// groups dead-lettering one message store two dead letters.
+    consumer: String,
 }
 
 impl JetStreamSubscription {
@@ -87,6 +90,7 @@ impl JetStreamSubscription {
             failures: Mutex::new(FxHashMap::default()),
             closed: AtomicBool::new(false),
             mover,
+            consumer: name,
         })
     }
 
@@ -190,9 +194,13 @@ impl JetStreamSubscription {
                 }
                 let dead = envelope.into_dead_letter(&dead);
                 // Under a key of its own: a replayed message dead-lettered again keeps
-                // its id, which its first dead letter was stored under.
-                let ids =
-                    same_id_headers(&dead.id, format!("{}.dead.{}", dead.id, f.stream_sequence));
+                // its id, which its first dead letter was stored under; and each group
+                // that gives up on a message stores its own dead letter.
+                let dedup_key = format!(
+                    "{}.dead.{}.{}",
+                    dead.id, self.consumer, f.stream_sequence
+                );
+                let ids = same_id_headers(&dead.id, dedup_key);
                 // Stored in the dead-letter stream before the original is terminated.
                 self.connection
                     .js_publish(format!("{}.dlt", self.channel), dead, &ids)

@@ -18,7 +18,14 @@ use crate::core::{
     SubscribeOptions, Subscription,
 };
 
-/// A channel in pub/sub mode: it guarantees nothing.
+/// One subscriber connection receives a channel's messages in publish order, so the
+/// consumer keeps same-key order; nothing else is guaranteed.
+const CAPABILITIES: Capabilities = Capabilities {
+    ordering_by_key: true,
+    ..Capabilities::NONE
+};
+
+/// A channel in pub/sub mode: fire-and-forget, same-key order within a subscriber.
 pub struct PubSubChannel {
     connection: Arc<Connection>,
     name: Arc<str>,
@@ -35,7 +42,7 @@ impl PubSubChannel {
 
 impl BackendChannel for PubSubChannel {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
+        CAPABILITIES
     }
 
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
