@@ -276,3 +276,75 @@ async fn kafka_mock_shutdown_during_outage_returns_and_loses_none() {
         "kafka outage shutdown: took {shutdown_took:?}; first handled {by_first}, {duplicates} handled again"
     );
 }
+
+/// With `auto_offset_reset = "latest"` a group starts where the partitions end when it
+/// first joins: provisioning commits that start ahead of time, so a provisioned group
+/// gets what was published before its first member, and one that was not does not
+/// (`new_group_start = Provisioned`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_latest_provisioned_group_starts_at_provisioning() {
+    let ch = unique_channel::<Numbered>("latest");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"kafka\"\n[brokers.kafka]\n{KAFKA_TANSU_TABLE}auto_offset_reset = \"latest\"\n"
+    ))
+    .unwrap();
+    let publisher = MessageRouter::builder(config.clone())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        publisher.capabilities(ch).await.unwrap().new_group_start,
+        anybroker::NewGroupStart::Provisioned
+    );
+    publisher.provision(ch, &["provisioned"]).await.unwrap();
+    let keyed = || anybroker::PublishOptions::new().key("k");
+    publisher
+        .publish_with(ch, &Numbered { seq: 1 }, keyed())
+        .await
+        .unwrap();
+    let (provisioned, other): (HandledCounts, HandledCounts) = Default::default();
+    let consumer = MessageRouter::builder(config)
+        .handle_with(
+            ch,
+            counting_handler(&provisioned, Duration::ZERO),
+            HandlerOptions::new().group("provisioned"),
+        )
+        .handle_with(
+            ch,
+            counting_handler(&other, Duration::ZERO),
+            HandlerOptions::new().group("other"),
+        )
+        .start()
+        .await
+        .unwrap();
+    // The other group's start is the end of the partitions when its member first
+    // fetches, which may come after a publish made right after `start`: publish until
+    // it has one.
+    let has = |counts: &HandledCounts, seq| counts.lock().unwrap().contains_key(&seq);
+    let mut seq = 2;
+    while other.lock().unwrap().is_empty() {
+        assert!(seq < 40, "the other group received nothing in 20 s");
+        publisher
+            .publish_with(ch, &Numbered { seq }, keyed())
+            .await
+            .unwrap();
+        seq += 1;
+        tokio::time::timeout(Duration::from_millis(500), async {
+            while other.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .ok();
+    }
+    wait_until(
+        "the provisioned group has every message",
+        Duration::from_secs(60),
+        || (1..seq).all(|n| has(&provisioned, n)),
+    )
+    .await;
+    consumer.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    assert!(has(&provisioned, 1), "the provisioned group got the first");
+    assert!(!has(&other, 1), "the other group started after the first");
+}

@@ -315,3 +315,108 @@ async fn memory_settling_another_members_delivery_is_refused() {
     // Settled once: a second settle is refused too.
     assert!(holder.settle(vec![(tag, Settlement::Ack)]).await.is_err());
 }
+
+/// A group provisioned with no member holds the channel's messages up to
+/// `max_backlog`: publishers then wait up to `publish_timeout` and fail with `Timeout`,
+/// never forever; once a member of the group runs, it gets every message that was
+/// accepted and publishing goes on.
+#[tokio::test]
+async fn provisioned_group_without_members_bounds_publishers() {
+    let ch = unique_channel::<Numbered>("provisioned_backlog");
+    let config = config(4, "100ms");
+    // One broker with that config, for the publishing and the consuming router.
+    let broker = anybroker::Broker::connect("memory", &config.brokers["memory"])
+        .await
+        .unwrap();
+    let builder = || MessageRouter::builder(config.clone()).with_broker("memory", broker.clone());
+    let publisher = builder().start().await.unwrap();
+    publisher.provision(ch, &["audit"]).await.unwrap();
+    for seq in 0..4 {
+        publisher.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    let err = publisher
+        .publish(ch, &Numbered { seq: 4 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("max_backlog = 4"), "{err}");
+
+    let seen = common::HandledCounts::default();
+    let consumer = builder()
+        .handle_with(
+            ch,
+            common::counting_handler(&seen, Duration::ZERO),
+            anybroker::HandlerOptions::new().group("audit"),
+        )
+        .start()
+        .await
+        .unwrap();
+    publisher.publish(ch, &Numbered { seq: 5 }).await.unwrap();
+    wait_until(
+        "the group has every accepted message",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().len() == 5,
+    )
+    .await;
+    consumer.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    let mut handled: Vec<u64> = seen.lock().unwrap().keys().copied().collect();
+    handled.sort();
+    assert_eq!(
+        handled,
+        vec![0, 1, 2, 3, 5],
+        "the refused message 4 was never taken"
+    );
+}
+
+/// Groups listed in a channel's `provision_groups` exist from `start`: what is
+/// published before their first member runs waits for them.
+#[tokio::test]
+async fn provision_groups_from_config_exist_from_start() {
+    let ch = unique_channel::<Numbered>("provision_config");
+    let broker = anybroker::MemoryBroker::default();
+    let mut config = config(0, "1s");
+    config
+        .channels
+        .entry(ch.name().to_string())
+        .or_default()
+        .provision_groups = vec!["audit".into(), "billing".into()];
+    let builder = || MessageRouter::builder(config.clone()).with_broker("memory", broker.clone());
+    let publisher = builder().start().await.unwrap();
+    for seq in 0..3 {
+        publisher.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    // The audit group takes everything first; billing still gets all three.
+    let audit = common::HandledCounts::default();
+    let billing = common::HandledCounts::default();
+    let group = |name: &str| anybroker::HandlerOptions::new().group(name);
+    let first = builder()
+        .handle_with(
+            ch,
+            common::counting_handler(&audit, Duration::ZERO),
+            group("audit"),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_until("audit has all", Duration::from_secs(10), || {
+        audit.lock().unwrap().len() == 3
+    })
+    .await;
+    let second = builder()
+        .handle_with(
+            ch,
+            common::counting_handler(&billing, Duration::ZERO),
+            group("billing"),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_until("billing has all", Duration::from_secs(10), || {
+        billing.lock().unwrap().len() == 3
+    })
+    .await;
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+}

@@ -291,9 +291,10 @@ async fn main() {
     println!("nats     not built (run with --features nats)");
     #[cfg(feature = "kafka")]
     if args.wants("kafka") {
-        // tansu (CI's Kafka-protocol broker) answers a fetch only after fetch.wait.max.ms.
+        // tansu (CI's Kafka-protocol broker) answers a fetch only after fetch.wait.max.ms,
+        // and a group join only after half the session timeout.
         let table = "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
-                     consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }";
+                     consumer_properties = { \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\" }";
         let (ours, raw) = paired_rounds(
             &args,
             || anybroker_runs::round(table, &args, args.window),

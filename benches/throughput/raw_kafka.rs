@@ -28,7 +28,8 @@ fn micros_now() -> u64 {
 fn base(servers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", servers)
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        .set("session.timeout.ms", "6000");
     c
 }
 

@@ -154,6 +154,13 @@ impl OpenChannel {
             .await
     }
 
+    /// Creates what `options.group` needs to receive what is published from now on,
+    /// before its first member subscribes.
+    pub async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
+        self.call("provision", self.channel.provision(options))
+            .await
+    }
+
     /// Moves up to `limit` dead letters back onto the channel; returns how many.
     pub async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
         self.call(

@@ -69,6 +69,11 @@ pub struct ChannelConfig {
     pub group: Option<String>,
     /// Consumers per handler registration. Default: `[defaults].consumers`.
     pub consumers: Option<usize>,
+    /// Groups to provision when the channel is opened (at `start` for a channel with a
+    /// table of its own, at first use for one a pattern matches), so what is published
+    /// before their first member subscribes waits for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provision_groups: Vec<String>,
 }
 
 /// A config inside an application's own: `#[derive(Deserialize)] struct AppConfig {
@@ -341,6 +346,11 @@ impl RouterConfig {
                 None => {}
             }
             check_channel_settings(&key, c.retry.as_ref(), c.prefetch, c.consumers)?;
+            if let Some(bad) = c.provision_groups.iter().find(|g| g.trim().is_empty()) {
+                return Err(Error::config(format!(
+                    "{key}.provision_groups: expected group names, got {bad:?}"
+                )));
+            }
         }
         Ok(())
     }
@@ -430,6 +440,13 @@ impl RouterConfig {
         self.channel(channel)
             .and_then(|c| c.group.as_deref())
             .unwrap_or(&self.defaults.group)
+    }
+
+    /// The groups provisioned when `channel` is opened.
+    pub fn provision_groups_for(&self, channel: &str) -> &[String] {
+        self.channel(channel)
+            .map(|c| c.provision_groups.as_slice())
+            .unwrap_or_default()
     }
 
     /// Consumers per handler registration on `channel`.

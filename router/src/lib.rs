@@ -20,7 +20,7 @@ mod router;
 pub use anybroker_brokers::memory::MemoryBroker;
 pub use anybroker_brokers::{
     header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, Envelope, Error,
-    ErrorKind, Headers, OpenChannel, Result, RetryPolicy,
+    ErrorKind, Headers, NewGroupStart, OpenChannel, Result, RetryPolicy,
 };
 /// Each backend's config (`RedisConfig`, `KafkaConfig`, …), to build a config in code,
 /// and its broker type.

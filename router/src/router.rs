@@ -335,6 +335,37 @@ impl RouterBuilder {
         for name in &routed {
             router.inner.broker(name).await?;
         }
+        // Channels whose own table lists groups to provision are opened now, which
+        // provisions them; one a pattern matches is provisioned when first used. A
+        // key written another way (`alarm_to_log`) opens the channel's own name when
+        // the application declared or handles it.
+        let known: Vec<&str> = self
+            .declared
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .chain(self.registrations.iter().map(|r| r.channel))
+            .collect();
+        let to_provision: Vec<&str> = router
+            .inner
+            .config
+            .channels
+            .iter()
+            .filter(|(key, c)| {
+                channel_pattern_prefix(key).is_none() && !c.provision_groups.is_empty()
+            })
+            .map(|(key, _)| {
+                let k = normalize_channel(key);
+                known
+                    .iter()
+                    .copied()
+                    .find(|n| normalize_channel(n) == k)
+                    .unwrap_or(key)
+            })
+            .collect();
+        for channel in to_provision {
+            router.inner.route(channel).await?;
+        }
 
         for r in self.registrations {
             router.start_consumers(r).await?;
@@ -427,9 +458,25 @@ impl RouterInner {
         Ok(route)
     }
 
+    /// Opens `channel` on `broker` and provisions the groups its config lists.
     async fn open(&self, broker: &str, channel: &str) -> Result<OpenChannel> {
         let spec = ChannelSpec::new(channel, self.config.group_for(channel));
-        self.broker(broker).await?.open_channel(broker, &spec).await
+        let open = self
+            .broker(broker)
+            .await?
+            .open_channel(broker, &spec)
+            .await?;
+        for group in self.config.provision_groups_for(channel) {
+            open.provision(&self.group_options(channel, group)).await?;
+        }
+        Ok(open)
+    }
+
+    /// What a group of `channel` is subscribed or provisioned with, from config.
+    fn group_options(&self, channel: &str, group: &str) -> SubscribeOptions {
+        SubscribeOptions::new(group.to_string())
+            .retry(self.config.retry_for(channel))
+            .prefetch(self.config.prefetch_for(channel))
     }
 }
 
@@ -565,6 +612,28 @@ impl MessageRouter {
     pub async fn broker_of<M>(&self, channel: Channel<M>) -> Result<(String, BrokerKind)> {
         let route = self.inner.route(channel.name()).await?;
         Ok((route.broker_name().to_string(), route.kind()))
+    }
+
+    /// Creates what each of `groups` needs on `channel`'s broker to receive what is
+    /// published from now on, before its first member subscribes: a RabbitMQ queue, a
+    /// JetStream durable consumer, a Redis Streams group, Kafka topics (and, with
+    /// `auto_offset_reset = "latest"`, the group's start offsets), an embedded-broker
+    /// group. Idempotent: an existing group keeps its position. Fire-and-forget modes
+    /// keep nothing for a group and return `Unsupported`. See
+    /// [`Capabilities::new_group_start`] for what a group that was not provisioned
+    /// receives.
+    ///
+    /// On the embedded broker a provisioned group with no member holds the channel's
+    /// messages until the channel reaches `max_backlog`; publishers then wait up to
+    /// `publish_timeout` for room and fail with `Timeout` if none is made.
+    pub async fn provision<M>(&self, channel: Channel<M>, groups: &[&str]) -> Result<()> {
+        let route = self.inner.route(channel.name()).await?;
+        for group in groups {
+            route
+                .provision(&self.inner.group_options(channel.name(), group))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Reads up to `limit` dead letters of `channel`, oldest first.

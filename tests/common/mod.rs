@@ -199,9 +199,10 @@ pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// The `[brokers.x]` body for tansu on 127.0.0.1:9092, with the two settings tansu 0.6
+/// The `[brokers.x]` body for tansu on 127.0.0.1:9092, with the settings tansu 0.6
 /// needs and a real Kafka does not: it answers a fetch only after `fetch.wait.max.ms`,
-/// hence the short wait; and it reports a partition's high watermark as its last
+/// hence the short wait; a member's group join only after half its
+/// `session.timeout.ms`, hence 6 s (a 3 s join, not 22.5 s); and it reports a partition's high watermark as its last
 /// batch's first offset + 1, so a fetch that starts inside a multi-record last batch (a
 /// partition resumed after a due-time pause) gets nothing until another record
 /// arrives, hence one record per produced batch.
@@ -214,7 +215,7 @@ pub const KAFKA_TANSU_DEFAULT_PARTITIONS_TABLE: &str = kafka_tansu_settings!();
 macro_rules! kafka_tansu_settings {
     () => {
         "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n\
-         consumer_properties = { \"fetch.wait.max.ms\" = \"10\" }\n\
+         consumer_properties = { \"fetch.wait.max.ms\" = \"10\", \"session.timeout.ms\" = \"6000\" }\n\
          producer_properties = { \"batch.num.messages\" = \"1\" }\n"
     };
 }

@@ -83,6 +83,19 @@ pub trait BackendChannel: Send + Sync + 'static {
         options: SubscribeOptions,
     ) -> impl Future<Output = Result<Box<dyn Subscription>>> + Send;
 
+    /// Creates what `options.group` needs to receive the channel's messages before its
+    /// first member subscribes (a queue, a durable consumer, a stream group, topics and
+    /// start offsets), so what is published from now on waits for it. Idempotent; an
+    /// existing group keeps its position. Every mode whose
+    /// [`new_group_start`](Capabilities::new_group_start) is not `Live`.
+    fn provision(&self, options: &SubscribeOptions) -> impl Future<Output = Result<()>> + Send {
+        let _ = options;
+        ready(Err(Error::unsupported(
+            "provision: this broker in its configured mode keeps nothing for a group without a listening member",
+        )
+        .with_operation("provision")))
+    }
+
     /// Publishes so the message is delivered no earlier than `delay` from now.
     /// Capability `delay`.
     fn publish_delayed(
@@ -225,6 +238,13 @@ macro_rules! channel_enum {
             ) -> impl std::future::Future<Output = $crate::Result<Box<dyn $crate::Subscription>>> + Send
             {
                 match self { $( $name::$variant(c) => $future::$variant(c.subscribe(options)), )+ }
+            }
+
+            fn provision(
+                &self,
+                options: &$crate::SubscribeOptions,
+            ) -> impl std::future::Future<Output = $crate::Result<()>> + Send {
+                match self { $( $name::$variant(c) => $future::$variant(c.provision(options)), )+ }
             }
 
             fn publish_delayed(

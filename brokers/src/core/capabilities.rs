@@ -27,6 +27,43 @@ pub struct Capabilities {
     pub native_redelivery_count: bool,
     /// Request/reply.
     pub request_reply: bool,
+    /// What a group receives that was published before the group existed.
+    pub new_group_start: NewGroupStart,
+}
+
+/// What a consumer group receives that was published before the group existed (before
+/// it was provisioned or its first member subscribed). A group provisioned ahead of
+/// time ([`BackendChannel::provision`](crate::BackendChannel::provision)) receives
+/// everything published after that, on every mode but [`Live`](NewGroupStart::Live).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NewGroupStart {
+    /// Everything the channel still retains, from its oldest message (Redis Streams,
+    /// JetStream, Kafka with `auto_offset_reset = "earliest"`).
+    Retained,
+    /// Only what is published once the group exists: provision it before the messages
+    /// it must not miss are published (RabbitMQ: the group's queue; Kafka with
+    /// `auto_offset_reset = "latest"`). The channel's default group exists from the
+    /// channel's first use.
+    Provisioned,
+    /// What the groups that exist have not all consumed yet (the embedded broker keeps
+    /// a message until every group has taken it, or all of them while no group exists).
+    Unconsumed,
+    /// Only what is published while a member listens: nothing is kept, and a group
+    /// cannot be provisioned (fire-and-forget modes).
+    Live,
+}
+
+impl NewGroupStart {
+    /// A short lowercase name, for tables and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NewGroupStart::Retained => "retained",
+            NewGroupStart::Provisioned => "from provisioning",
+            NewGroupStart::Unconsumed => "unconsumed",
+            NewGroupStart::Live => "live only",
+        }
+    }
 }
 
 impl Capabilities {
@@ -42,6 +79,7 @@ impl Capabilities {
         delay: false,
         native_redelivery_count: false,
         request_reply: false,
+        new_group_start: NewGroupStart::Live,
     };
 
     /// Named list of the flags, for tables and messages.

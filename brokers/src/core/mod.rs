@@ -13,7 +13,7 @@ mod shutdown;
 mod subscription;
 
 pub use backend::{Backend, BackendChannel, BrokerKind, ChannelSpec, Unbuilt};
-pub use capabilities::Capabilities;
+pub use capabilities::{Capabilities, NewGroupStart};
 pub use envelope::{
     header, unix_micros, unix_millis, DeadLetter, DeadLetterReason, Envelope, Headers,
     CONTENT_TYPE_JSON,

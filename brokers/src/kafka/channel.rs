@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -15,7 +15,7 @@ use super::error::from_kafka;
 use super::subscription::KafkaSubscription;
 use super::names::Topics;
 use crate::core::{
-    unix_micros, BackendChannel, Capabilities, Envelope, Error, ErrorKind, Result,
+    unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result,
     SubscribeOptions, Subscription,
 };
 
@@ -31,6 +31,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: false,
     request_reply: false,
+    new_group_start: NewGroupStart::Retained,
 };
 
 /// A channel: its topic (and, once used, its delay and dead-letter topics).
@@ -67,6 +68,54 @@ impl KafkaChannel {
             name: name.clone(),
             connection,
         })
+    }
+
+    /// Commits `group`'s offset at the end of every partition of `topics` where it has
+    /// none: with `auto_offset_reset = "latest"`, a group's first member would start
+    /// at the end as it is when the member joins, missing what was published since the
+    /// group was provisioned. A partition with a committed offset keeps it.
+    async fn commit_start_at_end(&self, group: &str, topics: Vec<String>) -> Result<()> {
+        let consumer: BaseConsumer = client_config(
+            &self.connection.config,
+            Client::Consumer,
+            &[
+                ("group.id", &Topics::group_id(group, &self.name)),
+                ("enable.auto.commit", "false"),
+            ],
+        )
+        .create()
+        .map_err(|e| from_kafka(e, "provision"))?;
+        tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<()> {
+            let mut all = TopicPartitionList::new();
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
+                for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                    for p in t.partitions() {
+                        all.add_partition(topic, p.id());
+                    }
+                }
+            }
+            let committed = consumer.committed_offsets(all.clone(), CALL_TIMEOUT)?;
+            let mut start = TopicPartitionList::new();
+            for e in all.elements() {
+                let (topic, p) = (e.topic(), e.partition());
+                let has_offset = matches!(
+                    committed.find_partition(topic, p).map(|c| c.offset()),
+                    Some(Offset::Offset(_))
+                );
+                if !has_offset {
+                    let (_, high) = consumer.fetch_watermarks(topic, p, CALL_TIMEOUT)?;
+                    start.add_partition_offset(topic, p, Offset::Offset(high))?;
+                }
+            }
+            if start.count() > 0 {
+                consumer.commit(&start, CommitMode::Sync)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("provisioning task")
+        .map_err(|e| from_kafka(e, "provision"))
     }
 
     /// Reads the dead letters past the replay cursor, up to `limit`; with `replay`,
@@ -187,7 +236,23 @@ impl KafkaChannel {
 
 impl BackendChannel for KafkaChannel {
     fn capabilities(&self) -> Capabilities {
+        // A group without a committed offset starts where `auto_offset_reset` says.
+        if self.connection.config.auto_offset_reset == "latest" {
+            return Capabilities {
+                new_group_start: NewGroupStart::Provisioned,
+                ..CAPABILITIES
+            };
+        }
         CAPABILITIES
+    }
+
+    async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
+        let (topics, _) =
+            super::subscription::group_topics(&self.connection, &self.name, options).await?;
+        if self.connection.config.auto_offset_reset == "latest" {
+            self.commit_start_at_end(&options.group, topics).await?;
+        }
+        Ok(())
     }
 
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {

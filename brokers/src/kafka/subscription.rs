@@ -125,6 +125,29 @@ pub(crate) struct KafkaSubscription {
     closed: AtomicBool,
 }
 
+/// The topics a member of `options.group` reads (the channel, its delay topic, the
+/// retry topics of the group's policy and any an earlier policy left, so what is in
+/// them is not stranded), created with the dead-letter topic if missing.
+pub(crate) async fn group_topics(
+    connection: &Connection,
+    channel: &str,
+    options: &SubscribeOptions,
+) -> Result<(Vec<String>, RetryTopics)> {
+    let retry_topics = RetryTopics::for_policy(&options.retry)
+        .map_err(|e| Error::new(ErrorKind::ConfigInvalid, e))?;
+    let mut topics = vec![channel.to_string(), Topics::delay(channel)];
+    topics.extend((0..retry_topics.count()).map(|n| Topics::retry(channel, n)));
+    let mut all = topics.clone();
+    all.push(Topics::dead_letters(channel));
+    connection.ensure_topics(&all).await?;
+    for earlier in connection.retry_topics_of(channel).await? {
+        if !topics.contains(&earlier) {
+            topics.push(earlier);
+        }
+    }
+    Ok((topics, retry_topics))
+}
+
 impl KafkaSubscription {
     /// The group member, while the subscription is open.
     fn consumer(&self) -> Option<Arc<StreamConsumer<Rebalancing>>> {
@@ -136,27 +159,7 @@ impl KafkaSubscription {
         channel: Arc<str>,
         options: SubscribeOptions,
     ) -> Result<Self> {
-        let retry_topics = RetryTopics::for_policy(&options.retry)
-            .map_err(|e| Error::new(ErrorKind::ConfigInvalid, e))?;
-        let mut topics = vec![channel.to_string(), Topics::delay(&channel)];
-        topics.extend((0..retry_topics.count()).map(|n| Topics::retry(&channel, n)));
-        let mut all = topics.clone();
-        all.push(Topics::dead_letters(&channel));
-        connection
-            .ensure_topics(&all)
-            .await
-            ?;
-        // Retry topics an earlier policy of this or another group left: what is in
-        // them is read too, not stranded.
-        for earlier in connection
-            .retry_topics_of(&channel)
-            .await
-            ?
-        {
-            if !topics.contains(&earlier) {
-                topics.push(earlier);
-            }
-        }
+        let (topics, retry_topics) = group_topics(&connection, &channel, &options).await?;
         let state: Arc<Mutex<State>> = Arc::default();
         let reset = connection.config().auto_offset_reset.clone();
         let consumer: StreamConsumer<Rebalancing> = client_config(

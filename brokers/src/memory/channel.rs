@@ -10,7 +10,7 @@ use super::connection::Connection;
 use super::subscription::MemorySubscription;
 use super::topic::{Group, Timed, Topic};
 use crate::core::{
-    BackendChannel, Capabilities, Envelope, Error, ErrorKind, Result, SubscribeOptions,
+    BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result, SubscribeOptions,
     Subscription,
 };
 
@@ -26,6 +26,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: true,
     request_reply: false,
+    new_group_start: NewGroupStart::Unconsumed,
 };
 
 /// One channel of the embedded broker.
@@ -35,6 +36,19 @@ pub struct MemoryChannel {
 }
 
 impl MemoryChannel {
+    /// Creates `group` at the start of what the log still holds; an existing group
+    /// keeps its position. From then on the log keeps what the group has not taken,
+    /// up to `max_backlog`.
+    fn create_group(&self, group: &str) {
+        let mut state = self.topic.lock();
+        if !state.groups.contains_key(group) {
+            let base = state.base;
+            state
+                .groups
+                .insert(group.to_string(), Group::starting_at(base));
+        }
+    }
+
     pub(crate) fn new(connection: Arc<Connection>, name: &str) -> Self {
         let topic = connection.topic(name);
         MemoryChannel { connection, topic }
@@ -86,14 +100,7 @@ impl BackendChannel for MemoryChannel {
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
-        {
-            let mut state = self.topic.lock();
-            let base = state.base;
-            state
-                .groups
-                .entry(options.group.clone())
-                .or_insert_with(|| Group::starting_at(base));
-        }
+        self.create_group(&options.group);
         let member = self.connection.next_member.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(MemorySubscription::new(
             self.connection.clone(),
@@ -101,6 +108,11 @@ impl BackendChannel for MemoryChannel {
             options.group,
             member,
         )))
+    }
+
+    async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
+        self.create_group(&options.group);
+        Ok(())
     }
 
     async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {

@@ -11,7 +11,7 @@ use super::core_mode::{CoreChannel, CoreSubscription};
 use super::error::from_nats;
 use super::subscription::JetStreamSubscription;
 use crate::core::{
-    unix_micros, BackendChannel, Capabilities, Envelope, Result, SubscribeOptions, Subscription,
+    unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Result, SubscribeOptions, Subscription,
 };
 
 crate::channel_enum! {
@@ -37,6 +37,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: true,
     request_reply: true,
+    new_group_start: NewGroupStart::Retained,
 };
 
 /// A channel in JetStream mode.
@@ -105,6 +106,12 @@ impl BackendChannel for JetStreamChannel {
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
         self.connection
             .js_publish(self.subject.clone(), envelope, &[])
+    }
+
+    async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
+        super::subscription::create_consumer(&self.connection, &self.name, options, "provision")
+            .await
+            .map(drop)
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

@@ -50,28 +50,41 @@ pub(crate) struct JetStreamSubscription {
     consumer: String,
 }
 
+/// The group's durable consumer on the channel's stream (both streams created if
+/// missing), and its name. A new one starts at the stream's oldest message; an
+/// existing one keeps its position and settings.
+pub(crate) async fn create_consumer(
+    connection: &Connection,
+    channel: &str,
+    options: &SubscribeOptions,
+    operation: &'static str,
+) -> Result<(jetstream::consumer::Consumer<pull::Config>, String)> {
+    let stream = connection.ensure_stream(channel, "", channel).await?;
+    connection
+        .ensure_stream(channel, DLT, &format!("{channel}.dlt"))
+        .await?;
+    let name = consumer_name(&options.group);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: connection.config.ack_wait,
+        max_ack_pending: (options.prefetch * 2) as i64,
+        ..Default::default()
+    };
+    let consumer = stream
+        .get_or_create_consumer(&name, config)
+        .await
+        .map_err(|e| from_nats(e, operation))?;
+    Ok((consumer, name))
+}
+
 impl JetStreamSubscription {
     pub(crate) async fn start(
         connection: Arc<Connection>,
         channel: Arc<str>,
         options: SubscribeOptions,
     ) -> Result<Self> {
-        let stream = connection.ensure_stream(&channel, "", &channel).await?;
-        connection
-            .ensure_stream(&channel, DLT, &format!("{channel}.dlt"))
-            .await?;
-        let name = consumer_name(&options.group);
-        let config = pull::Config {
-            durable_name: Some(name.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: connection.config.ack_wait,
-            max_ack_pending: (options.prefetch * 2) as i64,
-            ..Default::default()
-        };
-        let consumer = stream
-            .get_or_create_consumer(&name, config)
-            .await
-            .map_err(|e| from_nats(e, "subscribe"))?;
+        let (consumer, name) = create_consumer(&connection, &channel, &options, "subscribe").await?;
         let attempts = AttemptCounts::open(&connection, &channel, &name).await?;
         let puller = Puller::open(
             &connection.client,

@@ -14,7 +14,7 @@ use super::subscription::{QueueRole, RabbitSubscription};
 use super::names::Names;
 use super::topology;
 use crate::core::{
-    BackendChannel, Capabilities, ChannelSpec, Envelope, Error, Result, SubscribeOptions,
+    BackendChannel, Capabilities, NewGroupStart, ChannelSpec, Envelope, Error, Result, SubscribeOptions,
     Subscription,
 };
 
@@ -30,6 +30,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: false,
     request_reply: true,
+    new_group_start: NewGroupStart::Provisioned,
 };
 
 /// AMQP short strings (queue names, routing keys) hold at most 255 bytes; the longest
@@ -54,12 +55,7 @@ impl RabbitMqChannel {
                 "channel {name:?} cannot be a RabbitMQ routing key: expected 1 to {MAX_CHANNEL_NAME} bytes"
             )));
         }
-        let session = link.session().await?;
-        let ch = session.declaring_channel().await?;
-        let declared =
-            topology::declare_group(&ch, &link.config().exchange, name, &spec.default_group).await;
-        let _ = ch.close(200, "declared".into()).await;
-        declared?;
+        declare_group(&link, name, &spec.default_group).await?;
         Ok(RabbitMqChannel {
             rpc_routing_key: Names::rpc(name),
             delayed_exchange: Names::delayed_exchange(&link.config().exchange),
@@ -146,6 +142,10 @@ impl BackendChannel for RabbitMqChannel {
         })
     }
 
+    async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
+        declare_group(&self.link, &self.name, &options.group).await
+    }
+
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
         Ok(Box::new(
             RabbitSubscription::start(self.link.clone(), self.name.clone(), options, QueueRole::Group).await?,
@@ -193,4 +193,14 @@ impl BackendChannel for RabbitMqChannel {
             RabbitSubscription::start(self.link.clone(), self.name.clone(), options, QueueRole::Requests).await?,
         ))
     }
+}
+
+/// Declares `group`'s queue on `channel` and binds it: from then on the queue keeps
+/// what is published on the channel, whether or not a member consumes it.
+async fn declare_group(link: &Link, channel: &str, group: &str) -> Result<()> {
+    let session = link.session().await?;
+    let ch = session.declaring_channel().await?;
+    let declared = topology::declare_group(&ch, &link.config().exchange, channel, group).await;
+    let _ = ch.close(200, "declared".into()).await;
+    declared.map(drop)
 }

@@ -12,7 +12,7 @@ use super::pubsub::PubSubChannel;
 use super::subscription::StreamSubscription;
 use super::names::Keys;
 use crate::core::{
-    unix_millis, BackendChannel, Capabilities, Envelope, Result, SubscribeOptions, Subscription,
+    unix_millis, BackendChannel, Capabilities, NewGroupStart, Envelope, Result, SubscribeOptions, Subscription,
 };
 
 crate::channel_enum! {
@@ -38,6 +38,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: false,
     request_reply: false,
+    new_group_start: NewGroupStart::Retained,
 };
 
 /// A channel in Streams mode.
@@ -91,6 +92,11 @@ impl BackendChannel for StreamChannel {
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
         self.connection
             .send(self.connection.xadd(&self.name, &envelope), "publish")
+    }
+
+    async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
+        super::subscription::create_group(&self.connection, &self.name, &options.group, "provision")
+            .await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

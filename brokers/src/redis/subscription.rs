@@ -89,6 +89,33 @@ pub(crate) struct StreamSubscription {
     promote: redis::Script,
 }
 
+/// Creates `group` on the channel and on its retry stream, from the start of each (so
+/// it reads every entry the stream holds); an existing group is kept as it is.
+pub(crate) async fn create_group(
+    connection: &Connection,
+    channel: &str,
+    group: &str,
+    operation: &'static str,
+) -> Result<()> {
+    let mut conn = connection.conn();
+    for stream in [channel, &Keys::retry_stream(channel, group)] {
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(()) => {}
+            Err(e) if is_busy_group(&e) => {}
+            Err(e) => return Err(from_redis(e, operation)),
+        }
+    }
+    Ok(())
+}
+
 fn is_busy_group(e: &redis::RedisError) -> bool {
     e.code() == Some("BUSYGROUP")
 }
@@ -137,26 +164,8 @@ impl StreamSubscription {
         }
     }
 
-    /// Creates the group on the channel and on its retry stream, from the start of
-    /// each; an existing group is kept as it is.
     async fn create_groups(&self) -> Result<()> {
-        let mut conn = self.connection.conn();
-        for stream in [&*self.channel, &self.retry_stream] {
-            let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(stream)
-                .arg(&self.group)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            match r {
-                Ok(()) => {}
-                Err(e) if is_busy_group(&e) => {}
-                Err(e) => return Err(self.err(e, "subscribe")),
-            }
-        }
-        Ok(())
+        create_group(&self.connection, &self.channel, &self.group, "subscribe").await
     }
 
     /// The connection for blocking reads (one per member, so a blocked read never
