@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alarm_domain::{AlarmToBot, AlarmToLog, BrokerChannel};
-use anybroker::{header, HandlerError, MessageContext, MessageHandler, MessageRouter};
+use anybroker::{HandlerError, MessageContext, MessageHandler, MessageRouter};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -159,19 +159,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "dead letter on {}: {} after {} attempts ({}), payload {}",
             d.channel,
-            d.headers
-                .get(header::DEAD_LETTER_REASON)
-                .map(String::as_str)
-                .unwrap_or("?"),
-            d.headers
-                .get(header::ATTEMPTS)
-                .map(String::as_str)
-                .unwrap_or("?"),
-            d.headers
-                .get(header::ERROR)
-                .map(String::as_str)
-                .unwrap_or("?"),
-            String::from_utf8_lossy(&d.payload)
+            d.reason.map_or("?", |r| r.as_str()),
+            d.attempts,
+            d.error.as_deref().unwrap_or("?"),
+            String::from_utf8_lossy(d.payload())
         );
     }
     router.shutdown().await?;

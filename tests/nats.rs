@@ -329,7 +329,7 @@ async fn nats_closing_members_do_not_inflate_attempts() {
     assert!(
         dead.is_empty(),
         "dead letters under a 10,000-attempt policy: {:?}",
-        dead[0].headers
+        dead[0]
     );
     // Inflated: a call saw an attempt above the calls made of its message so far.
     let inflated: Vec<(&u64, &Vec<u32>)> = calls

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::core::{
-    BackendChannel, Capabilities, ChannelSpec, Delivery, DeliveryTag, Envelope, Error, Result,
-    Settlement, SubscribeOptions, Subscription,
+    BackendChannel, Capabilities, ChannelSpec, DeadLetterAction, DeadLetterSelector, Delivery,
+    DeliveryTag, Envelope, Error, Result, Settlement, SubscribeOptions, Subscription,
 };
 use crate::{AnyChannel, Broker, BrokerKind};
 
@@ -161,11 +161,17 @@ impl OpenChannel {
             .await
     }
 
-    /// Moves up to `limit` dead letters back onto the channel; returns how many.
-    pub async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
+    /// Replays or discards up to `limit` of the dead letters `selector` picks; returns
+    /// how many.
+    pub async fn settle_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> Result<usize> {
         self.call(
-            "replay_dead_letters",
-            self.channel.replay_dead_letters(limit),
+            action.operation(),
+            self.channel.settle_dead_letters(selector, action, limit),
         )
         .await
     }

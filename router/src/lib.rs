@@ -12,6 +12,7 @@
 mod channel;
 pub mod config;
 mod consumer;
+mod dead_letter;
 mod handler;
 mod router;
 
@@ -19,8 +20,8 @@ mod router;
 /// [`RouterBuilder::with_broker`].
 pub use anybroker_brokers::memory::MemoryBroker;
 pub use anybroker_brokers::{
-    header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, Envelope, Error,
-    ErrorKind, Headers, NewGroupStart, OpenChannel, Result, RetryPolicy,
+    header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, DeadLetterSelector,
+    Envelope, Error, ErrorKind, Headers, NewGroupStart, OpenChannel, Result, RetryPolicy,
 };
 /// Each backend's config (`RedisConfig`, `KafkaConfig`, …), to build a config in code,
 /// and its broker type.
@@ -29,6 +30,7 @@ pub use anybroker_brokers::{message_id_time, new_message_id, MESSAGE_ID_LEN};
 pub use anybroker_brokers::{Secret, SecretUrl};
 pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
+pub use dead_letter::DeadLetterRecord;
 pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};
 pub use router::{HandlerOptions, MessageRouter, PublishOptions, RouterBuilder};
 

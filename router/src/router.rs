@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anybroker_brokers::{
-    Broker, BrokerKind, Capabilities, ChannelSpec, Envelope, Error, ErrorKind, Headers,
-    OpenChannel, Result, RetryPolicy, SubscribeOptions,
+    Broker, BrokerKind, Capabilities, ChannelSpec, DeadLetterAction, DeadLetterSelector, Envelope,
+    Error, ErrorKind, Headers, OpenChannel, Result, RetryPolicy, SubscribeOptions,
 };
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,7 @@ use crate::config::{
     channel_pattern_prefix, check_channel_settings, normalize_channel, RouterConfig,
 };
 use crate::consumer::{ConsumerSpec, SpawnConsumer, TypedHandler};
+use crate::dead_letter::DeadLetterRecord;
 use crate::handler::MessageHandler;
 
 /// Per-call publish settings: id, key, headers, delay, in any combination.
@@ -636,20 +637,53 @@ impl MessageRouter {
         Ok(())
     }
 
-    /// Reads up to `limit` dead letters of `channel`, oldest first.
+    /// Reads up to `limit` dead letters of `channel`, oldest first, as typed records
+    /// (reason, attempts, error, times, and the message decodable as `M` or raw).
     pub async fn dead_letters<M>(
         &self,
         channel: Channel<M>,
         limit: usize,
-    ) -> Result<Vec<Envelope>> {
+    ) -> Result<Vec<DeadLetterRecord<M>>> {
         let route = self.inner.route(channel.name()).await?;
-        route.dead_letters(limit).await
+        let dead = route.dead_letters(limit).await?;
+        Ok(dead.into_iter().map(DeadLetterRecord::new).collect())
     }
 
-    /// Moves up to `limit` dead letters of `channel` back onto it; returns how many.
+    /// Moves up to `limit` dead letters of `channel` back onto it, oldest first, as the
+    /// same messages (same id) on attempt 1; returns how many.
     pub async fn replay_dead_letters<M>(&self, channel: Channel<M>, limit: usize) -> Result<usize> {
+        self.replay_dead_letters_matching(channel, &DeadLetterSelector::All, limit)
+            .await
+    }
+
+    /// Like [`replay_dead_letters`](Self::replay_dead_letters), for the dead letters
+    /// `selector` picks (by id, by reason). Kafka takes them oldest first only
+    /// (`DeadLetterSelector::All`); another selector there is `Unsupported`.
+    pub async fn replay_dead_letters_matching<M>(
+        &self,
+        channel: Channel<M>,
+        selector: &DeadLetterSelector,
+        limit: usize,
+    ) -> Result<usize> {
         let route = self.inner.route(channel.name()).await?;
-        route.replay_dead_letters(limit).await
+        route
+            .settle_dead_letters(selector, DeadLetterAction::Replay, limit)
+            .await
+    }
+
+    /// Removes up to `limit` of the dead letters of `channel` that `selector` picks,
+    /// oldest first, for good; returns how many. Kafka takes them oldest first only
+    /// (`DeadLetterSelector::All`); another selector there is `Unsupported`.
+    pub async fn discard_dead_letters<M>(
+        &self,
+        channel: Channel<M>,
+        selector: &DeadLetterSelector,
+        limit: usize,
+    ) -> Result<usize> {
+        let route = self.inner.route(channel.name()).await?;
+        route
+            .settle_dead_letters(selector, DeadLetterAction::Discard, limit)
+            .await
     }
 
     /// Stops fetching, lets in-flight handlers finish and settles them, gives back

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anybroker::{
-    handler_fn, header, Envelope, ErrorKind, HandlerError, HandlerOptions, MessageContext,
-    NewGroupStart, PublishOptions, RetryPolicy,
+    handler_fn, header, DeadLetterReason, DeadLetterSelector, Envelope, ErrorKind, HandlerError,
+    HandlerOptions, MessageContext, NewGroupStart, PublishOptions, RetryPolicy,
 };
 use tokio::time::Instant;
 
@@ -271,14 +271,7 @@ pub async fn dead_letter_after_attempts(t: &Target) {
     router.shutdown().await.unwrap();
     assert_eq!(rec.len() as u64, 2 * N, "each message tried exactly twice");
     assert!(rec.counts().values().all(|&c| c == 2));
-    let mut seqs: Vec<u64> = dead
-        .iter()
-        .map(|d| {
-            serde_json::from_slice::<TestMessage>(&d.payload)
-                .unwrap()
-                .seq
-        })
-        .collect();
+    let mut seqs: Vec<u64> = dead.iter().map(|d| d.message().unwrap().seq).collect();
     seqs.sort();
     assert_eq!(
         seqs,
@@ -286,14 +279,21 @@ pub async fn dead_letter_after_attempts(t: &Target) {
         "the original payloads are kept"
     );
     for d in &dead {
-        let seq = serde_json::from_slice::<TestMessage>(&d.payload)
-            .unwrap()
-            .seq;
-        assert_eq!(d.headers[header::DEAD_LETTER_REASON], "attempts-exhausted");
-        assert_eq!(d.headers[header::ERROR], format!("cannot store {seq}"));
-        assert_eq!(d.headers[header::ATTEMPTS], "2");
-        assert_eq!(d.headers[header::ORIGINAL_CHANNEL], ch.name());
-        assert!(d.headers[header::FIRST_FAILED_AT].parse::<u64>().is_ok());
+        let seq = d.message().unwrap().seq;
+        assert_eq!(d.reason, Some(DeadLetterReason::AttemptsExhausted));
+        assert_eq!(d.error.as_deref(), Some(&*format!("cannot store {seq}")));
+        assert_eq!(d.attempts, 2);
+        assert_eq!(&*d.channel, ch.name());
+        let (first, dead_at) = (d.first_failed_at.unwrap(), d.dead_lettered_at.unwrap());
+        assert!(
+            first <= dead_at,
+            "failed first at {first:?}, dead at {dead_at:?}"
+        );
+        // Raw too: the headers every broker carries.
+        assert_eq!(
+            d.envelope.headers[header::DEAD_LETTER_REASON],
+            "attempts-exhausted"
+        );
     }
 }
 
@@ -325,9 +325,9 @@ pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
         "no retries after a permanent error"
     );
     for d in dead {
-        assert_eq!(d.headers[header::DEAD_LETTER_REASON], "permanent-error");
-        assert_eq!(d.headers[header::ATTEMPTS], "1");
-        assert_eq!(d.headers[header::ERROR], "schema mismatch");
+        assert_eq!(d.reason, Some(DeadLetterReason::PermanentError));
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.error.as_deref(), Some("schema mismatch"));
     }
 }
 
@@ -357,12 +357,13 @@ pub async fn undecodable_payload_dead_lettered_and_consumer_continues(t: &Target
     let dead = wait_for_dead_letters(&router, ch, N, "garbage dead-lettered").await;
     router.shutdown().await.unwrap();
     for d in dead {
-        assert_eq!(d.headers[header::DEAD_LETTER_REASON], "undecodable");
+        assert_eq!(d.reason, Some(DeadLetterReason::Undecodable));
         assert!(
-            d.payload.starts_with(b"not json"),
+            d.payload().starts_with(b"not json"),
             "the original bytes are kept"
         );
-        assert_eq!(d.headers[header::ATTEMPTS], "1", "decoding is not retried");
+        assert_eq!(d.message().unwrap_err().kind(), ErrorKind::Decode);
+        assert_eq!(d.attempts, 1, "decoding is not retried");
     }
 }
 
@@ -407,10 +408,10 @@ pub async fn foreign_payloads_dead_lettered_among_valid_ones(t: &Target) {
     );
     assert!(dead
         .iter()
-        .all(|d| d.headers[header::DEAD_LETTER_REASON] == "undecodable"));
+        .all(|d| d.reason == Some(DeadLetterReason::Undecodable)));
     let not_json = dead
         .iter()
-        .filter(|d| d.payload.as_ref() == b"\x01not json")
+        .filter(|d| d.payload().as_ref() == b"\x01not json")
         .count() as u64;
     assert_eq!(not_json, POISON.div_ceil(3), "dead letters keep the bytes");
     assert_eq!(
@@ -872,6 +873,94 @@ pub async fn dead_letters_can_be_replayed(t: &Target) {
     router.shutdown().await.unwrap();
 }
 
+/// Dead letters can be replayed or discarded by id or by reason, leaving the others
+/// as they were; where the backend takes them oldest first only (Kafka), a selection
+/// is `Unsupported` and taking them all works.
+pub async fn dead_letters_replayed_and_discarded_by_id_and_reason(t: &Target) {
+    require!(t, retry && dead_letters);
+    const N: u64 = 6;
+    let ch = unique_channel::<TestMessage>("dead_selected");
+    let healed = Arc::new(AtomicBool::new(false));
+    let rec = Recorder::default();
+    let handler = {
+        let (rec, healed) = (rec.clone(), healed.clone());
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let (rec, healed) = (rec.clone(), healed.clone());
+            async move {
+                if healed.load(Ordering::SeqCst) {
+                    rec.record(seen(&m, &cx, 0));
+                    return Ok(());
+                }
+                // Even: permanent-error; odd: attempts-exhausted.
+                match m.seq % 2 {
+                    0 => Err(HandlerError::permanent("rejected")),
+                    _ => Err(HandlerError::retryable("unavailable")),
+                }
+            }
+        })
+    };
+    let router = t.router("").handle(ch, handler).start().await.unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    let dead = wait_for_dead_letters(&router, ch, N, "all dead-lettered").await;
+    healed.store(true, Ordering::SeqCst);
+    let seq_of = |id: &str| {
+        dead.iter()
+            .find(|d| &*d.id == id)
+            .map(|d| d.message().unwrap().seq)
+            .unwrap()
+    };
+    let first = dead.iter().find(|d| d.message().unwrap().seq == 0).unwrap();
+    let by_id = DeadLetterSelector::ids([first.id.clone()]);
+    match router.discard_dead_letters(ch, &by_id, 10).await {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            assert!(t.name.starts_with("kafka"), "{}: {e}", t.name);
+            let all = DeadLetterSelector::All;
+            assert_eq!(router.discard_dead_letters(ch, &all, 1).await.unwrap(), 1);
+            assert_eq!(
+                router.replay_dead_letters(ch, 100).await.unwrap() as u64,
+                N - 1
+            );
+            wait_until("the replayed handled", LONG, || {
+                rec.distinct() as u64 == N - 1
+            })
+            .await;
+        }
+        Ok(discarded) => {
+            assert_eq!(discarded, 1, "the one id");
+            let permanent = DeadLetterSelector::Reason(DeadLetterReason::PermanentError);
+            let replayed = router
+                .replay_dead_letters_matching(ch, &permanent, 100)
+                .await
+                .unwrap();
+            assert_eq!(replayed, 2, "seq 2 and 4; seq 0 was discarded");
+            wait_until("the replayed handled", LONG, || rec.distinct() == 2).await;
+            let mut handled: Vec<u64> = rec.all().iter().map(|s| s.seq).collect();
+            handled.sort();
+            assert_eq!(handled, vec![2, 4]);
+            let left = router.dead_letters(ch, 100).await.unwrap();
+            let mut left_seqs: Vec<u64> = left.iter().map(|d| seq_of(&d.id)).collect();
+            left_seqs.sort();
+            assert_eq!(left_seqs, vec![1, 3, 5], "the others are as they were");
+            assert!(left
+                .iter()
+                .all(|d| d.reason == Some(DeadLetterReason::AttemptsExhausted)));
+            let exhausted = DeadLetterSelector::Reason(DeadLetterReason::AttemptsExhausted);
+            assert_eq!(
+                router
+                    .discard_dead_letters(ch, &exhausted, 100)
+                    .await
+                    .unwrap(),
+                3
+            );
+        }
+    }
+    assert!(router.dead_letters(ch, 100).await.unwrap().is_empty());
+    router.shutdown().await.unwrap();
+}
+
 /// A consumer never holds more unsettled messages than its prefetch window.
 pub async fn in_flight_window_is_bounded(t: &Target) {
     const N: u64 = 300;
@@ -1144,8 +1233,7 @@ pub async fn channel_named_at_run_time_takes_pattern_settings(t: &Target) {
     let dead = wait_for_dead_letters(&router, ch, 1, "the dead letter").await;
     router.shutdown().await.unwrap();
     assert_eq!(
-        dead[0].headers[header::ATTEMPTS],
-        "2",
+        dead[0].attempts, 2,
         "the pattern's 2 attempts, not the default 3"
     );
     let attempts: Vec<u32> = rec.all().iter().map(|s| s.attempt).collect();
@@ -1580,6 +1668,7 @@ macro_rules! conformance_cases {
         case!([delay] own_id_key_and_headers_combine_with_delay);
         case!([] routers_share_one_broker_connection);
         case!([] provisioned_group_receives_what_was_published_before_its_members);
+        case!([retry, dead_letters] dead_letters_replayed_and_discarded_by_id_and_reason);
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn declared_lacks_match_capabilities() {

@@ -273,7 +273,7 @@ pub async fn wait_for_dead_letters<M>(
     channel: Channel<M>,
     n: u64,
     what: &str,
-) -> Vec<anybroker::Envelope> {
+) -> Vec<anybroker::DeadLetterRecord<M>> {
     wait_until_async(what, LONG, || {
         let router = router.clone();
         async move { router.dead_letters(channel, 10_000).await.unwrap().len() as u64 == n }

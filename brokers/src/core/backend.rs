@@ -9,7 +9,10 @@ use std::future::{ready, Future};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Capabilities, Envelope, Error, Result, SubscribeOptions, Subscription};
+use super::{
+    Capabilities, DeadLetterAction, DeadLetterSelector, Envelope, Error, Result, SubscribeOptions,
+    Subscription,
+};
 pub use crate::BrokerKind;
 
 impl std::fmt::Display for BrokerKind {
@@ -114,12 +117,19 @@ pub trait BackendChannel: Send + Sync + 'static {
         ready(Err(lacks("dead_letters", "dead-letters")))
     }
 
-    /// Moves up to `limit` dead letters back onto the channel, oldest first, as the
-    /// same messages (same id) on attempt 1, at most what was there when it started;
-    /// returns how many moved. Capability `dead_letters`.
-    fn replay_dead_letters(&self, limit: usize) -> impl Future<Output = Result<usize>> + Send {
-        let _ = limit;
-        ready(Err(lacks("replay_dead_letters", "dead-letters")))
+    /// Replays or discards up to `limit` of the dead letters `selector` picks, oldest
+    /// first, among those there when it started; returns how many. A replayed dead
+    /// letter is published on the channel as the same message (same id) on attempt 1,
+    /// then removed: a crash in between may leave a copy, never lose one. Capability
+    /// `dead_letters`.
+    fn settle_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize>> + Send {
+        let _ = (selector, limit);
+        ready(Err(lacks(action.operation(), "dead-letters")))
     }
 
     /// Sends a request and waits up to `timeout` for the reply of a handler. A reply
@@ -264,12 +274,16 @@ macro_rules! channel_enum {
                 match self { $( $name::$variant(c) => $future::$variant(c.dead_letters(limit)), )+ }
             }
 
-            fn replay_dead_letters(
+            fn settle_dead_letters(
                 &self,
+                selector: &$crate::DeadLetterSelector,
+                action: $crate::DeadLetterAction,
                 limit: usize,
             ) -> impl std::future::Future<Output = $crate::Result<usize>> + Send {
                 match self {
-                    $( $name::$variant(c) => $future::$variant(c.replay_dead_letters(limit)), )+
+                    $( $name::$variant(c) => {
+                        $future::$variant(c.settle_dead_letters(selector, action, limit))
+                    } )+
                 }
             }
 

@@ -213,6 +213,17 @@ impl DeadLetterReason {
             DeadLetterReason::Undecodable => "undecodable",
         }
     }
+
+    /// The reason a header value names, if it names one.
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            DeadLetterReason::AttemptsExhausted,
+            DeadLetterReason::PermanentError,
+            DeadLetterReason::Undecodable,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == value)
+    }
 }
 
 /// What the dead letter records about the failure.

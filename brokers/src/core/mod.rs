@@ -2,6 +2,7 @@
 
 mod backend;
 mod capabilities;
+mod dead_letters;
 mod envelope;
 mod error;
 // Used by the server backends only: a build with none of their features has no user.
@@ -14,6 +15,7 @@ mod subscription;
 
 pub use backend::{Backend, BackendChannel, BrokerKind, ChannelSpec, Unbuilt};
 pub use capabilities::{Capabilities, NewGroupStart};
+pub use dead_letters::{DeadLetterAction, DeadLetterSelector};
 pub use envelope::{
     header, unix_micros, unix_millis, DeadLetter, DeadLetterReason, Envelope, Headers,
     CONTENT_TYPE_JSON,

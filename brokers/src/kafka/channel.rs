@@ -15,6 +15,7 @@ use super::error::from_kafka;
 use super::subscription::KafkaSubscription;
 use super::names::Topics;
 use crate::core::{
+    DeadLetterAction, DeadLetterSelector,
     unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result,
     SubscribeOptions, Subscription,
 };
@@ -118,9 +119,15 @@ impl KafkaChannel {
         .map_err(|e| from_kafka(e, "provision"))
     }
 
-    /// Reads the dead letters past the replay cursor, up to `limit`; with `replay`,
-    /// produces each to the channel as a fresh message and moves the cursor past it.
-    async fn with_dead_letters(&self, limit: usize, replay: bool) -> Result<(Vec<Envelope>, usize)> {
+    /// Reads the dead letters past the replay cursor, up to `limit`; with an `action`,
+    /// replays (produces each to the channel as the same message on attempt 1) or
+    /// discards them, moving the cursor past each.
+    async fn with_dead_letters(
+        &self,
+        limit: usize,
+        action: Option<DeadLetterAction>,
+    ) -> Result<(Vec<Envelope>, usize)> {
+        let operation = action.map_or("dead_letters", DeadLetterAction::operation);
         let channel = &*self.name;
         let topic = Topics::dead_letters(channel);
         self.connection
@@ -211,16 +218,21 @@ impl KafkaChannel {
                 continue;
             }
             let (envelope, _) = from_record(&self.name, &m);
-            if replay {
-                let replayed = envelope.into_replayed();
-                self.connection.produce(channel, &replayed, &[]).await?;
-                cursor
-                    .add_partition_offset(&topic, m.partition(), Offset::Offset(m.offset() + 1))
-                    .map_err(|e| from_kafka(e, "replay dead letters"))?;
-                moved += 1;
-            } else {
-                read.push(envelope);
+            match action {
+                None => {
+                    read.push(envelope);
+                    continue;
+                }
+                Some(DeadLetterAction::Replay) => {
+                    let replayed = envelope.into_replayed();
+                    self.connection.produce(channel, &replayed, &[]).await?;
+                }
+                Some(_) => {}
             }
+            cursor
+                .add_partition_offset(&topic, m.partition(), Offset::Offset(m.offset() + 1))
+                .map_err(|e| from_kafka(e, operation))?;
+            moved += 1;
         }
         drop(messages);
         if moved > 0 {
@@ -228,7 +240,7 @@ impl KafkaChannel {
             tokio::task::spawn_blocking(move || c.commit(&cursor, CommitMode::Sync))
                 .await
                 .expect("commit")
-                .map_err(|e| from_kafka(e, "replay dead letters"))?;
+                .map_err(|e| from_kafka(e, operation))?;
         }
         Ok((read, moved))
     }
@@ -279,10 +291,23 @@ impl BackendChannel for KafkaChannel {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
-        Ok(self.with_dead_letters(limit, false).await?.0)
+        Ok(self.with_dead_letters(limit, None).await?.0)
     }
 
-    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
-        Ok(self.with_dead_letters(limit, true).await?.1)
+    async fn settle_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> Result<usize> {
+        // The dead letters are a topic read through one cursor: what is before it is
+        // done. Taking some and leaving older ones would need a record of each.
+        if *selector != DeadLetterSelector::All {
+            return Err(Error::unsupported(format!(
+                "{}: Kafka keeps dead letters in a topic read in order through one cursor; it takes them oldest first (DeadLetterSelector::All), not by id or reason",
+                action.operation()
+            )));
+        }
+        Ok(self.with_dead_letters(limit, Some(action)).await?.1)
     }
 }

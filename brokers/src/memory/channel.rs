@@ -10,6 +10,7 @@ use super::connection::Connection;
 use super::subscription::MemorySubscription;
 use super::topic::{Group, Timed, Topic};
 use crate::core::{
+    DeadLetterAction, DeadLetterSelector,
     BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result, SubscribeOptions,
     Subscription,
 };
@@ -135,17 +136,30 @@ impl BackendChannel for MemoryChannel {
         Ok(state.dead.iter().take(limit).cloned().collect())
     }
 
-    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
-        let moved = {
+    async fn settle_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> Result<usize> {
+        let settled = {
             let mut state = self.topic.lock();
-            let n = limit.min(state.dead.len());
-            for _ in 0..n {
-                let dead = state.dead.pop_front().expect("counted");
-                state.log.push_back(dead.into_replayed());
+            let mut settled = 0;
+            let mut kept = std::collections::VecDeque::with_capacity(state.dead.len());
+            while let Some(dead) = state.dead.pop_front() {
+                if settled == limit || !selector.matches(&dead) {
+                    kept.push_back(dead);
+                    continue;
+                }
+                settled += 1;
+                if action == DeadLetterAction::Replay {
+                    state.log.push_back(dead.into_replayed());
+                }
             }
-            n
+            state.dead = kept;
+            settled
         };
         self.topic.notify.notify_waiters();
-        Ok(moved)
+        Ok(settled)
     }
 }

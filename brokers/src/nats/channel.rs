@@ -11,6 +11,7 @@ use super::core_mode::{CoreChannel, CoreSubscription};
 use super::error::from_nats;
 use super::subscription::JetStreamSubscription;
 use crate::core::{
+    DeadLetterAction, DeadLetterSelector,
     unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Result, SubscribeOptions, Subscription,
 };
 
@@ -72,11 +73,13 @@ impl JetStreamChannel {
             .await
     }
 
-    /// Up to `limit` dead letters with their stream sequences, oldest first (read one
-    /// by one by sequence; deleted ones are skipped).
+    /// Up to `limit` dead letters `selector` picks, with their stream sequences, oldest
+    /// first, up to the last one there when the scan began (read one by one by
+    /// sequence; deleted ones are skipped).
     async fn scan_dead_letters(
         &self,
         stream: &mut async_nats::jetstream::stream::Stream,
+        selector: &DeadLetterSelector,
         limit: usize,
     ) -> Result<Vec<(u64, Envelope)>> {
         let info = stream
@@ -90,7 +93,9 @@ impl JetStreamChannel {
             if let Ok(m) = stream.get_raw_message(seq).await {
                 let envelope =
                     from_message(&self.name, || seq.to_string(), Some(&m.headers), m.payload);
-                out.push((seq, envelope));
+                if selector.matches(&envelope) {
+                    out.push((seq, envelope));
+                }
             }
             seq += 1;
         }
@@ -142,31 +147,39 @@ impl BackendChannel for JetStreamChannel {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
         let mut stream = self.dead_letter_stream().await?;
         Ok(self
-            .scan_dead_letters(&mut stream, limit)
+            .scan_dead_letters(&mut stream, &DeadLetterSelector::All, limit)
             .await?
             .into_iter()
             .map(|(_, e)| e)
             .collect())
     }
 
-    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
+    async fn settle_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> Result<usize> {
         let mut stream = self.dead_letter_stream().await?;
-        let dead = self.scan_dead_letters(&mut stream, limit).await?;
-        let mut moved = 0;
+        let dead = self.scan_dead_letters(&mut stream, selector, limit).await?;
+        let mut settled = 0;
         for (seq, envelope) in dead {
-            // Published first, deleted after: a crash in between duplicates, never loses.
-            // Dead letters are published under keys of their own (see the subscription).
-            let ids = same_id_headers(&envelope.id, format!("{}.replay.{seq}", envelope.id));
-            self.connection
-                .js_publish(self.subject.clone(), envelope.into_replayed(), &ids)
-                .await?;
+            if action == DeadLetterAction::Replay {
+                // Published first, deleted after: a crash in between duplicates, never
+                // loses. Dead letters are published under keys of their own (see the
+                // subscription).
+                let ids = same_id_headers(&envelope.id, format!("{}.replay.{seq}", envelope.id));
+                self.connection
+                    .js_publish(self.subject.clone(), envelope.into_replayed(), &ids)
+                    .await?;
+            }
             stream
                 .delete_message(seq)
                 .await
-                .map_err(|e| from_nats(e, "replay_dead_letters"))?;
-            moved += 1;
+                .map_err(|e| from_nats(e, action.operation()))?;
+            settled += 1;
         }
-        Ok(moved)
+        Ok(settled)
     }
 
     async fn request(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope> {

@@ -14,6 +14,7 @@ use super::subscription::{QueueRole, RabbitSubscription};
 use super::names::Names;
 use super::topology;
 use crate::core::{
+    DeadLetterAction, DeadLetterSelector,
     BackendChannel, Capabilities, NewGroupStart, ChannelSpec, Envelope, Error, Result, SubscribeOptions,
     Subscription,
 };
@@ -72,54 +73,71 @@ impl RabbitMqChannel {
         }
     }
 
-    /// Takes up to `limit` dead letters (unacknowledged) on a channel of their own,
-    /// passes them to `each`, then closes the channel, which gives back whatever `each`
-    /// did not ack.
-    async fn with_dead_letters(&self, limit: usize, replay: bool) -> Result<(Vec<Envelope>, usize)> {
+    /// Takes, on a channel of its own, the dead letters there when it starts, oldest
+    /// first, unacknowledged; of those `selector` picks (up to `limit`), reads them
+    /// (`action` `None`) or replays or discards them, acking each. Closing the channel
+    /// gives back the rest in their original order.
+    async fn with_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: Option<DeadLetterAction>,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, usize)> {
         let channel = &*self.name;
+        let operation = action.map_or("dead_letters", DeadLetterAction::operation);
         let session = self.link.session().await?;
         let ch = session.declaring_channel().await?;
         let result = async {
-            let (queue, present) = topology::declare_dead_letters(&ch, channel).await?;
             // No more than were there at the start: a replayed message that fails at
-            // once is dead-lettered again, and must not be replayed again by this call.
-            let limit = limit.min(present as usize);
-            if replay {
+            // once is dead-lettered again, and must not be taken again by this call.
+            let (queue, present) = topology::declare_dead_letters(&ch, channel).await?;
+            if action == Some(DeadLetterAction::Replay) {
                 ch.confirm_select(Default::default())
                     .await
                     .map_err(|e| from_lapin(e, "confirm select"))?;
             }
-            let (mut read, mut moved) = (Vec::new(), 0);
-            while read.len() + moved < limit {
+            let (mut read, mut settled) = (Vec::new(), 0);
+            for _ in 0..present {
+                if read.len() + settled >= limit {
+                    break;
+                }
                 let Some(got) = ch
                     .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                     .await
-                    .map_err(|e| from_lapin(e, "read dead letters"))?
+                    .map_err(|e| from_lapin(e, operation))?
                 else {
                     break;
                 };
                 let delivery = got.delivery;
                 let envelope = from_delivery(&self.name, &delivery.properties, delivery.data);
-                if !replay {
-                    read.push(envelope);
+                if !selector.matches(&envelope) {
                     continue;
                 }
-                // Published (confirmed) first, acked after: a crash in between
-                // duplicates, never loses.
-                let replayed = envelope.into_replayed();
-                publish_confirmed(&ch, &self.route(), &replayed.payload, to_properties(&replayed))
-                    .await?;
+                match action {
+                    None => {
+                        read.push(envelope);
+                        continue;
+                    }
+                    // Published (confirmed) first, acked after: a crash in between
+                    // duplicates, never loses.
+                    Some(DeadLetterAction::Replay) => {
+                        let replayed = envelope.into_replayed();
+                        let properties = to_properties(&replayed);
+                        publish_confirmed(&ch, &self.route(), &replayed.payload, properties)
+                            .await?;
+                    }
+                    Some(_) => {}
+                }
                 delivery
                     .acker
                     .ack(BasicAckOptions::default())
                     .await
-                    .map_err(|e| from_lapin(e, "replay dead letters"))?;
-                moved += 1;
+                    .map_err(|e| from_lapin(e, operation))?;
+                settled += 1;
             }
-            Ok((read, moved))
+            Ok((read, settled))
         }
         .await;
-        // Closing gives back the dead letters only read (in their original order).
         let _ = ch.close(200, "done".into()).await;
         result
     }
@@ -168,11 +186,17 @@ impl BackendChannel for RabbitMqChannel {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
-        Ok(self.with_dead_letters(limit, false).await?.0)
+        let all = DeadLetterSelector::All;
+        Ok(self.with_dead_letters(&all, None, limit).await?.0)
     }
 
-    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
-        Ok(self.with_dead_letters(limit, true).await?.1)
+    async fn settle_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> Result<usize> {
+        Ok(self.with_dead_letters(selector, Some(action), limit).await?.1)
     }
 
     async fn request(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope> {

@@ -12,6 +12,7 @@ use super::pubsub::PubSubChannel;
 use super::subscription::StreamSubscription;
 use super::names::Keys;
 use crate::core::{
+    DeadLetterAction, DeadLetterSelector,
     unix_millis, BackendChannel, Capabilities, NewGroupStart, Envelope, Result, SubscribeOptions, Subscription,
 };
 
@@ -59,28 +60,54 @@ impl StreamChannel {
         }
     }
 
-    /// Up to `limit` entries of the dead-letter stream, oldest first.
-    async fn read_dead_letters(
+    /// Up to `limit` dead letters `selector` picks, oldest first, with their entry ids:
+    /// read a page at a time, up to the last entry there when the scan began.
+    async fn select_dead_letters(
         &self,
+        selector: &DeadLetterSelector,
         limit: usize,
         operation: &'static str,
     ) -> Result<Vec<(String, Envelope)>> {
-        let reply: redis::Value = redis::cmd("XRANGE")
+        const PAGE: usize = 512;
+        let mut conn = self.connection.conn();
+        let newest: redis::Value = redis::cmd("XREVRANGE")
             .arg(&self.dead_letters)
-            .arg("-")
             .arg("+")
+            .arg("-")
             .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.connection.conn())
+            .arg(1)
+            .query_async(&mut conn)
             .await
             .map_err(|e| from_redis(e, operation))?;
-        Ok(parse_entries(reply)?
-            .into_iter()
-            .map(|(id, fields)| {
+        let Some((last, _)) = parse_entries(newest)?.into_iter().next() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut from = "-".to_string();
+        while out.len() < limit {
+            let page: redis::Value = redis::cmd("XRANGE")
+                .arg(&self.dead_letters)
+                .arg(&from)
+                .arg(&last)
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| from_redis(e, operation))?;
+            let entries = parse_entries(page)?;
+            let full_page = entries.len() == PAGE;
+            for (id, fields) in entries {
+                from = format!("({id}");
                 let envelope = from_fields(&self.name, &id, fields);
-                (id, envelope)
-            })
-            .collect())
+                if selector.matches(&envelope) && out.len() < limit {
+                    out.push((id, envelope));
+                }
+            }
+            if !full_page {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -125,12 +152,20 @@ impl BackendChannel for StreamChannel {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
-        let entries = self.read_dead_letters(limit, "dead_letters").await?;
+        let entries = self
+            .select_dead_letters(&DeadLetterSelector::All, limit, "dead_letters")
+            .await?;
         Ok(entries.into_iter().map(|(_, envelope)| envelope).collect())
     }
 
-    async fn replay_dead_letters(&self, limit: usize) -> Result<usize> {
-        let entries = self.read_dead_letters(limit, "replay_dead_letters").await?;
+    async fn settle_dead_letters(
+        &self,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> Result<usize> {
+        let operation = action.operation();
+        let entries = self.select_dead_letters(selector, limit, operation).await?;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -138,15 +173,17 @@ impl BackendChannel for StreamChannel {
         // dead letters. A concurrent replay may add one twice (a duplicate), never lose it.
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let moved = entries.len();
+        let settled = entries.len();
         for (id, envelope) in entries {
-            pipe.add_command(self.connection.xadd(&self.name, &envelope.into_replayed()))
-                .ignore();
+            if action == DeadLetterAction::Replay {
+                pipe.add_command(self.connection.xadd(&self.name, &envelope.into_replayed()))
+                    .ignore();
+            }
             pipe.cmd("XDEL").arg(&self.dead_letters).arg(&id).ignore();
         }
         pipe.query_async::<()>(&mut self.connection.conn())
             .await
-            .map_err(|e| from_redis(e, "replay_dead_letters"))?;
-        Ok(moved)
+            .map_err(|e| from_redis(e, operation))?;
+        Ok(settled)
     }
 }
