@@ -657,8 +657,7 @@ impl MessageRouter {
     }
 
     /// Like [`replay_dead_letters`](Self::replay_dead_letters), for the dead letters
-    /// `selector` picks (by id, by reason). Kafka takes them oldest first only
-    /// (`DeadLetterSelector::All`); another selector there is `Unsupported`.
+    /// `selector` picks (by id, by reason); the others stay as they are.
     pub async fn replay_dead_letters_matching<M>(
         &self,
         channel: Channel<M>,
@@ -672,8 +671,7 @@ impl MessageRouter {
     }
 
     /// Removes up to `limit` of the dead letters of `channel` that `selector` picks,
-    /// oldest first, for good; returns how many. Kafka takes them oldest first only
-    /// (`DeadLetterSelector::All`); another selector there is `Unsupported`.
+    /// oldest first, for good; returns how many. The others stay as they are.
     pub async fn discard_dead_letters<M>(
         &self,
         channel: Channel<M>,

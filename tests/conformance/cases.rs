@@ -874,8 +874,7 @@ pub async fn dead_letters_can_be_replayed(t: &Target) {
 }
 
 /// Dead letters can be replayed or discarded by id or by reason, leaving the others
-/// as they were; where the backend takes them oldest first only (Kafka), a selection
-/// is `Unsupported` and taking them all works.
+/// as they were, and the oldest of those left taken after.
 pub async fn dead_letters_replayed_and_discarded_by_id_and_reason(t: &Target) {
     require!(t, retry && dead_letters);
     const N: u64 = 6;
@@ -913,50 +912,39 @@ pub async fn dead_letters_replayed_and_discarded_by_id_and_reason(t: &Target) {
     };
     let first = dead.iter().find(|d| d.message().unwrap().seq == 0).unwrap();
     let by_id = DeadLetterSelector::ids([first.id.clone()]);
-    match router.discard_dead_letters(ch, &by_id, 10).await {
-        Err(e) => {
-            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-            assert!(t.name.starts_with("kafka"), "{}: {e}", t.name);
-            let all = DeadLetterSelector::All;
-            assert_eq!(router.discard_dead_letters(ch, &all, 1).await.unwrap(), 1);
-            assert_eq!(
-                router.replay_dead_letters(ch, 100).await.unwrap() as u64,
-                N - 1
-            );
-            wait_until("the replayed handled", LONG, || {
-                rec.distinct() as u64 == N - 1
-            })
-            .await;
-        }
-        Ok(discarded) => {
-            assert_eq!(discarded, 1, "the one id");
-            let permanent = DeadLetterSelector::Reason(DeadLetterReason::PermanentError);
-            let replayed = router
-                .replay_dead_letters_matching(ch, &permanent, 100)
-                .await
-                .unwrap();
-            assert_eq!(replayed, 2, "seq 2 and 4; seq 0 was discarded");
-            wait_until("the replayed handled", LONG, || rec.distinct() == 2).await;
-            let mut handled: Vec<u64> = rec.all().iter().map(|s| s.seq).collect();
-            handled.sort();
-            assert_eq!(handled, vec![2, 4]);
-            let left = router.dead_letters(ch, 100).await.unwrap();
-            let mut left_seqs: Vec<u64> = left.iter().map(|d| seq_of(&d.id)).collect();
-            left_seqs.sort();
-            assert_eq!(left_seqs, vec![1, 3, 5], "the others are as they were");
-            assert!(left
-                .iter()
-                .all(|d| d.reason == Some(DeadLetterReason::AttemptsExhausted)));
-            let exhausted = DeadLetterSelector::Reason(DeadLetterReason::AttemptsExhausted);
-            assert_eq!(
-                router
-                    .discard_dead_letters(ch, &exhausted, 100)
-                    .await
-                    .unwrap(),
-                3
-            );
-        }
-    }
+    assert_eq!(
+        router.discard_dead_letters(ch, &by_id, 10).await.unwrap(),
+        1,
+        "the one id"
+    );
+    let permanent = DeadLetterSelector::Reason(DeadLetterReason::PermanentError);
+    let replayed = router
+        .replay_dead_letters_matching(ch, &permanent, 100)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 2, "seq 2 and 4; seq 0 was discarded");
+    wait_until("the replayed handled", LONG, || rec.distinct() == 2).await;
+    let mut handled: Vec<u64> = rec.all().iter().map(|s| s.seq).collect();
+    handled.sort();
+    assert_eq!(handled, vec![2, 4]);
+    let left = router.dead_letters(ch, 100).await.unwrap();
+    let mut left_seqs: Vec<u64> = left.iter().map(|d| seq_of(&d.id)).collect();
+    left_seqs.sort();
+    assert_eq!(left_seqs, vec![1, 3, 5], "the others are as they were");
+    assert!(left
+        .iter()
+        .all(|d| d.reason == Some(DeadLetterReason::AttemptsExhausted)));
+    // The oldest of the rest, then the others by reason.
+    assert_eq!(router.replay_dead_letters(ch, 1).await.unwrap(), 1);
+    wait_until("the oldest left handled", LONG, || rec.distinct() == 3).await;
+    let exhausted = DeadLetterSelector::Reason(DeadLetterReason::AttemptsExhausted);
+    assert_eq!(
+        router
+            .discard_dead_letters(ch, &exhausted, 100)
+            .await
+            .unwrap(),
+        2
+    );
     assert!(router.dead_letters(ch, 100).await.unwrap().is_empty());
     router.shutdown().await.unwrap();
 }

@@ -4,19 +4,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::codec::{from_record, DUE};
+use super::codec::DUE;
 use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
+use super::dead_letters::with_dead_letters;
 use super::subscription::KafkaSubscription;
 use super::names::Topics;
 use crate::core::{
     DeadLetterAction, DeadLetterSelector,
-    unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result,
+    unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Error, Result,
     SubscribeOptions, Subscription,
 };
 
@@ -119,131 +118,6 @@ impl KafkaChannel {
         .map_err(|e| from_kafka(e, "provision"))
     }
 
-    /// Reads the dead letters past the replay cursor, up to `limit`; with an `action`,
-    /// replays (produces each to the channel as the same message on attempt 1) or
-    /// discards them, moving the cursor past each.
-    async fn with_dead_letters(
-        &self,
-        limit: usize,
-        action: Option<DeadLetterAction>,
-    ) -> Result<(Vec<Envelope>, usize)> {
-        let operation = action.map_or("dead_letters", DeadLetterAction::operation);
-        let channel = &*self.name;
-        let topic = Topics::dead_letters(channel);
-        self.connection
-            .ensure_topics(std::slice::from_ref(&topic))
-            .await?;
-        let group = Topics::replay_group(channel);
-        let consumer: Arc<StreamConsumer> = Arc::new(
-            client_config(
-                &self.connection.config,
-                Client::Consumer,
-                &[
-                    ("group.id", &group),
-                    ("enable.auto.commit", "false"),
-                    ("auto.offset.reset", "earliest"),
-                ],
-            )
-            .create()
-            .map_err(|e| from_kafka(e, "dead letters"))?,
-        );
-        // Per partition: where the cursor is (committed offset, else the oldest
-        // retained record) and where the partition ends now; reading stops there.
-        let ranges: Vec<(i32, i64, i64)> = {
-            let (consumer, topic) = (consumer.clone(), topic.clone());
-            tokio::task::spawn_blocking(
-                move || -> rdkafka::error::KafkaResult<Vec<(i32, i64, i64)>> {
-                    let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
-                    let partitions: Vec<i32> = metadata
-                        .topics()
-                        .iter()
-                        .filter(|t| t.name() == topic)
-                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                        .collect();
-                    let mut all = TopicPartitionList::new();
-                    for p in &partitions {
-                        all.add_partition(&topic, *p);
-                    }
-                    let committed = consumer.committed_offsets(all, CALL_TIMEOUT)?;
-                    let mut ranges = Vec::new();
-                    let mut assignment = TopicPartitionList::new();
-                    for p in partitions {
-                        let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
-                        let start = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                            Some(Offset::Offset(o)) => o.max(low),
-                            _ => low,
-                        };
-                        assignment.add_partition_offset(&topic, p, Offset::Offset(start))?;
-                        if start < high {
-                            ranges.push((p, start, high));
-                        }
-                    }
-                    consumer.assign(&assignment)?;
-                    Ok(ranges)
-                },
-            )
-            .await
-            .expect("dead-letter reader")
-            .map_err(|e| from_kafka(e, "dead letters"))?
-        };
-        let mut remaining: std::collections::HashMap<i32, i64> =
-            ranges.into_iter().map(|(p, _, high)| (p, high)).collect();
-        let mut read = Vec::new();
-        let mut moved = 0;
-        let mut cursor = TopicPartitionList::new();
-        let mut messages = consumer.stream();
-        // What was dead-lettered when the call began: up to each partition's high
-        // watermark; a record written since is left to the next call.
-        while read.len() + moved < limit && !remaining.is_empty() {
-            let m = match tokio::time::timeout(CALL_TIMEOUT, messages.next()).await {
-                Ok(Some(Ok(m))) => m.detach(),
-                Ok(Some(Err(e))) => return Err(from_kafka(e, "dead letters")),
-                Ok(None) => break,
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "dead letters of {channel:?} did not arrive within {CALL_TIMEOUT:?}"
-                        ),
-                    ))
-                }
-            };
-            let Some(&high) = remaining.get(&m.partition()) else {
-                continue;
-            };
-            if m.offset() + 1 >= high {
-                remaining.remove(&m.partition());
-            }
-            if m.offset() >= high {
-                continue;
-            }
-            let (envelope, _) = from_record(&self.name, &m);
-            match action {
-                None => {
-                    read.push(envelope);
-                    continue;
-                }
-                Some(DeadLetterAction::Replay) => {
-                    let replayed = envelope.into_replayed();
-                    self.connection.produce(channel, &replayed, &[]).await?;
-                }
-                Some(_) => {}
-            }
-            cursor
-                .add_partition_offset(&topic, m.partition(), Offset::Offset(m.offset() + 1))
-                .map_err(|e| from_kafka(e, operation))?;
-            moved += 1;
-        }
-        drop(messages);
-        if moved > 0 {
-            let c = consumer.clone();
-            tokio::task::spawn_blocking(move || c.commit(&cursor, CommitMode::Sync))
-                .await
-                .expect("commit")
-                .map_err(|e| from_kafka(e, operation))?;
-        }
-        Ok((read, moved))
-    }
 }
 
 impl BackendChannel for KafkaChannel {
@@ -291,7 +165,9 @@ impl BackendChannel for KafkaChannel {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
-        Ok(self.with_dead_letters(limit, None).await?.0)
+        let all = DeadLetterSelector::All;
+        let read = with_dead_letters(&self.connection, &self.name, &all, None, limit).await?;
+        Ok(read.0)
     }
 
     async fn settle_dead_letters(
@@ -300,14 +176,8 @@ impl BackendChannel for KafkaChannel {
         action: DeadLetterAction,
         limit: usize,
     ) -> Result<usize> {
-        // The dead letters are a topic read through one cursor: what is before it is
-        // done. Taking some and leaving older ones would need a record of each.
-        if *selector != DeadLetterSelector::All {
-            return Err(Error::unsupported(format!(
-                "{}: Kafka keeps dead letters in a topic read in order through one cursor; it takes them oldest first (DeadLetterSelector::All), not by id or reason",
-                action.operation()
-            )));
-        }
-        Ok(self.with_dead_letters(limit, Some(action)).await?.1)
+        let settled =
+            with_dead_letters(&self.connection, &self.name, selector, Some(action), limit).await?;
+        Ok(settled.1)
     }
 }

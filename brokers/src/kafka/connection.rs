@@ -263,6 +263,27 @@ impl Connection {
         if let Some(k) = &envelope.key {
             record = record.key(k.as_bytes());
         }
+        self.send(record).await
+    }
+
+    /// Writes to `partition` of the dead-letter topic `topic` a marker saying the
+    /// record at `offset` there is settled (see `dead_letters`).
+    pub(crate) async fn produce_marker(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        let offset = offset.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: super::dead_letters::SETTLES,
+            value: Some(offset.as_bytes()),
+        });
+        let record = FutureRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .payload(&[])
+            .headers(headers);
+        self.send(record).await
+    }
+
+    /// Sends `record` and waits for the broker's acknowledgement, waiting for room
+    /// while the producer's local queue is full.
+    async fn send(&self, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<()> {
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => {

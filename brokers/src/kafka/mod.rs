@@ -20,7 +20,9 @@
 //!   counts as finished; the headers carry reason, error, attempts and the original
 //!   topic/partition/offset. Records cannot be deleted from a topic, so reading and
 //!   replaying go through a cursor (the committed offset of the group
-//!   `anybroker-dlt-<C>`): replay produces what is past it to `C` and moves it;
+//!   `anybroker-dlt-<C>`): replay produces what is past it to `C` and moves it; one
+//!   taken out of order (by id or reason) is marked settled by a marker record after
+//!   it, which readers skip (`dead_letters.rs`);
 //! - delay: `C-delay`, read by every group with the same due-time pause.
 //!
 //! The config is always compiled; the client only with the `kafka` feature.
@@ -35,6 +37,8 @@ mod channel;
 mod codec;
 #[cfg(feature = "kafka")]
 mod connection;
+#[cfg(feature = "kafka")]
+mod dead_letters;
 #[cfg(feature = "kafka")]
 mod error;
 #[cfg(feature = "kafka")]
