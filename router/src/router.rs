@@ -664,9 +664,7 @@ impl MessageRouter {
         selector: &DeadLetterSelector,
         limit: usize,
     ) -> Result<usize> {
-        let route = self.inner.route(channel.name()).await?;
-        route
-            .settle_dead_letters(selector, DeadLetterAction::Replay, limit)
+        self.settle_dead_letters(channel, selector, DeadLetterAction::Replay, limit)
             .await
     }
 
@@ -678,10 +676,19 @@ impl MessageRouter {
         selector: &DeadLetterSelector,
         limit: usize,
     ) -> Result<usize> {
-        let route = self.inner.route(channel.name()).await?;
-        route
-            .settle_dead_letters(selector, DeadLetterAction::Discard, limit)
+        self.settle_dead_letters(channel, selector, DeadLetterAction::Discard, limit)
             .await
+    }
+
+    async fn settle_dead_letters<M>(
+        &self,
+        channel: Channel<M>,
+        selector: &DeadLetterSelector,
+        action: DeadLetterAction,
+        limit: usize,
+    ) -> Result<usize> {
+        let route = self.inner.route(channel.name()).await?;
+        route.settle_dead_letters(selector, action, limit).await
     }
 
     /// Stops fetching, lets in-flight handlers finish and settles them, gives back

@@ -38,6 +38,39 @@ fn recording(rec: &Recorder, handler: usize) -> impl anybroker::MessageHandler<T
     })
 }
 
+/// How many handlers run at once, and the most that ran together.
+#[derive(Clone, Default)]
+struct InFlight {
+    now: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+}
+
+impl InFlight {
+    fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// A recording handler that takes `pause` per call, counted in `in_flight` meanwhile.
+fn recording_in_flight(
+    rec: &Recorder,
+    in_flight: &InFlight,
+    pause: Duration,
+) -> impl anybroker::MessageHandler<TestMessage> {
+    let (rec, in_flight) = (rec.clone(), in_flight.clone());
+    handler_fn(move |m: TestMessage, cx: MessageContext| {
+        let (rec, in_flight) = (rec.clone(), in_flight.clone());
+        async move {
+            let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+            in_flight.max.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(pause).await;
+            in_flight.now.fetch_sub(1, Ordering::SeqCst);
+            rec.record(seen(&m, &cx, 0));
+            Ok(())
+        }
+    })
+}
+
 /// Every published message is delivered, with payload, key and headers intact and a
 /// unique id.
 pub async fn publish_then_subscribe_delivers_all(t: &Target) {
@@ -954,36 +987,16 @@ pub async fn in_flight_window_is_bounded(t: &Target) {
     const N: u64 = 300;
     const WINDOW: usize = 8;
     let ch = unique_channel::<TestMessage>("window");
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let max_in_flight = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (in_flight, max_in_flight, done) =
-            (in_flight.clone(), max_in_flight.clone(), done.clone());
-        handler_fn(move |_m: TestMessage, _cx: MessageContext| {
-            let (in_flight, max_in_flight, done) =
-                (in_flight.clone(), max_in_flight.clone(), done.clone());
-            async move {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                max_in_flight.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                done.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
-    };
+    let (rec, in_flight) = (Recorder::default(), InFlight::default());
+    let handler = recording_in_flight(&rec, &in_flight, Duration::from_millis(1));
     let toml = channel_toml(ch, &format!("prefetch = {WINDOW}"));
     let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
     for i in 0..N {
         router.publish(ch, &TestMessage::new(i)).await.unwrap();
     }
-    wait_until("all handled", LONG, || {
-        done.load(Ordering::SeqCst) as u64 >= N
-    })
-    .await;
+    wait_until("all handled", LONG, || rec.len() as u64 >= N).await;
     router.shutdown().await.unwrap();
-    let max = max_in_flight.load(Ordering::SeqCst);
+    let max = in_flight.max();
     assert!(max <= WINDOW, "{max} in flight with a window of {WINDOW}");
     assert!(max >= 2, "the window allows concurrency ({max})");
 }
@@ -1291,25 +1304,8 @@ pub async fn handler_retry_policy_overrides_config(t: &Target) {
 pub async fn handler_prefetch_overrides_config(t: &Target) {
     const N: u64 = 60;
     let ch = unique_channel::<TestMessage>("handler_prefetch");
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let max_in_flight = Arc::new(AtomicUsize::new(0));
-    let rec = Recorder::default();
-    let handler = {
-        let (in_flight, max_in_flight, rec) =
-            (in_flight.clone(), max_in_flight.clone(), rec.clone());
-        handler_fn(move |m: TestMessage, cx: MessageContext| {
-            let (in_flight, max_in_flight, rec) =
-                (in_flight.clone(), max_in_flight.clone(), rec.clone());
-            async move {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                max_in_flight.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                rec.record(seen(&m, &cx, 0));
-                Ok(())
-            }
-        })
-    };
+    let (rec, in_flight) = (Recorder::default(), InFlight::default());
+    let handler = recording_in_flight(&rec, &in_flight, Duration::from_millis(2));
     let toml = channel_toml(ch, "prefetch = 64");
     let router = t
         .router(&toml)
@@ -1322,7 +1318,7 @@ pub async fn handler_prefetch_overrides_config(t: &Target) {
     }
     wait_until("all handled", LONG, || rec.distinct() as u64 == N).await;
     router.shutdown().await.unwrap();
-    let max = max_in_flight.load(Ordering::SeqCst);
+    let max = in_flight.max();
     assert!(
         max <= 2,
         "{max} in flight with the handler's prefetch of 2 (config: 64)"
