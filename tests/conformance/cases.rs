@@ -1402,19 +1402,13 @@ pub async fn routers_share_one_broker_connection(t: &Target) {
     let ch = unique_channel::<TestMessage>("shared_connection");
     let broker = t.connect().await;
     let rec = Recorder::default();
-    let consumer = t
-        .router("")
-        .with_broker("target", broker.clone())
+    let sharing = || t.router("").with_broker("target", broker.clone());
+    let consumer = sharing()
         .handle(ch, recording(&rec, 0))
         .start()
         .await
         .unwrap();
-    let publisher = t
-        .router("")
-        .with_broker("target", broker.clone())
-        .start()
-        .await
-        .unwrap();
+    let publisher = sharing().start().await.unwrap();
     publisher.publish(ch, &TestMessage::new(1)).await.unwrap();
     wait_until("the first delivered", LONG, || rec.len() == 1).await;
     publisher.shutdown().await.unwrap();
@@ -1422,12 +1416,7 @@ pub async fn routers_share_one_broker_connection(t: &Target) {
         !broker.is_closed(),
         "a router does not close a shared broker"
     );
-    let another = t
-        .router("")
-        .with_broker("target", broker.clone())
-        .start()
-        .await
-        .unwrap();
+    let another = sharing().start().await.unwrap();
     another.publish(ch, &TestMessage::new(2)).await.unwrap();
     wait_until("the second delivered", LONG, || rec.len() == 2).await;
     consumer.shutdown().await.unwrap();
