@@ -420,3 +420,63 @@ async fn provision_groups_from_config_exist_from_start() {
     second.shutdown().await.unwrap();
     publisher.shutdown().await.unwrap();
 }
+
+/// On tokio's paused clock the embedded broker's backoff runs on virtual time (the
+/// runtime jumps to the next timer when every task waits): a 5-attempt policy starting
+/// at 30 s has its attempts 30 s, 60 s, 120 s and then `max` (200 s) apart.
+#[tokio::test(start_paused = true)]
+async fn retries_run_on_virtual_time() {
+    let ch = unique_channel::<Numbered>("virtual_time");
+    let mut config = config(0, "1s");
+    config
+        .channels
+        .entry(ch.name().to_string())
+        .or_default()
+        .retry = Some(
+        anybroker::RetryPolicy::new(5)
+            .initial(Duration::from_secs(30))
+            .multiplier(2.0)
+            .max(Duration::from_secs(200)),
+    );
+    let attempts: Arc<Mutex<Vec<(u32, tokio::time::Instant)>>> = Arc::default();
+    let handler = {
+        let attempts = attempts.clone();
+        handler_fn(move |_m: Numbered, cx: MessageContext| {
+            attempts
+                .lock()
+                .unwrap()
+                .push((cx.attempt(), tokio::time::Instant::now()));
+            async { Err::<(), _>(anybroker::HandlerError::retryable("down")) }
+        })
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    router.publish(ch, &Numbered { seq: 1 }).await.unwrap();
+    wait_until("dead-lettered", Duration::from_secs(3600), || {
+        attempts.lock().unwrap().len() == 5
+    })
+    .await;
+    common::wait_until_async("the dead letter", Duration::from_secs(3600), || {
+        let router = router.clone();
+        async move { !router.dead_letters(ch, 10).await.unwrap().is_empty() }
+    })
+    .await;
+    let dead = router.dead_letters(ch, 10).await.unwrap();
+    router.shutdown().await.unwrap();
+    assert_eq!(dead[0].attempts, 5);
+    let attempts = attempts.lock().unwrap().clone();
+    let numbers: Vec<u32> = attempts.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
+    let gaps: Vec<u64> = attempts
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).as_secs())
+        .collect();
+    assert_eq!(
+        gaps,
+        vec![30, 60, 120, 200],
+        "virtual seconds between attempts"
+    );
+}

@@ -100,8 +100,34 @@ pub struct MessageContext {
 }
 
 impl MessageContext {
-    pub(crate) fn new(envelope: Envelope, broker: Arc<str>) -> Self {
-        MessageContext { envelope, broker }
+    /// The context of `envelope` delivered by the broker named `broker`: what the
+    /// router hands a handler, and what a test builds to call one directly.
+    ///
+    /// ```
+    /// use anybroker::{handler_fn, Envelope, MessageContext, MessageHandler};
+    /// # #[derive(serde::Deserialize)] struct Alarm { message: String }
+    /// # tokio_test_block_on(async {
+    /// let handler = handler_fn(|alarm: Alarm, cx: MessageContext| async move {
+    ///     assert_eq!((alarm.message.as_str(), cx.attempt(), cx.key()), ("disk full", 3, Some("rack-7")));
+    ///     Ok(())
+    /// });
+    /// let envelope = Envelope::new("alarm.to.log", &b"{}"[..])
+    ///     .with_id("alarm-1")
+    ///     .with_key("rack-7")
+    ///     .with_header("tenant", "acme")
+    ///     .with_attempt(3);
+    /// let cx = MessageContext::new(envelope, "test");
+    /// handler.handle(Alarm { message: "disk full".into() }, &cx).await.unwrap();
+    /// # });
+    /// # fn tokio_test_block_on(f: impl std::future::Future<Output = ()>) {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    pub fn new(envelope: Envelope, broker: impl Into<Arc<str>>) -> Self {
+        MessageContext {
+            envelope,
+            broker: broker.into(),
+        }
     }
 
     /// The message id, unique per publish.

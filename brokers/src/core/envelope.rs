@@ -108,6 +108,13 @@ impl Envelope {
         self
     }
 
+    /// Sets the delivery attempt (1 for the first), e.g. to build the context of a
+    /// redelivery in a test.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
     /// Sets the id (e.g. to re-publish a message idempotently).
     pub fn with_id(mut self, id: impl Into<Arc<str>>) -> Self {
         self.id = id.into();
