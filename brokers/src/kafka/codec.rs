@@ -21,6 +21,9 @@ pub(crate) const GROUP: &str = "anybroker-group";
 pub(crate) const ORIGINAL_TOPIC: &str = "x-anybroker-original-topic";
 pub(crate) const ORIGINAL_PARTITION: &str = "x-anybroker-original-partition";
 pub(crate) const ORIGINAL_OFFSET: &str = "x-anybroker-original-offset";
+/// The header of a marker record in the dead-letter topic: the offset, in the marker's
+/// partition, of the dead letter it settles (`dead_letters.rs`).
+pub(crate) const SETTLES: &str = "x-anybroker-settles";
 
 /// The headers carrying `envelope`'s metadata and application headers, plus `extra`
 /// (due time, group).

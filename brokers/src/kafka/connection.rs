@@ -11,7 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::codec::to_headers;
+use super::codec::{to_headers, SETTLES};
 use super::error::from_kafka;
 use super::config::KafkaConfig;
 use super::names::Topics;
@@ -271,7 +271,7 @@ impl Connection {
     pub(crate) async fn produce_marker(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
         let offset = offset.to_string();
         let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-            key: super::dead_letters::SETTLES,
+            key: SETTLES,
             value: Some(offset.as_bytes()),
         });
         let record = FutureRecord::<[u8], [u8]>::to(topic)

@@ -16,15 +16,11 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::codec::from_record;
+use super::codec::{from_record, SETTLES};
 use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
 use super::names::Topics;
 use crate::core::{DeadLetterAction, DeadLetterSelector, Envelope, Error, ErrorKind, Result};
-
-/// The header of a marker record: the offset, in the marker's partition, of the dead
-/// letter it settles.
-pub(crate) const SETTLES: &str = "x-anybroker-settles";
 
 /// One dead letter not settled yet, where it is.
 struct Unsettled {
