@@ -480,3 +480,55 @@ async fn retries_run_on_virtual_time() {
         "virtual seconds between attempts"
     );
 }
+
+/// An application's production wiring (channels routed to Redis and Kafka, their retry
+/// policies) runs on one embedded broker in a test: nothing connects to the configured
+/// servers, the channel's own retry policy applies, two routers given the same broker
+/// share it. (A config routing to a backend loads only in a build with its feature.)
+#[cfg(all(feature = "kafka", feature = "redis"))]
+#[tokio::test(start_paused = true)]
+async fn production_wiring_runs_on_an_embedded_broker() {
+    let ch = unique_channel::<Numbered>("embedded_wiring");
+    let production = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"kafka\"\n\
+         [brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:1\"\n\
+         [brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n\
+         [channels.\"{}\"]\nbroker = \"redis\"\nretry = {{ attempts = 2, initial = \"1m\", max = \"1m\" }}\n",
+        ch.name()
+    ))
+    .unwrap();
+    let broker = anybroker::MemoryBroker::default();
+    let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let handler = {
+        let attempts = attempts.clone();
+        handler_fn(move |_m: Numbered, cx: MessageContext| {
+            attempts.lock().unwrap().push(cx.attempt());
+            async { Err::<(), _>(anybroker::HandlerError::retryable("down")) }
+        })
+    };
+    let consumer = MessageRouter::builder(production.clone())
+        .on_embedded_broker(&broker)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let publisher = MessageRouter::builder(production)
+        .on_embedded_broker(&broker)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(publisher.broker_of(ch).await.unwrap().0, "redis");
+    publisher.publish(ch, &Numbered { seq: 1 }).await.unwrap();
+    common::wait_until_async("the dead letter", Duration::from_secs(3600), || {
+        let publisher = publisher.clone();
+        async move { !publisher.dead_letters(ch, 10).await.unwrap().is_empty() }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec![1, 2],
+        "the channel's 2 attempts"
+    );
+}

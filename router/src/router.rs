@@ -238,6 +238,40 @@ impl RouterBuilder {
         self
     }
 
+    /// Carries every configured broker's channels on `broker`, an embedded broker,
+    /// whatever the config says: the application's own wiring (channels, handlers,
+    /// retry policies, groups) runs in the test's process with the real retry, delay
+    /// and dead-letter semantics, on tokio's paused clock if the test pauses it.
+    /// Routers given the same `broker` share it (a publishing and a consuming
+    /// service). The embedded broker keeps every promise, so a fire-and-forget mode's
+    /// limits are not reproduced. (The config loads as in production: a build with the
+    /// features of the backends it routes to.)
+    ///
+    /// ```no_run
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use anybroker::{MemoryBroker, MessageRouter, RouterConfig};
+    /// let production = RouterConfig::from_toml_str(
+    ///     "default_broker = \"kafka\"\n[brokers.kafka]\nkind = \"kafka\"\nbootstrap_servers = \"kafka-1:9092\"\n",
+    /// ).unwrap();
+    /// let broker = MemoryBroker::default();
+    /// let router = MessageRouter::builder(production)
+    ///     .on_embedded_broker(&broker)
+    ///     .start()
+    ///     .await
+    ///     .unwrap();
+    /// # router.shutdown().await.unwrap();
+    /// # });
+    /// ```
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn on_embedded_broker(mut self, broker: &anybroker_brokers::memory::MemoryBroker) -> Self {
+        for (name, config) in self.config.brokers.iter_mut() {
+            *config = anybroker_brokers::BrokerConfig::Memory(Default::default());
+            self.injected.insert(name.clone(), broker.clone().into());
+        }
+        self
+    }
+
     /// Checks routes, connects the brokers the routes use and starts every handler.
     pub async fn start(self) -> Result<MessageRouter> {
         let config = self.config;
