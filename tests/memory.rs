@@ -532,3 +532,144 @@ async fn production_wiring_runs_on_an_embedded_broker() {
         "the channel's 2 attempts"
     );
 }
+
+/// The recorder of the `testing` feature, on paused time: per call the attempt, the
+/// virtual time and the outcome (acked, retried with its delay, dead-lettered with its
+/// reason, a panic, an undecodable payload), and what a handler published downstream.
+#[tokio::test(start_paused = true)]
+async fn recorder_sees_every_outcome_on_virtual_time() {
+    use anybroker::testing::{Outcome, Recorder};
+    use anybroker::{DeadLetterReason, Envelope, HandlerError};
+    let orders = unique_channel::<Numbered>("recorded_orders");
+    let audit = unique_channel::<Numbered>("recorded_audit");
+    let mut config = config(0, "1s");
+    config
+        .channels
+        .entry(orders.name().to_string())
+        .or_default()
+        .retry = Some(
+        anybroker::RetryPolicy::new(3)
+            .initial(Duration::from_secs(10))
+            .max(Duration::from_secs(60)),
+    );
+    let downstream: Arc<std::sync::OnceLock<MessageRouter>> = Arc::default();
+    let handler = {
+        let downstream = downstream.clone();
+        handler_fn(move |m: Numbered, cx: MessageContext| {
+            let downstream = downstream.clone();
+            async move {
+                match m.seq {
+                    // Fails twice, then succeeds and publishes downstream.
+                    1 if cx.attempt() < 3 => Err(HandlerError::retryable("busy")),
+                    1 => {
+                        let router = downstream.get().expect("router set");
+                        router.publish(audit, &Numbered { seq: 100 }).await?;
+                        Ok(())
+                    }
+                    2 => Err(HandlerError::permanent("rejected")),
+                    3 => panic!("bug on {}", m.seq),
+                    _ => Ok(()),
+                }
+            }
+        })
+    };
+    let recorder = Recorder::new();
+    let router = MessageRouter::builder(config)
+        .on_embedded_broker(&anybroker::MemoryBroker::default())
+        .recording(&recorder)
+        .handle(orders, handler)
+        .start()
+        .await
+        .unwrap();
+    downstream.set(router.clone()).ok().unwrap();
+    for seq in 1..=3 {
+        router.publish(orders, &Numbered { seq }).await.unwrap();
+    }
+    router
+        .publish_envelope(Envelope::new(orders.name(), &b"not json"[..]).with_id("raw-1"))
+        .await
+        .unwrap();
+    // 1: three calls; 2: one; 3: three (a panic is retried); raw: one.
+    wait_until("every call", Duration::from_secs(3600), || {
+        recorder.calls(orders).len() == 8
+    })
+    .await;
+    router.shutdown().await.unwrap();
+
+    let calls_of = |seq: u64| -> Vec<(u32, Duration, Outcome)> {
+        recorder
+            .calls(orders)
+            .into_iter()
+            .filter(|c| {
+                serde_json::from_slice::<Numbered>(&c.envelope.payload)
+                    .map(|m| m.seq)
+                    .ok()
+                    == Some(seq)
+            })
+            .map(|c| (c.attempt(), c.at, c.outcome))
+            .collect()
+    };
+    let first = calls_of(1);
+    assert_eq!(first.len(), 3);
+    assert_eq!(
+        (first[1].1 - first[0].1, first[2].1 - first[1].1),
+        (Duration::from_secs(10), Duration::from_secs(20)),
+        "virtual backoff of 10 s then 20 s"
+    );
+    assert_eq!(
+        first[0].2,
+        Outcome::Retried {
+            delay: Duration::from_secs(10),
+            error: "busy".into()
+        }
+    );
+    assert_eq!(first[2].2, Outcome::Acked);
+    assert!(matches!(
+        &calls_of(2)[..],
+        [(
+            1,
+            _,
+            Outcome::DeadLettered {
+                reason: DeadLetterReason::PermanentError,
+                ..
+            }
+        )]
+    ));
+    let third = calls_of(3);
+    assert_eq!(third.len(), 3);
+    assert!(third.iter().all(|(_, _, o)| o.panicked()));
+    assert!(matches!(
+        third[2].2,
+        Outcome::DeadLettered {
+            reason: DeadLetterReason::AttemptsExhausted,
+            ..
+        }
+    ));
+    let raw: Vec<_> = recorder
+        .calls(orders)
+        .into_iter()
+        .filter(|c| &*c.envelope.id == "raw-1")
+        .collect();
+    assert!(matches!(
+        raw[0].outcome,
+        Outcome::DeadLettered {
+            reason: DeadLetterReason::Undecodable,
+            ..
+        }
+    ));
+    assert_eq!(
+        recorder
+            .published_messages(audit)
+            .iter()
+            .map(|m| m.seq)
+            .collect::<Vec<_>>(),
+        vec![100],
+        "what the handler published downstream"
+    );
+    let received: Vec<u64> = recorder.received(orders).iter().map(|m| m.seq).collect();
+    assert_eq!(
+        received.len(),
+        7,
+        "the undecodable payload is not a received message"
+    );
+}

@@ -183,6 +183,64 @@ pub(crate) struct ConsumerSpec {
     pub(crate) channel: Arc<str>,
     pub(crate) policy: RetryPolicy,
     pub(crate) prefetch: usize,
+    /// Sees every handler call and its outcome (a test's recorder), if any.
+    pub(crate) observer: Option<Arc<CallObserver>>,
+}
+
+/// One handler call as a test's recorder sees it: the message as delivered, when the
+/// handler was called (tokio's clock, virtual on a paused runtime), and what the call
+/// came to.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub(crate) struct ObservedCall {
+    pub(crate) envelope: Envelope,
+    pub(crate) group: Arc<str>,
+    pub(crate) called_at: tokio::time::Instant,
+    pub(crate) settlement: Settlement,
+}
+
+/// Keeps each observed delivery from its call to its settlement, then hands both to
+/// the sink.
+pub(crate) struct CallObserver {
+    group: Arc<str>,
+    sink: Arc<dyn Fn(ObservedCall) + Send + Sync>,
+    started: std::sync::Mutex<HashMap<DeliveryTag, (Envelope, tokio::time::Instant)>>,
+}
+
+impl CallObserver {
+    pub(crate) fn new(group: Arc<str>, sink: Arc<dyn Fn(ObservedCall) + Send + Sync>) -> Self {
+        CallObserver {
+            group,
+            sink,
+            started: Default::default(),
+        }
+    }
+
+    fn called(&self, delivery: &Delivery) {
+        let now = tokio::time::Instant::now();
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(delivery.tag, (delivery.envelope.clone(), now));
+    }
+
+    fn settled(&self, tag: DeliveryTag, settlement: &Settlement) {
+        let started = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&tag);
+        // A delivery given back at shutdown was never handled: not a call.
+        if let (Some((envelope, called_at)), false) =
+            (started, matches!(settlement, Settlement::Release))
+        {
+            (self.sink)(ObservedCall {
+                envelope,
+                group: self.group.clone(),
+                called_at,
+                settlement: settlement.clone(),
+            });
+        }
+    }
 }
 
 /// The handlers being run. Each is polled once when started: one that finishes
@@ -253,11 +311,18 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
             window: window.clone(),
             channel: spec.channel.clone(),
             broker: spec.broker.clone(),
+            observer: spec.observer.clone(),
         },
         settle_rx,
     ));
 
-    let handle = |delivery: Delivery| handler.run(delivery, spec.broker.clone(), spec.policy);
+    let observer = spec.observer.clone();
+    let handle = |delivery: Delivery| {
+        if let Some(observer) = &observer {
+            observer.called(&delivery);
+        }
+        handler.run(delivery, spec.broker.clone(), spec.policy)
+    };
     let mut running = Running::new();
     // Keys with a message being handled, and the messages of that key waiting behind it.
     let mut busy_keys: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
@@ -362,6 +427,7 @@ struct Settler {
     window: Arc<Semaphore>,
     channel: Arc<str>,
     broker: Arc<str>,
+    observer: Option<Arc<CallObserver>>,
 }
 
 /// Settles what the runtime sends, batching whatever queued up meanwhile, and gives
@@ -375,13 +441,17 @@ async fn settle_loop(
         window,
         channel,
         broker,
+        observer,
     } = settler;
     while let Some(mut settlements) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             settlements.extend(more);
         }
         let n = settlements.len();
-        for (_, s) in &settlements {
+        for (tag, s) in &settlements {
+            if let Some(observer) = &observer {
+                observer.settled(*tag, s);
+            }
             match s {
                 Settlement::Retry { delay, error } => {
                     tracing::debug!(%channel, %broker, ?delay, %error, "handler failed, retrying")

@@ -15,6 +15,9 @@ mod consumer;
 mod dead_letter;
 mod handler;
 mod router;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 /// The embedded broker, to share one instance between routers with
 /// [`RouterBuilder::with_broker`].

@@ -20,7 +20,7 @@ use crate::channel::{Channel, ChannelSet, Message};
 use crate::config::{
     channel_pattern_prefix, check_channel_settings, normalize_channel, RouterConfig,
 };
-use crate::consumer::{ConsumerSpec, SpawnConsumer, TypedHandler};
+use crate::consumer::{CallObserver, ConsumerSpec, ObservedCall, SpawnConsumer, TypedHandler};
 use crate::dead_letter::DeadLetterRecord;
 use crate::handler::MessageHandler;
 
@@ -153,6 +153,7 @@ pub struct RouterBuilder {
     injected: HashMap<String, Broker>,
     registrations: Vec<Registration>,
     declared: Option<&'static [&'static str]>,
+    observers: Option<Observers>,
 }
 
 impl std::fmt::Debug for RouterBuilder {
@@ -272,6 +273,19 @@ impl RouterBuilder {
         self
     }
 
+    /// Records every handler call of this router (message, attempt, virtual time,
+    /// outcome) and every message published through it, in `recorder`.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn recording(mut self, recorder: &crate::testing::Recorder) -> Self {
+        let (calls, publishes) = (recorder.clone(), recorder.clone());
+        self.observers = Some(Observers {
+            calls: Arc::new(move |call| calls.record_call(call)),
+            publishes: Arc::new(move |envelope| publishes.record_publish(envelope)),
+        });
+        self
+    }
+
     /// Checks routes, connects the brokers the routes use and starts every handler.
     pub async fn start(self) -> Result<MessageRouter> {
         let config = self.config;
@@ -351,6 +365,7 @@ impl RouterBuilder {
             routes: RwLock::new(Default::default()),
             routes_via: RwLock::new(Default::default()),
             consumers: Mutex::new(Vec::new()),
+            observers: self.observers,
             stop,
         });
         let router = MessageRouter { inner };
@@ -430,6 +445,14 @@ struct RouterInner {
     routes_via: RwLock<rustc_hash::FxHashMap<String, ChannelRoutes>>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    observers: Option<Observers>,
+}
+
+/// Who sees the router's handler calls and publishes (a test's recorder).
+#[derive(Clone)]
+struct Observers {
+    calls: Arc<dyn Fn(ObservedCall) + Send + Sync>,
+    publishes: Arc<dyn Fn(&Envelope) + Send + Sync>,
 }
 
 impl RouterInner {
@@ -544,6 +567,15 @@ impl MessageRouter {
             injected: HashMap::new(),
             registrations: Vec::new(),
             declared: None,
+            observers: None,
+        }
+    }
+
+    /// Hands a message about to be published to the observers, if any.
+    #[inline]
+    fn observe_publish(&self, envelope: &Envelope) {
+        if let Some(observers) = &self.inner.observers {
+            (observers.publishes)(envelope);
         }
     }
 
@@ -557,6 +589,7 @@ impl MessageRouter {
         // The hot path, kept flat: its future holds little more than the broker's own.
         let route = self.inner.route(channel.name()).await?;
         let envelope = build_envelope(route.name(), message, None, Headers::new())?;
+        self.observe_publish(&envelope);
         route.publish(envelope).await
     }
 
@@ -573,6 +606,7 @@ impl MessageRouter {
             check_message_id(&id, channel.name())?;
             envelope.id = id;
         }
+        self.observe_publish(&envelope);
         send(&route, envelope, options.delay).await
     }
 
@@ -598,6 +632,7 @@ impl MessageRouter {
         let name = self.inner.config.broker_of_kind(kind, channel.name())?;
         let route = self.inner.route_via(name, channel.name()).await?;
         let envelope = build_envelope(route.name(), message, None, Headers::new())?;
+        self.observe_publish(&envelope);
         send(&route, envelope, None).await
     }
 
@@ -606,6 +641,7 @@ impl MessageRouter {
     pub async fn publish_envelope(&self, envelope: Envelope) -> Result<()> {
         check_message_id(&envelope.id, &envelope.channel)?;
         let route = self.inner.route(&envelope.channel).await?;
+        self.observe_publish(&envelope);
         send(&route, envelope, None).await
     }
 
@@ -801,6 +837,12 @@ impl MessageRouter {
                 channel: route.name().clone(),
                 policy,
                 prefetch,
+                observer: self.inner.observers.as_ref().map(|o| {
+                    Arc::new(CallObserver::new(
+                        Arc::from(group.as_str()),
+                        o.calls.clone(),
+                    ))
+                }),
             };
             let handle = r
                 .handler
