@@ -215,6 +215,8 @@ impl CallObserver {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn called(&self, delivery: &Delivery) {
         let now = tokio::time::Instant::now();
         self.started
@@ -223,6 +225,8 @@ impl CallObserver {
             .insert(delivery.tag, (delivery.envelope.clone(), now));
     }
 
+    #[cold]
+    #[inline(never)]
     fn settled(&self, tag: DeliveryTag, settlement: &Settlement) {
         let started = self
             .started
