@@ -673,3 +673,59 @@ async fn recorder_sees_every_outcome_on_virtual_time() {
         "the undecodable payload is not a received message"
     );
 }
+
+/// The harness end to end: the production wiring on an embedded broker, recorded, run
+/// to rest on paused time. A 5-attempt policy from 30 s, capped at 200 s, gives attempts
+/// 30, 60, 120 and 200 virtual seconds apart, read from the records; a group with no
+/// member keeps the broker from resting, and the error names its channel.
+#[tokio::test(start_paused = true)]
+async fn run_until_settled_drives_retries_on_virtual_time() {
+    use anybroker::testing::{run_until_settled, Outcome, Recorder};
+    let ch = unique_channel::<Numbered>("settled");
+    let mut config = config(0, "1s");
+    config
+        .channels
+        .entry(ch.name().to_string())
+        .or_default()
+        .retry = Some(
+        anybroker::RetryPolicy::new(5)
+            .initial(Duration::from_secs(30))
+            .max(Duration::from_secs(200)),
+    );
+    let broker = anybroker::MemoryBroker::default();
+    let recorder = Recorder::new();
+    let failing = handler_fn(|_m: Numbered, _cx: MessageContext| async {
+        Err::<(), _>(anybroker::HandlerError::retryable("down"))
+    });
+    let router = MessageRouter::builder(config)
+        .on_embedded_broker(&broker)
+        .recording(&recorder)
+        .handle(ch, failing)
+        .start()
+        .await
+        .unwrap();
+    router.publish(ch, &Numbered { seq: 1 }).await.unwrap();
+    let took = run_until_settled(&broker, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let calls = recorder.calls(ch);
+    let attempts: Vec<u32> = calls.iter().map(|c| c.attempt()).collect();
+    assert_eq!(attempts, vec![1, 2, 3, 4, 5]);
+    let gaps: Vec<u64> = calls
+        .windows(2)
+        .map(|w| (w[1].at - w[0].at).as_secs())
+        .collect();
+    assert_eq!(gaps, vec![30, 60, 120, 200]);
+    assert!(matches!(calls[4].outcome, Outcome::DeadLettered { .. }));
+    assert_eq!(took.as_secs(), 410);
+
+    // A provisioned group without a member holds what is published: never at rest.
+    router.provision(ch, &["nobody"]).await.unwrap();
+    router.publish(ch, &Numbered { seq: 2 }).await.unwrap();
+    let err = run_until_settled(&broker, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), anybroker::ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains(ch.name()), "{err}");
+    router.shutdown().await.unwrap();
+}

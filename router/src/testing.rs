@@ -6,7 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anybroker_brokers::{DeadLetterReason, Envelope, Settlement};
+use anybroker_brokers::memory::{MemoryBroker, Settling};
+use anybroker_brokers::{DeadLetterReason, Envelope, Error, ErrorKind, Result, Settlement};
 use serde::de::DeserializeOwned;
 
 use crate::channel::Channel;
@@ -215,5 +216,57 @@ impl Recorder {
             envelope: envelope.clone(),
             at,
         });
+    }
+}
+
+/// Drives `broker` to rest: lets every message being handled finish and settle, and
+/// fires each retry and delayed message falling due within `horizon` from now, on
+/// tokio's clock (on a paused runtime, virtual time: it jumps to each due time).
+/// Returns the time that took; fails with `Timeout`, naming a channel still busy, if
+/// the broker is not at rest when the horizon passes (e.g. a group with no member
+/// holds messages, or a handler never returns).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// use anybroker::testing::run_until_settled;
+/// use anybroker::{handler_fn, Channel, HandlerError, MemoryBroker, MessageContext, MessageRouter, RouterConfig};
+/// use std::time::Duration;
+/// const JOBS: Channel<u32> = Channel::new("jobs");
+/// let config = RouterConfig::from_toml_str(
+///     "default_broker = \"m\"\n[brokers.m]\nkind = \"memory\"\n\
+///      [channels.jobs]\nretry = { attempts = 3, initial = \"1m\", max = \"5m\" }\n",
+/// ).unwrap();
+/// let broker = MemoryBroker::default();
+/// let failing = handler_fn(|_: u32, _cx: MessageContext| async { Err::<(), _>(HandlerError::retryable("down")) });
+/// let router = MessageRouter::builder(config).on_embedded_broker(&broker).handle(JOBS, failing).start().await.unwrap();
+/// router.publish(JOBS, &7).await.unwrap();
+/// let took = run_until_settled(&broker, Duration::from_secs(3600)).await.unwrap();
+/// assert_eq!(took.as_secs(), 180, "retried after 1 and 2 minutes, then dead-lettered");
+/// assert_eq!(router.dead_letters(JOBS, 10).await.unwrap().len(), 1);
+/// # router.shutdown().await.unwrap();
+/// # });
+/// ```
+pub async fn run_until_settled(broker: &MemoryBroker, horizon: Duration) -> Result<Duration> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + horizon;
+    loop {
+        let now = tokio::time::Instant::now();
+        match broker.settling(deadline) {
+            Settling::AtRest => return Ok(now - start),
+            Settling::Busy { channel } if now >= deadline => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the embedded broker is not at rest {horizon:?} on: channel {channel:?} still has a message being handled or waiting for a member of a group"
+                    ),
+                )
+                .with_channel(channel))
+            }
+            // Handlers and consumers run meanwhile; on a paused clock a short sleep
+            // lets every task that can run, run, before time moves.
+            Settling::Busy { .. } => tokio::time::sleep(Duration::from_millis(1)).await,
+            Settling::Due { at, .. } => tokio::time::sleep_until(at).await,
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
     }
 }

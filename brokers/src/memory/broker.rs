@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::channel::MemoryChannel;
 use super::connection::Connection;
+use super::topic::Work;
 use super::config::MemoryConfig;
 use crate::core::{Backend, ChannelSpec, Result};
 
@@ -34,6 +35,30 @@ impl MemoryBroker {
         }
     }
 
+    /// Where this broker is on the way to rest, looking as far as `until` (tokio's
+    /// clock): `Busy` while a message is being handled or waits for a member of a group
+    /// that exists, else `Due` with the earliest retry or delayed message due by
+    /// `until`, else `AtRest`. A test drives a paused clock with it
+    /// (`anybroker::testing::run_until_settled`).
+    pub fn settling(&self, until: tokio::time::Instant) -> Settling {
+        let work = self.connection.work_until(until);
+        if let Some((channel, _)) = work.iter().find(|(_, w)| matches!(w, Work::Busy)) {
+            return Settling::Busy {
+                channel: channel.to_string(),
+            };
+        }
+        work.into_iter()
+            .filter_map(|(channel, w)| match w {
+                Work::Due(at) => Some((at, channel)),
+                Work::Busy => None,
+            })
+            .min()
+            .map_or(Settling::AtRest, |(at, channel)| Settling::Due {
+                at,
+                channel: channel.to_string(),
+            })
+    }
+
     /// Messages published on `channel` that some group has not handed to a consumer
     /// yet (the most any one group has parked behind a busy key included), plus
     /// delayed ones: what `max_backlog` bounds, and the delayed messages beside it.
@@ -42,6 +67,26 @@ impl MemoryBroker {
         let state = topic.lock();
         state.held() + state.delayed.len()
     }
+}
+
+/// Where an embedded broker is on the way to rest ([`MemoryBroker::settling`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settling {
+    /// Nothing is being handled or waiting, and nothing falls due by then.
+    AtRest,
+    /// A message of `channel` is being handled or waits for a member of a group.
+    Busy {
+        /// The channel.
+        channel: String,
+    },
+    /// Nothing is busy; a retry or delayed message of `channel` falls due `at`.
+    Due {
+        /// When, on tokio's clock.
+        at: tokio::time::Instant,
+        /// The channel.
+        channel: String,
+    },
 }
 
 impl Backend for MemoryBroker {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::topic::Topic;
+use super::topic::{Topic, Work};
 use super::config::MemoryConfig;
 use crate::core::ShutdownFlag;
 
@@ -46,6 +46,21 @@ impl Connection {
             .entry(Arc::from(channel))
             .or_insert_with(|| Arc::new(Topic::new()))
             .clone()
+    }
+
+    /// Each channel with work left up to `until`.
+    pub(crate) fn work_until(&self, until: tokio::time::Instant) -> Vec<(Arc<str>, Work)> {
+        let topics: Vec<_> = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        topics
+            .into_iter()
+            .filter_map(|(name, t)| t.lock().work_until(until).map(|w| (name, w)))
+            .collect()
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -16,6 +16,6 @@ mod connection;
 mod subscription;
 mod topic;
 
-pub use broker::MemoryBroker;
+pub use broker::{MemoryBroker, Settling};
 pub use channel::MemoryChannel;
 pub use config::MemoryConfig;

@@ -49,6 +49,14 @@ impl Topic {
     }
 }
 
+/// Work a channel has left (see [`TopicState::work_until`]).
+pub(crate) enum Work {
+    /// A message is being handled, or waits for a group's member.
+    Busy,
+    /// The earliest retry or delayed message falls due then.
+    Due(Instant),
+}
+
 /// A message waiting for a time: a delayed publish or a retry's backoff.
 pub(crate) struct Timed {
     pub(crate) due: Instant,
@@ -122,6 +130,28 @@ impl TopicState {
     pub(crate) fn held(&self) -> usize {
         let parked = self.groups.values().map(|g| g.parked).max().unwrap_or(0);
         self.log.len() + parked
+    }
+
+    /// What is left to do on this channel up to `until`: a message being handled or
+    /// waiting for a group that exists (`Busy`), else the earliest retry or delayed
+    /// message due by then (`Due`), else nothing.
+    pub(crate) fn work_until(&self, until: Instant) -> Option<Work> {
+        let end = self.base + self.log.len() as u64;
+        let busy = self.groups.values().any(|g| {
+            !g.in_flight.is_empty() || !g.ready.is_empty() || g.parked > 0 || g.cursor < end
+        });
+        if busy {
+            return Some(Work::Busy);
+        }
+        let retries = self.groups.values().filter_map(|g| g.waiting.peek());
+        self.delayed
+            .peek()
+            .into_iter()
+            .chain(retries)
+            .map(|t| t.0.due)
+            .filter(|&due| due <= until)
+            .min()
+            .map(Work::Due)
     }
 
     pub(crate) fn next_seq(&mut self) -> u64 {
