@@ -1503,7 +1503,7 @@ pub async fn provisioned_group_receives_what_was_published_before_its_members(t:
 /// backend declares, row by row.
 pub async fn capabilities_match_the_readme_table(t: &Target) {
     let column = match t.name {
-        "memory" => "memory",
+        "memory" | "harness" => "memory",
         "redis" => "redis (streams)",
         "redis-pubsub" => "redis (pubsub)",
         "nats" => "nats (jetstream)",

@@ -20,6 +20,15 @@ mod memory {
     );
 }
 
+/// The test harness (feature `testing`): the embedded broker reached through
+/// `on_embedded_broker` with a recorder attached keeps the same promises.
+mod harness {
+    conformance_cases!(
+        crate::support::Target::harness(),
+        lacks [request_reply, survives_broker_restart, outage]
+    );
+}
+
 /// Redis Streams, against the real Redis on 127.0.0.1:6379.
 #[cfg(feature = "redis")]
 mod redis {

@@ -54,6 +54,9 @@ pub struct Target {
     attempts: u32,
     raw_publish: Option<RawPublish>,
     outage: Option<OutageHook>,
+    /// Routers reach the embedded broker through the test harness
+    /// (`on_embedded_broker`, with a recorder attached) instead of `with_broker`.
+    harness: bool,
 }
 
 impl Target {
@@ -67,6 +70,7 @@ impl Target {
             attempts: 3,
             raw_publish: None,
             outage: None,
+            harness: false,
         }
         .with_raw_publish(Arc::new(move |channel, payload| {
             let broker = raw.clone();
@@ -86,6 +90,16 @@ impl Target {
         }))
     }
 
+    /// The embedded broker as an application's tests reach it through the harness of
+    /// the `testing` feature: the same promises, recorded.
+    pub fn harness() -> Self {
+        Target {
+            name: "harness",
+            harness: true,
+            ..Target::memory()
+        }
+    }
+
     /// A broker reached by config alone (a server); `table` is its `[brokers.x]` body.
     #[allow(dead_code)]
     pub fn server(name: &'static str, table: &str) -> Self {
@@ -96,6 +110,7 @@ impl Target {
             attempts: 3,
             raw_publish: None,
             outage: None,
+            harness: false,
         }
     }
 
@@ -176,6 +191,9 @@ impl Target {
     pub fn router(&self, channels_toml: &str) -> RouterBuilder {
         let builder = MessageRouter::builder(self.config(&self.broker_toml, channels_toml));
         match &self.memory {
+            Some(m) if self.harness => builder
+                .on_embedded_broker(m)
+                .recording(&anybroker::testing::Recorder::new()),
             Some(m) => builder.with_broker("target", m.clone()),
             None => builder,
         }
