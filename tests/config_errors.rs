@@ -320,42 +320,27 @@ async fn handler_options_are_checked_like_config() {
         );
     }
 
-    let err = MessageRouter::builder(config())
-        .handle_with(
-            BrokerChannel::AlarmToBot,
-            handler(),
-            HandlerOptions::new().group("g").retry(RetryPolicy::new(2)),
-        )
-        .handle_with(
-            BrokerChannel::AlarmToBot,
-            handler(),
-            HandlerOptions::new().group("g").retry(RetryPolicy::new(5)),
-        )
-        .start()
-        .await
-        .unwrap_err();
+    // Handlers of one channel, each in a group with a retry policy of so many attempts.
+    let start_groups = |groups: &[(&str, u32)]| {
+        let builder =
+            groups
+                .iter()
+                .fold(MessageRouter::builder(config()), |b, &(group, attempts)| {
+                    b.handle_with(
+                        BrokerChannel::AlarmToBot,
+                        handler(),
+                        HandlerOptions::new()
+                            .group(group)
+                            .retry(RetryPolicy::new(attempts)),
+                    )
+                });
+        builder.start()
+    };
+    let err = start_groups(&[("g", 2), ("g", 5)]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
     assert_mentions(&err.to_string(), &["group \"g\"", "another retry policy"]);
     // The same policy in one group, or two policies in two groups, start.
-    let router = MessageRouter::builder(config())
-        .handle_with(
-            BrokerChannel::AlarmToBot,
-            handler(),
-            HandlerOptions::new().group("g").retry(RetryPolicy::new(2)),
-        )
-        .handle_with(
-            BrokerChannel::AlarmToBot,
-            handler(),
-            HandlerOptions::new().group("g").retry(RetryPolicy::new(2)),
-        )
-        .handle_with(
-            BrokerChannel::AlarmToBot,
-            handler(),
-            HandlerOptions::new().group("h").retry(RetryPolicy::new(5)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let router = start_groups(&[("g", 2), ("g", 2), ("h", 5)]).await.unwrap();
     router.shutdown().await.unwrap();
 }
 

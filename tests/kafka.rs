@@ -329,13 +329,10 @@ async fn kafka_latest_provisioned_group_starts_at_provisioning() {
             .await
             .unwrap();
         seq += 1;
-        tokio::time::timeout(Duration::from_millis(500), async {
-            while other.lock().unwrap().is_empty() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        common::holds_within(Duration::from_millis(500), || {
+            !other.lock().unwrap().is_empty()
         })
-        .await
-        .ok();
+        .await;
     }
     wait_until(
         "the provisioned group has every message",

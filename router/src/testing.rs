@@ -262,10 +262,9 @@ pub async fn run_until_settled(broker: &MemoryBroker, horizon: Duration) -> Resu
                 )
                 .with_channel(channel))
             }
-            // Handlers and consumers run meanwhile; on a paused clock a short sleep
-            // lets every task that can run, run, before time moves.
-            Settling::Busy { .. } => tokio::time::sleep(Duration::from_millis(1)).await,
             Settling::Due { at, .. } => tokio::time::sleep_until(at).await,
+            // Busy: handlers and consumers run meanwhile; on a paused clock a short
+            // sleep lets every task that can run, run, before time moves.
             _ => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }

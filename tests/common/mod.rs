@@ -29,7 +29,24 @@ pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut
 }
 
 /// Like [`wait_until`] for an async condition (e.g. one that asks a broker).
-pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        holds_within_async(timeout, condition).await,
+        "timed out after {timeout:?} waiting for: {what}"
+    );
+}
+
+/// Whether `condition` comes to hold within `timeout`, looked at as [`wait_until`]
+/// does, for a wait whose running out is not a failure.
+pub async fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    holds_within_async(timeout, || std::future::ready(condition())).await
+}
+
+async fn holds_within_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -37,12 +54,12 @@ where
     let deadline = Instant::now() + timeout;
     let mut ticks = tokio::time::interval(POLL);
     while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         ticks.tick().await;
     }
+    true
 }
 
 /// The command-line arguments of a server, given its port and data dir.

@@ -8,7 +8,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::codec::DUE;
-use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
+use super::connection::{client_config, committed_offsets, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
 use super::dead_letters::with_dead_letters;
 use super::subscription::KafkaSubscription;
@@ -86,26 +86,12 @@ impl KafkaChannel {
         .create()
         .map_err(|e| from_kafka(e, "provision"))?;
         tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<()> {
-            let mut all = TopicPartitionList::new();
-            for topic in &topics {
-                let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
-                for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-                    for p in t.partitions() {
-                        all.add_partition(topic, p.id());
-                    }
-                }
-            }
-            let committed = consumer.committed_offsets(all.clone(), CALL_TIMEOUT)?;
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let mut start = TopicPartitionList::new();
-            for e in all.elements() {
-                let (topic, p) = (e.topic(), e.partition());
-                let has_offset = matches!(
-                    committed.find_partition(topic, p).map(|c| c.offset()),
-                    Some(Offset::Offset(_))
-                );
-                if !has_offset {
-                    let (_, high) = consumer.fetch_watermarks(topic, p, CALL_TIMEOUT)?;
-                    start.add_partition_offset(topic, p, Offset::Offset(high))?;
+            for (topic, p, committed) in committed_offsets(&consumer, &topics)? {
+                if committed.is_none() {
+                    let (_, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
+                    start.add_partition_offset(&topic, p, Offset::Offset(high))?;
                 }
             }
             if start.count() > 0 {

@@ -8,8 +8,10 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::codec::{to_headers, SETTLES};
 use super::error::from_kafka;
@@ -59,6 +61,36 @@ pub(crate) fn client_config(
         c.set(k, v);
     }
     c
+}
+
+/// Each partition of `topics`, with the committed offset there of the group `consumer`
+/// belongs to, if it has one. Blocking: a metadata request per topic and an offsets
+/// request, `CALL_TIMEOUT` each.
+pub(crate) fn committed_offsets(
+    consumer: &impl Consumer,
+    topics: &[&str],
+) -> KafkaResult<Vec<(String, i32, Option<i64>)>> {
+    let mut all = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
+        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
+            for p in t.partitions() {
+                all.add_partition(topic, p.id());
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(all, CALL_TIMEOUT)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.topic().to_string(), e.partition(), offset)
+        })
+        .collect())
 }
 
 fn unreachable(config: &KafkaConfig, e: KafkaError) -> Error {

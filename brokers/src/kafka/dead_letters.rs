@@ -17,7 +17,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::codec::{from_record, SETTLES};
-use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
+use super::connection::{client_config, committed_offsets, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
 use super::names::Topics;
 use crate::core::{DeadLetterAction, DeadLetterSelector, Envelope, Error, ErrorKind, Result};
@@ -132,26 +132,11 @@ async fn assign_from_cursor(
 ) -> Result<HashMap<i32, (i64, i64)>> {
     let (consumer, topic) = (consumer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<_> {
-        let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut all = TopicPartitionList::new();
-        for p in &partitions {
-            all.add_partition(&topic, *p);
-        }
-        let committed = consumer.committed_offsets(all, CALL_TIMEOUT)?;
         let mut ranges = HashMap::new();
         let mut assignment = TopicPartitionList::new();
-        for p in partitions {
+        for (_, p, committed) in committed_offsets(&*consumer, &[&topic])? {
             let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
-            let start = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
-            };
+            let start = committed.map_or(low, |o| o.max(low));
             assignment.add_partition_offset(&topic, p, Offset::Offset(start))?;
             ranges.insert(p, (start, high));
         }
