@@ -70,7 +70,7 @@ pub(crate) struct TypedHandler<M, H> {
 
 impl<M: Message, H: MessageHandler<M>> TypedHandler<M, H> {
     async fn call(&self, envelope: Envelope, broker: Arc<str>) -> HandleResult {
-        let message: M = match serde_json::from_slice(&envelope.payload) {
+        let message: M = match crate::codec::decode(&envelope) {
             Ok(m) => m,
             Err(e) => {
                 return HandleResult::Undecodable(format!(
@@ -118,7 +118,7 @@ where
         let tag = delivery.tag;
         let key = delivery.envelope.key.clone();
         let answer = AssertUnwindSafe(async {
-            let request: M = serde_json::from_slice(&delivery.envelope.payload).map_err(|e| {
+            let request: M = crate::codec::decode(&delivery.envelope).map_err(|e| {
                 format!("request is not a valid {}: {e}", std::any::type_name::<M>())
             })?;
             let context = MessageContext::new(delivery.envelope, broker);
@@ -145,7 +145,7 @@ pub(crate) fn settlement_for(
     let retryable = |error: String, delay: Option<std::time::Duration>| {
         if policy.allows_retry_after(attempt) {
             Settlement::Retry {
-                delay: delay.unwrap_or_else(|| policy.backoff(attempt)),
+                delay: delay.unwrap_or_else(|| policy.delay(attempt)),
                 error,
             }
         } else {

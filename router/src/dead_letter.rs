@@ -39,7 +39,7 @@ impl<M> DeadLetterRecord<M> {
         let headers = &envelope.headers;
         let time = |name: &str| {
             let millis: u64 = headers.get(name)?.parse().ok()?;
-            Some(UNIX_EPOCH + Duration::from_millis(millis))
+            UNIX_EPOCH.checked_add(Duration::from_millis(millis))
         };
         DeadLetterRecord {
             id: envelope.id.clone(),
@@ -76,7 +76,7 @@ impl<M: DeserializeOwned> DeadLetterRecord<M> {
     /// The message decoded as the channel's type; a `Decode` error (for a dead letter
     /// whose reason is `Undecodable`, always) says why not.
     pub fn message(&self) -> Result<M> {
-        serde_json::from_slice(&self.envelope.payload).map_err(|e| {
+        crate::codec::decode(&self.envelope).map_err(|e| {
             Error::new(
                 ErrorKind::Decode,
                 format!(

@@ -10,6 +10,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod channel;
+mod codec;
 pub mod config;
 mod consumer;
 mod dead_letter;
@@ -24,7 +25,7 @@ pub mod testing;
 pub use anybroker_brokers::memory::MemoryBroker;
 pub use anybroker_brokers::{
     header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, DeadLetterSelector,
-    Envelope, Error, ErrorKind, Headers, NewGroupStart, OpenChannel, Result, RetryPolicy,
+    Envelope, Error, ErrorKind, Headers, Jitter, NewGroupStart, OpenChannel, Result, RetryPolicy,
 };
 /// Each backend's config (`RedisConfig`, `KafkaConfig`, …), to build a config in code,
 /// and its broker type.

@@ -675,7 +675,7 @@ impl MessageRouter {
                     .with_channel(channel.name()),
             );
         }
-        serde_json::from_slice(&reply.payload).map_err(|e| {
+        crate::codec::decode(&reply).map_err(|e| {
             Error::new(
                 ErrorKind::Decode,
                 format!("reply is not a valid {}", std::any::type_name::<R>()),

@@ -167,7 +167,7 @@ impl Recorder {
         calls.sort_by_key(|c| c.at);
         calls
             .iter()
-            .filter_map(|c| serde_json::from_slice(&c.envelope.payload).ok())
+            .filter_map(|c| crate::codec::decode(&c.envelope).ok())
             .collect()
     }
 
@@ -185,7 +185,7 @@ impl Recorder {
     pub fn published_messages<M: DeserializeOwned>(&self, channel: Channel<M>) -> Vec<M> {
         self.published(channel)
             .iter()
-            .filter_map(|p| serde_json::from_slice(&p.envelope.payload).ok())
+            .filter_map(|p| crate::codec::decode(&p.envelope).ok())
             .collect()
     }
 

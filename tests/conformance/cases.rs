@@ -238,6 +238,71 @@ pub async fn failed_handler_retried_with_backoff(t: &Target) {
     assert_eq!(all[1].headers[header::ERROR], "not yet");
 }
 
+/// With `jitter = "equal"`, 20 messages that all fail at once come back spread over
+/// `[b/2, b]` of their backoff `b` (600 ms), not all together: each no earlier than
+/// half the backoff (and not much later than all of it), and the earliest and latest
+/// return at least 30 ms apart (20 draws over 300 ms all falling within 30 ms of each
+/// other has a chance below 1e-15).
+pub async fn jittered_backoff_spreads_retries_within_bounds(t: &Target) {
+    require!(t, retry);
+    const N: u64 = 20;
+    let ch = unique_channel::<TestMessage>("jitter");
+    let rec = Recorder::default();
+    let handler = {
+        let rec = rec.clone();
+        handler_fn(move |m: TestMessage, cx: MessageContext| {
+            let rec = rec.clone();
+            async move {
+                rec.record(seen(&m, &cx, 0));
+                if cx.attempt() < 2 {
+                    return Err(HandlerError::retryable("not yet"));
+                }
+                Ok(())
+            }
+        })
+    };
+    let toml = channel_toml(
+        ch,
+        "retry = { attempts = 2, initial = \"600ms\", max = \"5s\", jitter = \"equal\" }",
+    );
+    let router = t.router(&toml).handle(ch, handler).start().await.unwrap();
+    for i in 0..N {
+        router.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until("every message's second attempt", LONG, || {
+        rec.all().iter().filter(|s| s.attempt == 2).count() as u64 == N
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let all = rec.all();
+    let gaps: Vec<Duration> = (0..N)
+        .map(|i| {
+            let at = |attempt| {
+                all.iter()
+                    .find(|s| s.seq == i && s.attempt == attempt)
+                    .unwrap()
+                    .at
+            };
+            at(2) - at(1)
+        })
+        .collect();
+    for gap in &gaps {
+        assert!(
+            *gap >= Duration::from_millis(290),
+            "earlier than b/2: {gap:?}"
+        );
+        assert!(
+            *gap < Duration::from_millis(600 + 1500),
+            "much later than b: {gap:?}"
+        );
+    }
+    let (min, max) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+    assert!(
+        *max - *min >= Duration::from_millis(30),
+        "retries in lockstep: every gap within {min:?}..{max:?}"
+    );
+}
+
 /// A handler's requested delay replaces the policy's backoff for that retry.
 pub async fn handler_requested_delay_overrides_backoff(t: &Target) {
     require!(t, retry);
@@ -330,7 +395,8 @@ pub async fn dead_letter_after_attempts(t: &Target) {
     }
 }
 
-/// A permanent error dead-letters the message at once, without retries.
+/// A permanent error dead-letters the message at once, without retries; its error
+/// text, over two lines, is in the dead letter.
 pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
     require!(t, dead_letters);
     const N: u64 = 50;
@@ -342,7 +408,10 @@ pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
             let calls = calls.clone();
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err(HandlerError::permanent("schema mismatch"))
+                // Over two lines, as error chains print: no header may break on it.
+                Err(HandlerError::permanent(
+                    "schema mismatch\ncaused by: field order",
+                ))
             }
         })
     };
@@ -360,7 +429,11 @@ pub async fn permanent_error_dead_lettered_without_retry(t: &Target) {
     for d in dead {
         assert_eq!(d.reason, Some(DeadLetterReason::PermanentError));
         assert_eq!(d.attempts, 1);
-        assert_eq!(d.error.as_deref(), Some("schema mismatch"));
+        let error = d.error.unwrap_or_default();
+        assert!(
+            error.starts_with("schema mismatch") && error.ends_with("caused by: field order"),
+            "the error text, its line break kept or a space on NATS: {error:?}"
+        );
     }
 }
 
@@ -1614,6 +1687,7 @@ macro_rules! conformance_cases {
         case!([] channels_are_isolated);
         case!([retry] failed_handler_retried_with_backoff);
         case!([retry] handler_requested_delay_overrides_backoff);
+        case!([retry] jittered_backoff_spreads_retries_within_bounds);
         case!([retry, dead_letters] dead_letter_after_attempts);
         case!([dead_letters] permanent_error_dead_lettered_without_retry);
         case!([dead_letters] undecodable_payload_dead_lettered_and_consumer_continues);

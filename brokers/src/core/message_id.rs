@@ -41,7 +41,7 @@ thread_local! {
 
 /// Two random numbers, from the keys std seeds from the operating system's randomness
 /// for each thread's `RandomState`, mixed with the time and the process and thread.
-fn random_pair() -> (u64, u64) {
+pub(crate) fn random_pair() -> (u64, u64) {
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     unix_micros(SystemTime::now()).hash(&mut hasher);
@@ -87,7 +87,7 @@ fn render(out: &mut [u8], mut bits: u128) {
 /// any string not of their shape. A foreign id of that shape (22 characters of the
 /// alphabet) reads as some time too, which nothing here can tell from a real one.
 pub fn message_id_time(id: &str) -> Option<SystemTime> {
-    id_micros(id).map(|micros| UNIX_EPOCH + Duration::from_micros(micros))
+    id_micros(id).and_then(|micros| UNIX_EPOCH.checked_add(Duration::from_micros(micros)))
 }
 
 /// Whether `id` carries exactly `time` (to the microsecond), so a backend may send

@@ -1,10 +1,13 @@
 //! The contract every backend implements.
 
+#[cfg(test)]
+pub(crate) mod arbitrary;
 mod backend;
 mod capabilities;
 mod dead_letters;
 mod envelope;
 mod error;
+mod foreign;
 // Used by the server backends only: a build with none of their features has no user.
 #[allow(dead_code)]
 mod in_flight;
@@ -21,12 +24,15 @@ pub use envelope::{
     CONTENT_TYPE_JSON,
 };
 pub use error::{Error, ErrorKind, Result};
+#[allow(unused_imports)] // the server backends' only
+pub(crate) use foreign::publisher_id;
+pub use foreign::{is_content_type_header, is_json};
 #[allow(unused_imports)]
 pub(crate) use in_flight::InFlightTable;
 pub use message_id::{
     message_id_at, message_id_carries, message_id_time, new_message_id, MESSAGE_ID_LEN,
 };
-pub use retry::RetryPolicy;
+pub use retry::{Jitter, RetryPolicy};
 pub(crate) use shutdown::ShutdownFlag;
 #[allow(unused_imports)]
 pub(crate) use subscription::batch_of;

@@ -11,7 +11,11 @@ const ID: &str = "anybroker-id";
 /// Microseconds since the Unix epoch; sent only when the id does not carry the
 /// publish time (an id the application chose).
 const PUBLISHED_AT: &str = "anybroker-published-at";
-const CONTENT_TYPE: &str = "anybroker-content-type";
+/// The standard header other frameworks read (and write, in any case).
+const CONTENT_TYPE: &str = "content-type";
+/// The content type's header as anybroker 0.1 named it (written for other than JSON
+/// only); still read.
+const CONTENT_TYPE_BEFORE: &str = "anybroker-content-type";
 const ATTEMPT: &str = "anybroker-attempt";
 /// When a retried or delayed record is due, in microseconds since the Unix epoch.
 pub(crate) const DUE: &str = "anybroker-due";
@@ -44,12 +48,11 @@ pub(crate) fn to_headers(envelope: &Envelope, extra: &[(&str, &str)]) -> OwnedHe
             value: Some(published_at.as_bytes()),
         });
     }
-    if &*envelope.content_type != crate::CONTENT_TYPE_JSON {
-        h = h.insert(Header {
-            key: CONTENT_TYPE,
-            value: Some(envelope.content_type.as_bytes()),
-        });
-    }
+    // Always: other frameworks decode by it instead of guessing.
+    h = h.insert(Header {
+        key: CONTENT_TYPE,
+        value: Some(envelope.content_type.as_bytes()),
+    });
     if let Some(attempt) = &attempt {
         h = h.insert(Header {
             key: ATTEMPT,
@@ -77,8 +80,22 @@ pub(crate) struct Routing {
     pub(crate) group: Option<String>,
 }
 
-/// Rebuilds an envelope of `channel`; a record produced around the library (no id
-/// header) gets `topic/partition/offset` as its id. The value is kept whatever it is.
+/// The id of a record produced around the library with no id of its own:
+/// `topic/partition/offset@timestamp` (milliseconds), which a topic deleted and created
+/// again under the same name does not repeat (its offsets start again at 0, its
+/// timestamps do not); `topic/partition/offset` for a record without a timestamp.
+fn record_id(message: &OwnedMessage) -> Arc<str> {
+    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+    Arc::from(match message.timestamp().to_millis() {
+        Some(ms) => format!("{topic}/{partition}/{offset}@{ms}"),
+        None => format!("{topic}/{partition}/{offset}"),
+    })
+}
+
+/// Rebuilds an envelope of `channel`; a record produced around the library without an
+/// `anybroker-id` header gets the publisher's own id (a `message_id` or
+/// `correlation_id` header), else [`record_id`]. The content type is the standard
+/// `content-type` header (any case, or Spring's `contentType`). The value is kept whatever it is.
 /// The publish time is the header's, else the one the id carries, else the record's
 /// timestamp, else now.
 pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelope, Routing) {
@@ -102,9 +119,12 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
                     published_at = value
                         .parse::<u64>()
                         .ok()
-                        .map(|us| UNIX_EPOCH + Duration::from_micros(us));
+                        .and_then(|us| UNIX_EPOCH.checked_add(Duration::from_micros(us)));
                 }
-                CONTENT_TYPE => e.content_type = Arc::from(value.as_ref()),
+                CONTENT_TYPE | CONTENT_TYPE_BEFORE => e.set_content_type_from_wire(&value),
+                other if crate::is_content_type_header(other) => {
+                    e.set_content_type_from_wire(&value)
+                }
                 ATTEMPT => e.attempt = value.parse().unwrap_or(1),
                 DUE => routing.due = value.parse().ok(),
                 GROUP => routing.group = Some(value.into_owned()),
@@ -114,19 +134,14 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
             }
         }
     }
-    e.id = id.unwrap_or_else(|| {
-        Arc::from(format!(
-            "{}/{}/{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        ))
-    });
+    e.id = id
+        .or_else(|| crate::core::publisher_id(&e.headers))
+        .unwrap_or_else(|| record_id(message));
     e.published_at = published_at
         .or_else(|| message_id_time(&e.id))
         .or_else(|| {
             let ms = message.timestamp().to_millis()?;
-            Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
+            UNIX_EPOCH.checked_add(Duration::from_millis(u64::try_from(ms).ok()?))
         })
         .unwrap_or_else(SystemTime::now);
     (e, routing)
@@ -189,7 +204,67 @@ mod tests {
             &Arc::from("a.b"),
             &record(None, Timestamp::CreateTime(1_700_000_000_123)),
         );
-        assert_eq!(&*back.id, "a.b/0/8");
+        assert_eq!(&*back.id, "a.b/0/8@1700000000123");
         assert_eq!(unix_micros(back.published_at), 1_700_000_000_123_000);
+        // A record another framework produced: its id and content type by their names.
+        let foreign = OwnedHeaders::new()
+            .insert(Header {
+                key: "message_id",
+                value: Some("fs-9"),
+            })
+            .insert(Header {
+                key: "Content-Type",
+                value: Some("text/plain"),
+            });
+        let (back, _) = from_record(
+            &Arc::from("a.b"),
+            &record(Some(foreign), Timestamp::CreateTime(1_700_000_000_123)),
+        );
+        assert_eq!(&*back.id, "fs-9");
+        assert_eq!(&*back.content_type, "text/plain");
+        assert!(!back.headers.contains_key("Content-Type"));
+        // Anybroker writes the standard header, JSON included.
+        assert!(to_headers(&e, &[])
+            .iter()
+            .any(|h| h.key == "content-type" && h.value == Some(&b"application/json"[..])));
+    }
+
+    #[test]
+    fn decoding_arbitrary_records_never_panics() {
+        crate::core::arbitrary::Arbitrary::run(|a| {
+            let known = [ID, PUBLISHED_AT, CONTENT_TYPE, ATTEMPT, DUE, GROUP, "message_id"];
+            let mut headers = OwnedHeaders::new();
+            let names: Vec<String> = (0..a.below(6)).map(|_| a.name(&known)).collect();
+            let values: Vec<Option<Vec<u8>>> = names
+                .iter()
+                .map(|_| match a.below(3) {
+                    0 => None,
+                    1 => Some(a.value().into_bytes()),
+                    _ => Some(a.bytes(40)),
+                })
+                .collect();
+            for (name, value) in names.iter().zip(&values) {
+                headers = headers.insert(Header {
+                    key: name.as_str(),
+                    value: value.as_deref(),
+                });
+            }
+            let timestamp = match a.below(3) {
+                0 => Timestamp::NotAvailable,
+                1 => Timestamp::CreateTime(a.next() as i64),
+                _ => Timestamp::LogAppendTime(a.next() as i64),
+            };
+            let m = OwnedMessage::new(
+                a.one_in(4).then(|| a.bytes(64)),
+                a.one_in(2).then(|| a.bytes(16)),
+                a.text(20),
+                timestamp,
+                a.next() as i32,
+                a.next() as i64,
+                a.one_in(5).then_some(headers),
+            );
+            let (e, _) = from_record(&Arc::from("c"), &m);
+            let _ = to_headers(&e, &[]);
+        });
     }
 }

@@ -22,26 +22,27 @@ impl RetryTopics {
     /// The topics `policy` retries through; an error (naming the policy's fields) if it
     /// has more than `MAX_RETRY_TOPICS` distinct delays.
     pub(crate) fn for_policy(policy: &RetryPolicy) -> Result<Self, String> {
-        let mut delays: Vec<Duration> = Vec::new();
-        // Backoff never shrinks and stops growing at `max`.
+        let mut delays = std::collections::BTreeSet::new();
+        // Backoff never shrinks and stops growing at `max`; with jitter each backoff
+        // has a few possible waits.
         for attempt in 1..policy.attempts {
-            let delay = policy.backoff(attempt);
-            if delays.last() != Some(&delay) {
-                delays.push(delay);
-                if delays.len() > MAX_RETRY_TOPICS {
-                    return Err(format!(
-                        "retry: the policy has more than {MAX_RETRY_TOPICS} distinct backoff \
-                         delays before it reaches retry.max ({:?}), and the Kafka backend keeps \
-                         one retry topic per delay; raise retry.multiplier or lower retry.max",
-                        policy.max
-                    ));
-                }
+            delays.extend(policy.possible_delays(attempt));
+            if delays.len() > MAX_RETRY_TOPICS {
+                return Err(format!(
+                    "retry: the policy has more than {MAX_RETRY_TOPICS} distinct waits \
+                     before it reaches retry.max ({:?}), and the Kafka backend keeps one \
+                     retry topic per wait (five per backoff with jitter); raise \
+                     retry.multiplier or lower retry.max",
+                    policy.max
+                ));
             }
-            if delay >= policy.max {
+            if policy.backoff(attempt) >= policy.max {
                 break;
             }
         }
-        Ok(RetryTopics { delays })
+        Ok(RetryTopics {
+            delays: delays.into_iter().collect(),
+        })
     }
 
     /// How many retry topics the policy takes.
@@ -109,6 +110,24 @@ mod tests {
             (ms(0), ms(999), ms(1000), ms(3999), ms(4000), ms(60_000)),
             (0, 0, 0, 1, 2, 3)
         );
+    }
+
+    #[test]
+    fn a_jittered_policy_has_a_topic_per_level_so_each_holds_one_wait() {
+        use crate::core::Jitter;
+        // 400 ms then 800 ms, each from five levels; 400 ms is a level of both.
+        let p = policy(3, 400, 2.0, 800).jitter(Jitter::Equal);
+        let topics = RetryTopics::for_policy(&p).unwrap();
+        assert_eq!(topics.count(), 9);
+        for attempt in 1..3 {
+            for wait in p.possible_delays(attempt) {
+                let i = topics.index_for(wait) as usize;
+                assert_eq!(topics.delays[i], wait, "a wait's own topic");
+            }
+        }
+        // Default backoff (2, 4, 8, 10 s) with jitter: 5 levels each, shared ones once.
+        let p = RetryPolicy::new(10).jitter(Jitter::Full);
+        assert!(RetryTopics::for_policy(&p).unwrap().count() <= 20);
     }
 
     #[test]

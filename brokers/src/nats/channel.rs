@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::codec::{from_message, same_id_headers, DUE};
+use super::codec::{from_message, same_id_headers, Origin, DUE};
 use super::connection::{Connection, DELAYED, DLT};
 use super::core_mode::{CoreChannel, CoreSubscription};
 use super::error::from_nats;
@@ -87,12 +87,15 @@ impl JetStreamChannel {
             .await
             .map_err(|e| from_nats(e, "dead_letters"))?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let stream_name = info.config.name.clone();
         let mut out = Vec::new();
         let mut seq = first.max(1);
         while seq <= last && out.len() < limit {
             if let Ok(m) = stream.get_raw_message(seq).await {
-                let envelope =
-                    from_message(&self.name, || seq.to_string(), Some(&m.headers), m.payload);
+                let time = m.time.unix_timestamp_nanos();
+                let envelope = from_message(&self.name, Some(&m.headers), m.payload, || {
+                    Origin::stored(&stream_name, seq, u128::try_from(time).ok())
+                });
                 if selector.matches(&envelope) {
                     out.push((seq, envelope));
                 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use super::codec::{from_message, stream_name, to_headers, IdHeaders};
+use super::codec::{from_message, one_line, stream_name, to_headers, IdHeaders, Origin};
 use super::error::from_nats;
 use super::config::NatsConfig;
 use crate::core::{Envelope, Error, ErrorKind, Result, ShutdownFlag};
@@ -175,14 +175,17 @@ impl Connection {
         envelope: Envelope,
         extra: &[(&'static str, String)],
     ) -> impl Future<Output = Result<()>> + Send + '_ {
-        let mut headers = to_headers(&envelope, IdHeaders::JetStream);
-        for (name, value) in extra {
-            headers.insert(*name, value.as_str());
-        }
+        let headers = to_headers(&envelope, IdHeaders::JetStream).map(|mut headers| {
+            for (name, value) in extra {
+                headers.insert(*name, &*one_line(value));
+            }
+            headers
+        });
         // The payload is moved, not cloned: cloning a `Bytes` made from a `Vec`
         // allocates its shared form, one more allocation per publish.
         let Envelope { payload, .. } = envelope;
         async move {
+            let headers = headers?;
             // The client's send future (832 bytes) boxed on its own: inline, it made
             // every JetStream publish future 1,640 bytes, past malloc's fast path
             // (~1 KB); two small boxes cost less than one large.
@@ -221,7 +224,7 @@ impl Connection {
         let channel = envelope.channel.clone();
         let request = async_nats::Request::new()
             .payload(envelope.payload.clone())
-            .headers(to_headers(&envelope, IdHeaders::Core))
+            .headers(to_headers(&envelope, IdHeaders::Core)?)
             .timeout(Some(timeout));
         let reply = self
             .client
@@ -243,9 +246,9 @@ impl Connection {
             })?;
         Ok(from_message(
             &channel,
-            String::new,
             reply.headers.as_ref(),
             reply.payload,
+            Origin::unstored,
         ))
     }
 }

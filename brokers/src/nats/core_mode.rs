@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Mutex;
 
-use super::codec::{from_message, to_headers, IdHeaders};
+use super::codec::{from_message, to_headers, IdHeaders, Origin};
 use super::connection::Connection;
 use super::error::from_nats;
 use crate::core::{
@@ -47,16 +47,25 @@ impl BackendChannel for CoreChannel {
     }
 
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
-        let headers = to_headers(&envelope, IdHeaders::Core);
         // The client's future (~900 bytes) boxed, and made here: the publish future
         // holds only the box (every backend's publish future through the registry is
         // as large as the largest, see docs/backends.md).
-        let publish = Box::pin(self.connection.client.publish_with_headers(
-            self.subject.clone(),
-            headers,
-            envelope.payload,
-        ));
-        async move { publish.await.map_err(|e| from_nats(e, "publish")) }
+        // A refused header's error is boxed too, so it does not grow the future.
+        let publish = to_headers(&envelope, IdHeaders::Core)
+            .map(|headers| {
+                Box::pin(self.connection.client.publish_with_headers(
+                    self.subject.clone(),
+                    headers,
+                    envelope.payload,
+                ))
+            })
+            .map_err(Box::new);
+        async move {
+            publish
+                .map_err(|e| *e)?
+                .await
+                .map_err(|e| from_nats(e, "publish"))
+        }
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
@@ -137,12 +146,7 @@ impl CoreSubscription {
         if let (Some((_, inboxes)), Some(reply)) = (&self.replies, &m.reply) {
             inboxes.lock().unwrap().insert(tag, reply.clone());
         }
-        let envelope = from_message(
-            &self.channel,
-            || tag.to_string(),
-            m.headers.as_ref(),
-            m.payload,
-        );
+        let envelope = from_message(&self.channel, m.headers.as_ref(), m.payload, Origin::unstored);
         Delivery::new(envelope, DeliveryTag(tag, 0))
     }
 }

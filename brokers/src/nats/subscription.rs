@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
 use super::attempts::AttemptCounts;
-use super::codec::{consumer_name, from_message, same_id_headers, DUE};
+use super::codec::{consumer_name, from_message, same_id_headers, Origin, DUE};
 use super::error::from_nats;
 use super::connection::{Connection, DELAYED, DLT};
 use super::puller::Puller;
@@ -134,7 +134,7 @@ impl JetStreamSubscription {
         attempt: u32,
         counted: bool,
     ) -> Delivery {
-        let mut envelope = self.envelope_of(&message, sequence, attempt);
+        let mut envelope = self.envelope_of(&message, attempt);
         if let Some((first, error)) = self.failures.lock().unwrap().get(&sequence) {
             envelope
                 .headers
@@ -197,7 +197,7 @@ impl JetStreamSubscription {
                 f.message.ack_with(AckKind::Nak(Some(delay))).await
             }
             Settlement::DeadLetter(dead) => {
-                let mut envelope = self.envelope_of(&f.message, f.stream_sequence, f.attempt);
+                let mut envelope = self.envelope_of(&f.message, f.attempt);
                 envelope.headers.remove(header::FIRST_FAILED_AT);
                 let first_failure = self.failures.lock().unwrap().remove(&f.stream_sequence);
                 if let Some((first, _)) = first_failure {
@@ -237,14 +237,13 @@ impl JetStreamSubscription {
     fn envelope_of(
         &self,
         message: &jetstream::Message,
-        sequence: u64,
         attempt: u32,
     ) -> crate::Envelope {
         let mut envelope = from_message(
             &self.channel,
-            || sequence.to_string(),
             message.headers.as_ref(),
             message.payload.clone(),
+            || Origin::of_reply(message.reply.as_deref()),
         );
         envelope.attempt = attempt;
         envelope
@@ -465,7 +464,9 @@ async fn move_delayed(connection: Arc<Connection>, channel: Arc<str>) {
                     continue;
                 }
                 let envelope =
-                    from_message(&channel, String::new, m.headers.as_ref(), m.payload.clone());
+                    from_message(&channel, m.headers.as_ref(), m.payload.clone(), || {
+                        Origin::of_reply(m.reply.as_deref())
+                    });
                 connection
                     .js_publish(channel.to_string(), envelope, &[])
                     .await?;

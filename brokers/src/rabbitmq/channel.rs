@@ -5,9 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 
-use super::codec::{from_delivery, to_properties};
+use super::codec::{check_header_names, from_delivery, to_properties};
 use super::connection::{publish_confirmed, Link, Route};
 use super::error::from_lapin;
 use super::subscription::{QueueRole, RabbitSubscription};
@@ -48,7 +49,8 @@ pub struct RabbitMqChannel {
 
 impl RabbitMqChannel {
     /// Validates the name and declares the default group's queue, so what is published
-    /// before the group's first member subscribes is kept.
+    /// before the group's first member subscribes is kept; then moves what was parked
+    /// for the channel before it had a queue into it.
     pub(crate) async fn open(link: Arc<Link>, spec: &ChannelSpec) -> Result<Self> {
         let name = &spec.name;
         if name.is_empty() || name.len() > MAX_CHANNEL_NAME {
@@ -57,6 +59,7 @@ impl RabbitMqChannel {
             )));
         }
         declare_group(&link, name, &spec.default_group).await?;
+        recover_parked(&link, name).await?;
         Ok(RabbitMqChannel {
             rpc_routing_key: Names::rpc(name),
             delayed_exchange: Names::delayed_exchange(&link.config().exchange),
@@ -153,6 +156,7 @@ impl BackendChannel for RabbitMqChannel {
         // ~2 KB, and every backend's publish future through the registry would be
         // that size (see docs/backends.md).
         Box::pin(async move {
+            check_header_names(&envelope)?;
             let properties = to_properties(&envelope);
             self.link
                 .publish(&self.route(), &envelope.payload, &properties)
@@ -171,6 +175,7 @@ impl BackendChannel for RabbitMqChannel {
     }
 
     async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {
+        check_header_names(&envelope)?;
         let ms = delay.as_millis() as u64;
         let queue = Names::delay_queue(&self.name, ms);
         let session = self.link.session().await?;
@@ -200,8 +205,12 @@ impl BackendChannel for RabbitMqChannel {
     }
 
     async fn request(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope> {
+        check_header_names(&envelope)?;
+        // Straight into the request queue through the default exchange, which has no
+        // alternate exchange: with no queue (nobody serves), the request comes back
+        // unroutable at once instead of being parked.
         let route = Route {
-            exchange: &self.link.config().exchange,
+            exchange: "",
             routing_key: &self.rpc_routing_key,
             mandatory: true,
         };
@@ -227,4 +236,71 @@ async fn declare_group(link: &Link, channel: &str, group: &str) -> Result<()> {
     let declared = topology::declare_group(&ch, &link.config().exchange, channel, group).await;
     let _ = ch.close(200, "declared".into()).await;
     declared.map(drop)
+}
+
+/// Moves what was parked for `channel` in `X.unroutable` to its queues (see
+/// [`move_parked`]), on a channel of its own.
+async fn recover_parked(link: &Link, channel: &str) -> Result<()> {
+    let session = link.session().await?;
+    let ch = session.declaring_channel().await?;
+    let moved = move_parked(&ch, &link.config().exchange, channel).await;
+    let _ = ch.close(200, "recovered".into()).await;
+    let moved = moved?;
+    if moved > 0 {
+        tracing::info!(broker = "rabbitmq", channel, moved, "messages parked before the channel had a queue moved to it");
+    }
+    Ok(())
+}
+
+/// Moves the messages parked in `X.unroutable` for `channel` (published on it before it
+/// had a queue, or delayed and due when it had none) back to `X`, where the channel's
+/// queues now take them; the others are given back in their order. Each is published
+/// (confirmed) before it is acked: a crash in between duplicates, never loses.
+async fn move_parked(ch: &lapin::Channel, exchange: &str, channel: &str) -> Result<usize> {
+    let unroutable = Names::unroutable(exchange);
+    let present = ch
+        .queue_declare(
+            unroutable.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| from_lapin(e, "declare queue"))?
+        .message_count();
+    if present == 0 {
+        return Ok(0);
+    }
+    ch.confirm_select(Default::default())
+        .await
+        .map_err(|e| from_lapin(e, "confirm select"))?;
+    let route = Route {
+        exchange,
+        routing_key: channel,
+        mandatory: true,
+    };
+    let mut moved = 0;
+    for _ in 0..present {
+        let Some(got) = ch
+            .basic_get(unroutable.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| from_lapin(e, "recover parked"))?
+        else {
+            break;
+        };
+        let delivery = got.delivery;
+        if delivery.routing_key.as_str() != channel {
+            continue;
+        }
+        publish_confirmed(ch, &route, &delivery.data, delivery.properties.clone()).await?;
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| from_lapin(e, "recover parked"))?;
+        moved += 1;
+    }
+    Ok(moved)
 }

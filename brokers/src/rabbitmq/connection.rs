@@ -68,6 +68,7 @@ impl Session {
         .await
         .map_err(|_| unreachable(None))?
         .map_err(|e| unreachable(Some(e)))?;
+        topology::declare_exchanges(&connection, &config.exchange).await?;
         let publish = connection
             .create_channel()
             .await
@@ -76,7 +77,6 @@ impl Session {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| from_lapin(e, "confirm select"))?;
-        topology::declare_exchanges(&publish, &config.exchange).await?;
         Ok(Session {
             connection,
             publish,

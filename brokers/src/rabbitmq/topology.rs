@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use super::error::from_lapin;
 use super::names::Names;
@@ -31,9 +32,21 @@ fn millis(d: Duration) -> AMQPValue {
     AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64)
 }
 
-/// The channels' exchange `X`, the exchange delayed messages expire into (`X.delayed`)
-/// and its alternate exchange and queue (`X.unroutable`).
-pub(crate) async fn declare_exchanges(ch: &Channel, exchange: &str) -> Result<()> {
+/// The channels' exchange `X`, the exchange delayed messages expire into (`X.delayed`),
+/// and the alternate exchange of both with its queue (`X.unroutable`), which parks what
+/// no queue takes. Declared on a channel of their own: a refused declaration closes
+/// the channel it was made on.
+pub(crate) async fn declare_exchanges(connection: &Connection, exchange: &str) -> Result<()> {
+    let ch = connection
+        .create_channel()
+        .await
+        .map_err(|e| from_lapin(e, "open channel"))?;
+    let declared = declare_exchanges_on(&ch, exchange).await;
+    let _ = ch.close(200, "declared".into()).await;
+    declared
+}
+
+async fn declare_exchanges_on(ch: &Channel, exchange: &str) -> Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -41,28 +54,10 @@ pub(crate) async fn declare_exchanges(ch: &Channel, exchange: &str) -> Result<()
     let unroutable = Names::unroutable(exchange);
     let op = "declare exchange";
     ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Direct,
-        durable,
-        FieldTable::default(),
-    )
-    .await
-    .map_err(|e| from_lapin(e, op))?;
-    ch.exchange_declare(
         unroutable.as_str().into(),
         ExchangeKind::Fanout,
         durable,
         FieldTable::default(),
-    )
-    .await
-    .map_err(|e| from_lapin(e, op))?;
-    let mut delayed_args = FieldTable::default();
-    delayed_args.insert("alternate-exchange".into(), text(&unroutable));
-    ch.exchange_declare(
-        Names::delayed_exchange(exchange).into(),
-        ExchangeKind::Direct,
-        durable,
-        delayed_args,
     )
     .await
     .map_err(|e| from_lapin(e, op))?;
@@ -82,7 +77,46 @@ pub(crate) async fn declare_exchanges(ch: &Channel, exchange: &str) -> Result<()
     )
     .await
     .map_err(|e| from_lapin(e, "bind queue"))?;
-    Ok(())
+    let mut parked = FieldTable::default();
+    parked.insert("alternate-exchange".into(), text(&unroutable));
+    ch.exchange_declare(
+        Names::delayed_exchange(exchange).into(),
+        ExchangeKind::Direct,
+        durable,
+        parked.clone(),
+    )
+    .await
+    .map_err(|e| from_lapin(e, op))?;
+    // Last: an exchange an earlier version declared without an alternate exchange
+    // refuses this declaration (its arguments cannot change) and closes the channel.
+    match ch
+        .exchange_declare(exchange.into(), ExchangeKind::Direct, durable, parked)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if is_precondition_failed(&e) => {
+            tracing::warn!(
+                broker = "rabbitmq",
+                exchange,
+                "the exchange exists without an alternate exchange, so a message published \
+                 on a channel before it has a queue is refused (anybroker's publish) or \
+                 dropped (other publishers); give it one with a policy: rabbitmqctl \
+                 set_policy {exchange}-unroutable '^{exchange}$' \
+                 '{{\"alternate-exchange\":\"{unroutable}\"}}' --apply-to exchanges"
+            );
+            Ok(())
+        }
+        Err(e) => Err(from_lapin(e, op)),
+    }
+}
+
+/// Whether the server refused a declaration because what exists differs from it.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
 }
 
 /// The group's queue, bound to the channel's routing key on `X` and `X.delayed`, and

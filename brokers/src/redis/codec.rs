@@ -106,44 +106,59 @@ pub(crate) fn write_fields(cmd: &mut redis::Cmd, envelope: &Envelope) {
     cmd.arg(PAYLOAD).arg(&envelope.payload[..]);
 }
 
-/// Rebuilds an envelope of `channel` from an entry's fields. Never fails: an entry
-/// not written by anybroker (no payload field) becomes an envelope with an empty
-/// payload, which the router dead-letters as undecodable instead of losing it. The
-/// publish time is the `ts` field's, else the one the id carries, else the time the
-/// stream entry id says Redis added the entry.
+/// Rebuilds an envelope of `channel` from an entry's fields. Never fails, and keeps
+/// everything the entry carried:
+/// - a field anybroker does not write becomes an application header of the same name
+///   (so a dead letter or a retry writes it again);
+/// - an entry without the payload field takes its payload from FastStream's `__data__`
+///   field (its binary or JSON format, whose headers become headers), else from its
+///   only field when it has one; one that is none of these has an empty payload and
+///   all its fields as headers, and the router dead-letters it as undecodable;
+/// - without an `id` field, the id is the publisher's own (a `message_id` or
+///   `correlation_id` header), else the stream entry id.
+///
+/// The publish time is the `ts` field's, else the one the id carries, else the time
+/// the stream entry id says Redis added the entry.
 pub(crate) fn from_fields(
     channel: &Arc<str>,
     entry_id: &str,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Envelope {
-    // The envelope id written at publish; entries written around the library get
-    // their stream entry id.
-    let id = fields
-        .iter()
-        .find(|(n, _)| n.as_slice() == ID.as_bytes())
-        .map(|(_, v)| Arc::from(String::from_utf8_lossy(v)))
-        .unwrap_or_else(|| Arc::from(entry_id));
-    let mut envelope = Envelope::received(channel.clone(), id);
-    let mut published_at = None;
+    let mut envelope = Envelope::received(channel.clone(), Arc::from(""));
+    let (mut id, mut published_at, mut payload) = (None, None, None);
+    let mut foreign = Vec::new();
     for (name, value) in fields {
         match name.as_slice() {
-            b"id" => {}
+            b"id" => id = Some(Arc::from(String::from_utf8_lossy(&value))),
             b"k" => envelope.key = Some(Arc::from(String::from_utf8_lossy(&value))),
             b"ct" => envelope.content_type = Arc::from(String::from_utf8_lossy(&value)),
             b"ts" => {
-                published_at = parse_u64(&value).map(|us| UNIX_EPOCH + Duration::from_micros(us));
+                published_at = parse_u64(&value).and_then(|us| UNIX_EPOCH.checked_add(Duration::from_micros(us)));
             }
-            b"a" => envelope.attempt = parse_u64(&value).map_or(1, |a| a as u32),
-            b"p" => envelope.payload = Bytes::from(value),
+            b"a" => envelope.attempt = parse_u64(&value).map_or(1, |a| a.clamp(1, u32::MAX as u64) as u32),
+            b"p" => payload = Some(Bytes::from(value)),
             n if n.starts_with(HEADER_PREFIX.as_bytes()) => {
                 let name = String::from_utf8_lossy(&n[HEADER_PREFIX.len()..]).into_owned();
                 envelope
                     .headers
                     .insert(name, String::from_utf8_lossy(&value).into_owned());
             }
-            _ => {}
+            _ => foreign.push((name, value)),
         }
     }
+    match payload {
+        Some(payload) => envelope.payload = payload,
+        None => read_foreign_body(&mut envelope, &mut foreign),
+    }
+    for (name, value) in foreign {
+        envelope.headers.insert(
+            String::from_utf8_lossy(&name).into_owned(),
+            String::from_utf8_lossy(&value).into_owned(),
+        );
+    }
+    envelope.id = id
+        .or_else(|| crate::core::publisher_id(&envelope.headers))
+        .unwrap_or_else(|| Arc::from(entry_id));
     envelope.published_at = published_at
         .or_else(|| message_id_time(&envelope.id))
         .or_else(|| entry_time(entry_id))
@@ -151,10 +166,91 @@ pub(crate) fn from_fields(
     envelope
 }
 
+/// FastStream's stream field, holding its message format.
+const FASTSTREAM_FIELD: &[u8] = b"__data__";
+/// The first bytes of FastStream's binary message format.
+const FASTSTREAM_BINARY: &[u8] = b"\x89BIN\r\n\x1a\n";
+
+/// The payload of an entry anybroker did not write, taken out of `fields`: FastStream's
+/// message, else the only field.
+fn read_foreign_body(envelope: &mut Envelope, fields: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    let at = fields.iter().position(|(n, _)| n == FASTSTREAM_FIELD);
+    let at = match at {
+        Some(at) => at,
+        None if fields.len() == 1 => 0,
+        None => return,
+    };
+    let (name, value) = fields.remove(at);
+    let parsed = if name == FASTSTREAM_FIELD {
+        parse_faststream_binary(&value).or_else(|| parse_faststream_json(&value))
+    } else {
+        None
+    };
+    match parsed {
+        Some((headers, body)) => {
+            envelope.headers.extend(headers);
+            envelope.take_content_type_header();
+            envelope.payload = body;
+        }
+        None => envelope.payload = Bytes::from(value),
+    }
+}
+
+/// FastStream's binary format: the 8 identifying bytes, a version (u16), the offsets
+/// of the header count and of the data (u32 each), the header count (u16), each header
+/// as a key and a value (u16 length, UTF-8), then the data. Big endian throughout.
+fn parse_faststream_binary(raw: &[u8]) -> Option<(Vec<(String, String)>, Bytes)> {
+    let rest = raw.strip_prefix(FASTSTREAM_BINARY)?;
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes(raw.get(at..at.checked_add(2)?)?.try_into().ok()?) as usize)
+    };
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(raw.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
+    };
+    let start = raw.len() - rest.len();
+    let (headers_at, data_at) = (u32_at(start + 2)?, u32_at(start + 6)?);
+    let count = u16_at(headers_at)?;
+    let mut at = headers_at + 2;
+    let text = |at: &mut usize| -> Option<String> {
+        let len = u16_at(*at)?;
+        let s = raw.get(*at + 2..(*at + 2).checked_add(len)?)?;
+        *at += 2 + len;
+        Some(String::from_utf8_lossy(s).into_owned())
+    };
+    let mut headers = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let name = text(&mut at)?;
+        headers.push((name, text(&mut at)?));
+    }
+    let body = raw.get(data_at..)?;
+    Some((headers, Bytes::copy_from_slice(body)))
+}
+
+/// FastStream's JSON format: `{"data": <body as text>, "headers": {...}}`.
+fn parse_faststream_json(raw: &[u8]) -> Option<(Vec<(String, String)>, Bytes)> {
+    let serde_json::Value::Object(mut message) = serde_json::from_slice(raw).ok()? else {
+        return None;
+    };
+    let serde_json::Value::String(data) = message.remove("data")? else {
+        return None;
+    };
+    let headers = match message.remove("headers") {
+        Some(serde_json::Value::Object(h)) => h
+            .into_iter()
+            .map(|(name, value)| match value {
+                serde_json::Value::String(s) => (name, s),
+                other => (name, other.to_string()),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some((headers, Bytes::from(data)))
+}
+
 /// When Redis added a stream entry: the milliseconds before the `-` of its id.
 fn entry_time(entry_id: &str) -> Option<std::time::SystemTime> {
     let (ms, _) = entry_id.split_once('-')?;
-    Some(UNIX_EPOCH + Duration::from_millis(ms.parse().ok()?))
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms.parse().ok()?))
 }
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
@@ -385,5 +481,118 @@ mod tests {
             unframe(b"garbage"),
             vec![(b"p".to_vec(), b"garbage".to_vec())]
         );
+    }
+
+    fn fields(pairs: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn foreign_entries_keep_every_field() {
+        let c: Arc<str> = Arc::from("c");
+        // Several fields and none is the payload: all kept, as headers, which a dead
+        // letter writes again.
+        let e = from_fields(&c, "1-0", fields(&[("order", b"17"), ("note", b"x")]));
+        assert!(e.payload.is_empty());
+        assert_eq!(e.headers.get("order").map(String::as_str), Some("17"));
+        assert_eq!(e.headers.get("note").map(String::as_str), Some("x"));
+        assert_eq!(&*e.id, "1-0");
+        let again: Vec<(Vec<u8>, Vec<u8>)> = to_fields(&e)
+            .into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(from_fields(&c, "2-0", again).headers, e.headers);
+        // One field: its value is the payload.
+        let e = from_fields(&c, "1-0", fields(&[("data", br#"{"n":1}"#)]));
+        assert_eq!(&e.payload[..], br#"{"n":1}"#);
+        // Beside anybroker's payload field, a foreign field is a header.
+        let e = from_fields(&c, "1-0", fields(&[("p", b"{}"), ("extra", b"1")]));
+        assert_eq!(&e.payload[..], b"{}");
+        assert_eq!(e.headers.get("extra").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn faststream_messages_are_read() {
+        let c: Arc<str> = Arc::from("c");
+        // Binary format: magic, version 1, offsets, two headers, the data.
+        let headers = [("correlation_id", "fs-3"), ("content-type", "application/json")];
+        let mut raw = FASTSTREAM_BINARY.to_vec();
+        raw.extend_from_slice(&1u16.to_be_bytes());
+        let headers_at = raw.len() + 8;
+        let size: usize = headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
+        raw.extend_from_slice(&(headers_at as u32).to_be_bytes());
+        raw.extend_from_slice(&((headers_at + 2 + size) as u32).to_be_bytes());
+        raw.extend_from_slice(&(headers.len() as u16).to_be_bytes());
+        for (k, v) in headers {
+            raw.extend_from_slice(&(k.len() as u16).to_be_bytes());
+            raw.extend_from_slice(k.as_bytes());
+            raw.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            raw.extend_from_slice(v.as_bytes());
+        }
+        raw.extend_from_slice(br#"{"n":3}"#);
+        let e = from_fields(&c, "1700000000000-0", fields(&[("__data__", &raw)]));
+        assert_eq!(&e.payload[..], br#"{"n":3}"#);
+        assert_eq!(&*e.id, "fs-3");
+        assert_eq!(&*e.content_type, crate::CONTENT_TYPE_JSON);
+        assert_eq!(e.headers.get("correlation_id").map(String::as_str), Some("fs-3"));
+        assert!(!e.headers.contains_key("content-type"));
+        // A truncated binary message is kept whole as the payload.
+        let e = from_fields(&c, "1-0", fields(&[("__data__", &raw[..20])]));
+        assert_eq!(&e.payload[..], &raw[..20]);
+        // JSON format.
+        let json = br#"{"data": "{\"n\":4}", "headers": {"correlation_id": "fs-4", "content-type": "text/plain", "priority": 5}}"#;
+        let e = from_fields(&c, "1-0", fields(&[("__data__", json)]));
+        assert_eq!(&e.payload[..], br#"{"n":4}"#);
+        assert_eq!(&*e.id, "fs-4");
+        assert_eq!(&*e.content_type, "text/plain");
+        assert_eq!(e.headers.get("priority").map(String::as_str), Some("5"));
+    }
+
+    /// An arbitrary reply value, nested up to `depth`.
+    fn arbitrary_value(a: &mut crate::core::arbitrary::Arbitrary, depth: u32) -> Value {
+        match a.below(if depth == 0 { 4 } else { 7 }) {
+            0 => Value::Nil,
+            1 => Value::BulkString(a.bytes(32)),
+            2 => Value::SimpleString(a.text(16)),
+            3 => Value::Int(a.next() as i64),
+            4 => Value::Array((0..a.below(5)).map(|_| arbitrary_value(a, depth - 1)).collect()),
+            5 => Value::Map(
+                (0..a.below(4))
+                    .map(|_| (arbitrary_value(a, depth - 1), arbitrary_value(a, depth - 1)))
+                    .collect(),
+            ),
+            _ => Value::Set((0..a.below(4)).map(|_| arbitrary_value(a, depth - 1)).collect()),
+        }
+    }
+
+    #[test]
+    fn decoding_arbitrary_entries_and_replies_never_panics() {
+        crate::core::arbitrary::Arbitrary::run(|a| {
+            let known = ["id", "k", "ct", "ts", "a", "p", "h:x", "__data__", "correlation_id"];
+            let fields: Vec<(Vec<u8>, Vec<u8>)> = (0..a.below(8))
+                .map(|_| {
+                    let name = a.name(&known).into_bytes();
+                    let value = match a.below(3) {
+                        0 => [FASTSTREAM_BINARY, &a.bytes(64)].concat(),
+                        1 => a.value().into_bytes(),
+                        _ => a.bytes(64),
+                    };
+                    (name, value)
+                })
+                .collect();
+            let entry_id = if a.one_in(2) {
+                format!("{}-{}", a.next(), a.below(9))
+            } else {
+                a.text(24)
+            };
+            let _ = from_fields(&Arc::from("c"), &entry_id, fields);
+            let _ = unframe(&a.bytes(128));
+            let _ = parse_read(arbitrary_value(a, 4));
+            let _ = parse_autoclaim(arbitrary_value(a, 4));
+            let _ = parse_entries(arbitrary_value(a, 4));
+        });
     }
 }
