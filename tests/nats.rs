@@ -387,3 +387,57 @@ fn attempt_recording_handler(
         }
     })
 }
+
+/// Core NATS, the server killed and started again: the client connects again by
+/// itself and its subscription with it, so messages published once the server is
+/// back arrive (fire-and-forget: what was published while it was down may not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_messages_after_a_server_restart_arrive() {
+    let mut server = common::own_nats();
+    let ch = unique_channel::<Numbered>("core-restart");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"nats\"\n[defaults]\nretry = {{ attempts = 1 }}\n\
+         [brokers.nats]\nkind = \"nats\"\nmode = \"core\"\nurl = \"nats://127.0.0.1:{}\"\n",
+        server.port
+    ))
+    .unwrap();
+    let seen: HandledCounts = Default::default();
+    let router = MessageRouter::builder(config)
+        .handle(ch, counting_handler(&seen, Duration::ZERO))
+        .start()
+        .await
+        .unwrap();
+    router.publish(ch, &Numbered { seq: 0 }).await.unwrap();
+    wait_until(
+        "handled before the restart",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().contains_key(&0),
+    )
+    .await;
+    common::restart(&mut server, "KILL").await;
+    // Published until one sent after the restart comes back: the client is connected
+    // and subscribed again.
+    let next = AtomicUsize::new(1);
+    let back = common::holds_within_async(Duration::from_secs(30), || async {
+        let seq = next.fetch_add(1, Ordering::SeqCst) as u64;
+        let _ = router.publish(ch, &Numbered { seq }).await;
+        seen.lock().unwrap().keys().any(|&s| s >= 1)
+    })
+    .await;
+    assert!(back, "no message published after the restart arrived");
+    // From then on, every message arrives.
+    let first = next.load(Ordering::SeqCst) as u64;
+    for s in first..first + 100 {
+        router.publish(ch, &Numbered { seq: s }).await.unwrap();
+    }
+    wait_until(
+        "every later message handled",
+        Duration::from_secs(20),
+        || {
+            let seen = seen.lock().unwrap();
+            (first..first + 100).all(|s| seen.contains_key(&s))
+        },
+    )
+    .await;
+    router.shutdown().await.unwrap();
+}

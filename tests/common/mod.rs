@@ -46,7 +46,9 @@ pub async fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool
     holds_within_async(timeout, || std::future::ready(condition())).await
 }
 
-async fn holds_within_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
+/// [`holds_within`] with an async condition.
+#[allow(dead_code)]
+pub async fn holds_within_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -63,7 +65,7 @@ where
 }
 
 /// The command-line arguments of a server, given its port and data dir.
-type ServerArgs = dyn Fn(u16, &Path) -> Vec<String>;
+type ServerArgs = dyn Fn(u16, &Path) -> Vec<String> + Send + Sync;
 
 /// A broker server of the test's own, on a free port with a temp data dir, that the
 /// test can stop and start again (the shared servers are never touched).
@@ -79,7 +81,7 @@ impl OwnServer {
     /// Starts `program` with `args(port, dir)` and waits until it accepts connections.
     pub fn start(
         program: &'static str,
-        args: impl Fn(u16, &Path) -> Vec<String> + 'static,
+        args: impl Fn(u16, &Path) -> Vec<String> + Send + Sync + 'static,
     ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -543,6 +545,108 @@ pub fn own_nats_with(extra: Vec<String>) -> OwnServer {
         args.extend(extra.iter().cloned());
         args
     })
+}
+
+/// A RabbitMQ node of the test's own beside the machine's (its own name, AMQP and
+/// distribution ports, data and config dir), run as the `rabbitmq` user as the
+/// machine's is; stopped by the pid it wrote, and started again on the same data.
+#[allow(dead_code)]
+pub struct OwnRabbitMq {
+    pub port: u16,
+    dir: PathBuf,
+    dist_port: u16,
+}
+
+#[allow(dead_code)]
+impl OwnRabbitMq {
+    pub fn start() -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, dist_port) = (free(), free());
+        let dir = std::env::temp_dir().join(format!(
+            "anybroker-rabbitmq-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        let owned = Command::new("chown")
+            .args(["-R", "rabbitmq"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(owned.success(), "chown the node's dir to the rabbitmq user");
+        let mut node = OwnRabbitMq {
+            port,
+            dir,
+            dist_port,
+        };
+        node.up();
+        node
+    }
+
+    /// Starts the node (again, on the same data) and waits until it takes connections.
+    pub fn up(&mut self) {
+        let d = self.dir.display();
+        let script = format!(
+            "cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq \
+             RABBITMQ_NODENAME=anybroker-{port}@localhost RABBITMQ_CONFIG_FILE={d}/rabbitmq \
+             RABBITMQ_DIST_PORT={dist} RABBITMQ_MNESIA_BASE={d}/mnesia RABBITMQ_LOG_BASE={d}/log \
+             RABBITMQ_ENABLED_PLUGINS_FILE={d}/enabled_plugins RABBITMQ_PID_FILE={d}/pid \
+             /usr/lib/rabbitmq/bin/rabbitmq-server -detached",
+            port = self.port,
+            dist = self.dist_port,
+        );
+        let started = Command::new("su")
+            .args(["rabbitmq", "-s", "/bin/sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(started.success(), "own rabbitmq-server starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own rabbitmq-server did not start (log in {d}/log)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Shuts the node down (TERM to the pid it wrote: a clean stop) and waits for it.
+    pub fn stop(&mut self) {
+        let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) else {
+            return;
+        };
+        let pid = pid.trim().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for OwnRabbitMq {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[allow(dead_code)]

@@ -1,0 +1,313 @@
+//! The soak run: every backend at once (the embedded broker, Redis Streams, JetStream,
+//! RabbitMQ, Kafka), a million messages in all, handlers failing and panicking at
+//! random, and servers restarted along the way. Reports, per backend, what was lost,
+//! handled twice and dead-lettered, and the process's peak memory. Not part of the
+//! test command (it takes minutes):
+//!
+//! ```text
+//! scripts/brokers   # tansu on 9092 for Kafka; the other servers are the run's own
+//! cargo bench --bench soak --features redis,nats,rabbitmq,kafka
+//! cargo bench --bench soak --features redis,nats,rabbitmq,kafka -- --messages 100000 --restarts 2
+//! ```
+//!
+//! Redis (AOF, fsync always), NATS (JetStream on disk) and RabbitMQ are servers of the
+//! run's own, on their own ports and data dirs, restarted in turn (Redis and RabbitMQ
+//! shut down, NATS killed) at even steps of the publishing. Kafka runs on the shared
+//! tansu, whose memory storage does not survive a restart: it is not restarted.
+//! A publish that fails during an outage is retried by the publisher, as an
+//! application does. A message counts as kept when a handler finished it or it is in
+//! its channel's dead letters; the run fails if any message of any backend is not.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anybroker::{handler_fn, Channel, HandlerError, MessageContext, MessageRouter, RouterConfig};
+use clap::Parser;
+use futures::StreamExt;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Numbered, OwnRabbitMq, OwnServer, KAFKA_TANSU_TABLE};
+
+#[derive(Parser)]
+struct Args {
+    /// Messages in all, split evenly over the five backends.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Server restarts, spread evenly over the publishing (Redis, NATS, RabbitMQ in turn).
+    #[arg(long, default_value_t = 5)]
+    restarts: u64,
+    /// Share of handler calls that fail (retryable).
+    #[arg(long, default_value_t = 0.01)]
+    fail: f64,
+    /// Share of handler calls that panic.
+    #[arg(long, default_value_t = 0.005)]
+    panic: f64,
+    /// Share of handler calls that fail for good (dead-lettered at once).
+    #[arg(long, default_value_t = 0.001)]
+    permanent: f64,
+    /// Publishes in flight per backend.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Accepted for `cargo bench` compatibility.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const BACKENDS: [&str; 5] = ["memory", "redis", "nats", "rabbitmq", "kafka"];
+const ATTEMPTS: u32 = 3;
+
+/// What one backend's handlers did.
+#[derive(Default)]
+struct Tally {
+    /// Handler calls that finished a message, and the distinct messages they finished.
+    finished_calls: AtomicU64,
+    finished: Mutex<HashSet<u64>>,
+    /// Messages whose last call failed: they go to the dead letters.
+    dead: Mutex<HashSet<u64>>,
+    published: AtomicU64,
+    publish_errors: AtomicU64,
+}
+
+impl Tally {
+    fn kept(&self) -> u64 {
+        let finished = self.finished.lock().unwrap();
+        let dead = self.dead.lock().unwrap();
+        finished.union(&dead).count() as u64
+    }
+}
+
+/// A random number in [0, 1) (SplitMix64 over a shared counter: spread, not secrecy).
+fn draw() -> f64 {
+    static STATE: AtomicU64 = AtomicU64::new(0x5EED);
+    let mut z = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// The servers the run restarts.
+struct Servers {
+    redis: OwnServer,
+    nats: OwnServer,
+    rabbitmq: OwnRabbitMq,
+}
+
+impl Servers {
+    /// Restart number `n`: Redis, NATS and RabbitMQ in turn.
+    fn restart(&mut self, n: u64) -> &'static str {
+        match n % 3 {
+            0 => {
+                self.redis.stop("TERM");
+                self.redis.up();
+                "redis"
+            }
+            1 => {
+                self.nats.stop("KILL");
+                self.nats.up();
+                "nats"
+            }
+            _ => {
+                self.rabbitmq.stop();
+                self.rabbitmq.up();
+                "rabbitmq"
+            }
+        }
+    }
+}
+
+fn config(servers: &Servers, run: &str) -> RouterConfig {
+    let mut toml = format!(
+        "[defaults]\nretry = {{ attempts = {ATTEMPTS}, initial = \"20ms\", max = \"200ms\", jitter = \"equal\" }}\n\
+         prefetch = 128\nconsumers = 2\n\
+         [brokers.memory]\nkind = \"memory\"\n\
+         [brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nclaim_idle = \"5s\"\nresponse_timeout = \"5s\"\n\
+         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nack_wait = \"5s\"\nmax_age = \"1h\"\n\
+         [brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{}\"\nreconnect_timeout = \"120s\"\n\
+         [brokers.kafka]\n{KAFKA_TANSU_TABLE}",
+        servers.redis.port,
+        servers.nats.port,
+        servers.rabbitmq.url(),
+    );
+    for backend in BACKENDS {
+        toml.push_str(&format!(
+            "[channels.\"soak.{run}.{backend}\"]\nbroker = \"{backend}\"\n"
+        ));
+    }
+    RouterConfig::from_toml_str(&toml).unwrap()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args = Args::parse();
+    // Thousands of handler panics are the point of the run: they are not printed.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&"soak: panicking handler") {
+            default_hook(info);
+        }
+    }));
+    let per_backend = args.messages / BACKENDS.len() as u64;
+    let run = format!("{}", std::process::id());
+    println!("starting the run's own Redis, NATS and RabbitMQ");
+    let servers = Servers {
+        redis: common::own_redis(),
+        nats: common::own_nats(),
+        rabbitmq: OwnRabbitMq::start(),
+    };
+    let channels: Vec<Channel<Numbered>> = BACKENDS
+        .iter()
+        .map(|b| Channel::named(format!("soak.{run}.{b}")))
+        .collect();
+    let tallies: Vec<Arc<Tally>> = BACKENDS.iter().map(|_| Arc::default()).collect();
+    let mut builder = MessageRouter::builder(config(&servers, &run));
+    for (ch, tally) in channels.iter().zip(&tallies) {
+        let tally = tally.clone();
+        let (fail, panic, permanent) = (args.fail, args.panic, args.permanent);
+        builder = builder.handle(
+            *ch,
+            handler_fn(move |m: Numbered, cx: MessageContext| {
+                let tally = tally.clone();
+                async move {
+                    let roll = draw();
+                    let last = cx.attempt() >= ATTEMPTS;
+                    let outcome = if roll < permanent {
+                        Err(HandlerError::permanent("soak: for good"))
+                    } else if roll < permanent + fail {
+                        Err(HandlerError::retryable("soak: not now"))
+                    } else if roll < permanent + fail + panic {
+                        if last {
+                            tally.dead.lock().unwrap().insert(m.seq);
+                        }
+                        panic!("soak: panicking handler");
+                    } else {
+                        Ok(())
+                    };
+                    match &outcome {
+                        Ok(()) => {
+                            tally.finished_calls.fetch_add(1, Ordering::Relaxed);
+                            tally.finished.lock().unwrap().insert(m.seq);
+                        }
+                        Err(e) if e.is_permanent() || last => {
+                            tally.dead.lock().unwrap().insert(m.seq);
+                        }
+                        Err(_) => {}
+                    }
+                    outcome
+                }
+            }),
+        );
+    }
+    let router = builder.start().await.unwrap();
+    let started = Instant::now();
+    println!(
+        "publishing {per_backend} messages on each of {} backends, {} restarts",
+        BACKENDS.len(),
+        args.restarts
+    );
+
+    let publishers: Vec<_> = channels
+        .iter()
+        .zip(&tallies)
+        .map(|(&ch, tally)| {
+            let (router, tally, window) = (router.clone(), tally.clone(), args.window);
+            tokio::spawn(async move {
+                futures::stream::iter(0..per_backend)
+                    .for_each_concurrent(window, |seq| {
+                        let (router, tally) = (router.clone(), tally.clone());
+                        async move {
+                            while router.publish(ch, &Numbered { seq }).await.is_err() {
+                                tally.publish_errors.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            tally.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .await;
+            })
+        })
+        .collect();
+
+    let servers = Arc::new(Mutex::new(servers));
+    let total = per_backend * BACKENDS.len() as u64;
+    for n in 0..args.restarts {
+        let at = total * (n + 1) / (args.restarts + 1);
+        while tallies
+            .iter()
+            .map(|t| t.published.load(Ordering::Relaxed))
+            .sum::<u64>()
+            < at
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let servers = servers.clone();
+        let which = tokio::task::spawn_blocking(move || servers.lock().unwrap().restart(n))
+            .await
+            .unwrap();
+        println!(
+            "{:>6.1}s  restarted {which} ({at} published)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    println!("{:>6.1}s  all published", started.elapsed().as_secs_f64());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while tallies.iter().any(|t| t.kept() < per_backend) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = started.elapsed();
+
+    println!(
+        "\n| backend | published | finished | handled twice | dead letters | lost | publishes retried |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut lost_any = false;
+    for ((backend, ch), tally) in BACKENDS.iter().zip(&channels).zip(&tallies) {
+        let dead_letters = router
+            .dead_letters(*ch, per_backend as usize)
+            .await
+            .unwrap();
+        let dead_seqs: HashSet<u64> = dead_letters
+            .iter()
+            .filter_map(|d| d.message().ok().map(|m| m.seq))
+            .collect();
+        let finished = tally.finished.lock().unwrap().clone();
+        let lost = (0..per_backend)
+            .filter(|s| !finished.contains(s) && !dead_seqs.contains(s))
+            .count();
+        lost_any |= lost > 0;
+        let calls = tally.finished_calls.load(Ordering::Relaxed);
+        println!(
+            "| {backend} | {} | {} | {} | {} | {lost} | {} |",
+            tally.published.load(Ordering::Relaxed),
+            finished.len(),
+            calls - finished.len() as u64,
+            dead_seqs.len(),
+            tally.publish_errors.load(Ordering::Relaxed),
+        );
+    }
+    println!(
+        "\n{total} messages in {:.0} s; peak resident memory of the process {:.0} MiB",
+        elapsed.as_secs_f64(),
+        peak_rss_mib()
+    );
+    router.shutdown().await.unwrap();
+    if lost_any {
+        eprintln!("messages were lost");
+        std::process::exit(1);
+    }
+}
