@@ -50,6 +50,24 @@ impl Seen {
     }
 }
 
+/// The dead letters of `ch` once there are at least `n` (or whatever there is at
+/// the deadline).
+async fn dead_letters_once(
+    router: &MessageRouter,
+    ch: Channel<Numbered>,
+    n: usize,
+) -> Vec<anybroker::DeadLetterRecord<Numbered>> {
+    let last = Mutex::new(Vec::new());
+    common::holds_within_async(LONG, || async {
+        let dead = router.dead_letters(ch, 10).await.unwrap();
+        let enough = dead.len() >= n;
+        *last.lock().unwrap() = dead;
+        enough
+    })
+    .await;
+    last.into_inner().unwrap()
+}
+
 fn json(seq: u64) -> Vec<u8> {
     serde_json::to_vec(&Numbered { seq }).unwrap()
 }
@@ -90,14 +108,7 @@ async fn assert_framework_messages(
         e.published_at,
         stored_by
     );
-    let deadline = tokio::time::Instant::now() + LONG;
-    let dead = loop {
-        let dead = router.dead_letters(ch, 10).await.unwrap();
-        if !dead.is_empty() || tokio::time::Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dead = dead_letters_once(router, ch, 1).await;
     assert_eq!(dead.len(), 1, "the protobuf-typed message is a dead letter");
     assert_eq!(dead[0].reason, Some(DeadLetterReason::Undecodable));
     let error = dead[0].error.clone().unwrap_or_default();
@@ -587,19 +598,6 @@ mod redis_streams {
         assert_eq!(&*e.id, "corr-1");
         assert_eq!(e.headers.get("tenant").map(String::as_str), Some("acme"));
 
-        let dead_of = |router: &MessageRouter| {
-            let router = router.clone();
-            async move {
-                let deadline = tokio::time::Instant::now() + LONG;
-                loop {
-                    let dead = router.dead_letters(ch, 10).await.unwrap();
-                    if dead.len() >= 2 || tokio::time::Instant::now() > deadline {
-                        return dead;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
         let check = |dead: &[anybroker::DeadLetterRecord<Numbered>]| {
             assert_eq!(dead.len(), 2, "two dead letters");
             assert_eq!(
@@ -623,12 +621,12 @@ mod redis_streams {
                 "{fields:?}"
             );
         };
-        let dead = dead_of(&router).await;
+        let dead = dead_letters_once(&router, ch, 2).await;
         check(&dead);
         let ids: Vec<_> = dead.iter().map(|d| d.id.clone()).collect();
         // Replayed, they fail again the same way: what comes back is all they carried.
         assert_eq!(router.replay_dead_letters(ch, 10).await.unwrap(), 2);
-        let again = dead_of(&router).await;
+        let again = dead_letters_once(&router, ch, 2).await;
         check(&again);
         assert_eq!(again.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), ids);
         router.shutdown().await.unwrap();

@@ -38,6 +38,24 @@ fn recording(rec: &Recorder, handler: usize) -> impl anybroker::MessageHandler<T
     })
 }
 
+/// Records every call and fails it (retryable, "not yet") before attempt `succeeds_at`.
+fn recording_failing_before(
+    rec: &Recorder,
+    succeeds_at: u32,
+) -> impl anybroker::MessageHandler<TestMessage> {
+    let rec = rec.clone();
+    handler_fn(move |m: TestMessage, cx: MessageContext| {
+        let rec = rec.clone();
+        async move {
+            rec.record(seen(&m, &cx, 0));
+            if cx.attempt() < succeeds_at {
+                return Err(HandlerError::retryable("not yet"));
+            }
+            Ok(())
+        }
+    })
+}
+
 /// How many handlers run at once, and the most that ran together.
 #[derive(Clone, Default)]
 struct InFlight {
@@ -189,19 +207,7 @@ pub async fn failed_handler_retried_with_backoff(t: &Target) {
     require!(t, retry);
     let ch = unique_channel::<TestMessage>("backoff");
     let rec = Recorder::default();
-    let handler = {
-        let rec = rec.clone();
-        handler_fn(move |m: TestMessage, cx: MessageContext| {
-            let rec = rec.clone();
-            async move {
-                rec.record(seen(&m, &cx, 0));
-                if cx.attempt() < 3 {
-                    return Err(HandlerError::retryable("not yet"));
-                }
-                Ok(())
-            }
-        })
-    };
+    let handler = recording_failing_before(&rec, 3);
     let toml = channel_toml(
         ch,
         "retry = { attempts = 3, initial = \"300ms\", multiplier = 2.0, max = \"5s\" }",
@@ -248,19 +254,7 @@ pub async fn jittered_backoff_spreads_retries_within_bounds(t: &Target) {
     const N: u64 = 20;
     let ch = unique_channel::<TestMessage>("jitter");
     let rec = Recorder::default();
-    let handler = {
-        let rec = rec.clone();
-        handler_fn(move |m: TestMessage, cx: MessageContext| {
-            let rec = rec.clone();
-            async move {
-                rec.record(seen(&m, &cx, 0));
-                if cx.attempt() < 2 {
-                    return Err(HandlerError::retryable("not yet"));
-                }
-                Ok(())
-            }
-        })
-    };
+    let handler = recording_failing_before(&rec, 2);
     let toml = channel_toml(
         ch,
         "retry = { attempts = 2, initial = \"600ms\", max = \"5s\", jitter = \"equal\" }",

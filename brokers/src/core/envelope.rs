@@ -15,6 +15,7 @@ pub type Headers = BTreeMap<String, String>;
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
 static JSON: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(CONTENT_TYPE_JSON));
+static NO_ID: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 /// Header names anybroker sets. All start with `x-anybroker-` so they never clash
 /// with an application's own headers.
@@ -88,6 +89,13 @@ impl Envelope {
             published_at: UNIX_EPOCH,
             attempt: 1,
         }
+    }
+
+    /// An envelope a backend is about to read from the wire, id included: like
+    /// [`received`](Self::received) with an empty id, shared, so starting costs no
+    /// allocation.
+    pub fn reading(channel: Arc<str>) -> Self {
+        Self::received(channel, NO_ID.clone())
     }
 
     /// Sets the ordering key.

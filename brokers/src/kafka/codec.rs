@@ -104,7 +104,7 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
         group: None,
     };
     let mut id: Option<Arc<str>> = None;
-    let mut e = Envelope::received(channel.clone(), Arc::from(""));
+    let mut e = Envelope::reading(channel.clone());
     e.payload = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
     e.key = message
         .key()

@@ -61,11 +61,16 @@ pub(crate) fn same_id_headers(id: &str, dedup_key: String) -> [(&'static str, St
     [(MSG_ID, dedup_key), (META, id.to_string())]
 }
 
-/// The headers carrying `envelope`'s metadata and application headers. NATS headers
+/// The headers carrying `envelope`'s metadata and application headers, and the content
+/// type: always with `content_type_header`, else only when it is not JSON. NATS headers
 /// are lines of text: line breaks in a value travel as spaces, and a header name that
 /// is not printable ASCII without `:` is refused (`Encode`, naming it), where the
 /// client would panic.
-pub(crate) fn to_headers(envelope: &Envelope, ids: IdHeaders) -> Result<HeaderMap> {
+pub(crate) fn to_headers(
+    envelope: &Envelope,
+    ids: IdHeaders,
+    content_type_header: bool,
+) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
     // itoa, not `format!`: the formatting machinery cost ~450 instructions a publish.
     let mut digits = itoa::Buffer::new();
@@ -90,8 +95,9 @@ pub(crate) fn to_headers(envelope: &Envelope, ids: IdHeaders) -> Result<HeaderMa
     if let Some(k) = &envelope.key {
         h.insert(KEY_NAME, &*one_line(k));
     }
-    // Always: other frameworks decode by it instead of guessing.
-    h.insert(CONTENT_TYPE_NAME, &*one_line(&envelope.content_type));
+    if content_type_header || &*envelope.content_type != crate::CONTENT_TYPE_JSON {
+        h.insert(CONTENT_TYPE_NAME, &*one_line(&envelope.content_type));
+    }
     if envelope.attempt != 1 {
         h.insert(ATTEMPT_NAME, envelope.attempt.to_string());
     }
@@ -188,7 +194,7 @@ pub(crate) fn from_message(
     payload: bytes::Bytes,
     origin: impl FnOnce() -> Origin,
 ) -> Envelope {
-    let mut e = Envelope::received(channel.clone(), Arc::from(""));
+    let mut e = Envelope::reading(channel.clone());
     // One pass over the headers: a lookup by name hashes it, as costly as the visit.
     let (mut id, mut published_at) = (None, None);
     let mut application = crate::Headers::new();
@@ -316,7 +322,7 @@ mod tests {
             .with_header("tenant", "acme");
         // Encoded in one layout, decoded as a consumer does.
         let round_trip = |e: &Envelope, ids| {
-            let h = to_headers(e, ids).unwrap();
+            let h = to_headers(e, ids, true).unwrap();
             from_message(&Arc::from("a.b"), Some(&h), e.payload.clone(), || Origin {
                 id: "x".into(),
                 time: None,
@@ -334,7 +340,7 @@ mod tests {
             );
         }
         // A made id carries the publish time: no time header, the id alone in the meta.
-        let h = to_headers(&e, IdHeaders::JetStream).unwrap();
+        let h = to_headers(&e, IdHeaders::JetStream, true).unwrap();
         assert_eq!(
             h.iter().count(),
             4,
@@ -346,7 +352,7 @@ mod tests {
             "the standard content type, written always"
         );
         assert!(h.get(PUBLISHED_AT).is_none());
-        let h = to_headers(&e, IdHeaders::Core).unwrap();
+        let h = to_headers(&e, IdHeaders::Core, true).unwrap();
         assert_eq!(h.get(META).map(|v| v.as_str()), Some(&*e.id));
         // An id the application chose travels with the time beside it, either layout.
         let with_space = e.clone().with_id("an id with spaces");
@@ -359,7 +365,7 @@ mod tests {
                 "{ids:?}"
             );
         }
-        let h = to_headers(&with_space, IdHeaders::Core).unwrap();
+        let h = to_headers(&with_space, IdHeaders::Core, true).unwrap();
         assert_eq!(
             h.iter().count(),
             4,
@@ -445,15 +451,23 @@ mod tests {
         let e = Envelope::new("c", &b"{}"[..])
             .with_key("k\r\n1")
             .with_header("x-anybroker-error", "first line\nsecond line");
-        let h = to_headers(&e, IdHeaders::JetStream).unwrap();
+        let h = to_headers(&e, IdHeaders::JetStream, true).unwrap();
         assert_eq!(
             h.get("x-anybroker-error").map(|v| v.as_str()),
             Some("first line second line")
         );
         assert_eq!(h.get(KEY).map(|v| v.as_str()), Some("k  1"));
+        // `content_type_header = false`: JSON says nothing, another type still does.
+        let quiet = |e: &Envelope| to_headers(e, IdHeaders::Core, false).unwrap();
+        assert!(quiet(&e).get(CONTENT_TYPE).is_none());
+        let other = e.clone().with_content_type("application/x-protobuf");
+        assert_eq!(
+            quiet(&other).get(CONTENT_TYPE).map(|v| v.as_str()),
+            Some("application/x-protobuf")
+        );
         for bad in ["with space", "colon:name", "é", ""] {
             let e = Envelope::new("c", &b"{}"[..]).with_header(bad, "v");
-            let err = to_headers(&e, IdHeaders::Core).unwrap_err();
+            let err = to_headers(&e, IdHeaders::Core, true).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Encode);
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
@@ -497,7 +511,7 @@ mod tests {
             let e = from_message(&Arc::from("c"), Some(&h), a.bytes(64).into(), || {
                 Origin::of_reply(Some(&reply))
             });
-            let _ = to_headers(&e, IdHeaders::JetStream);
+            let _ = to_headers(&e, IdHeaders::JetStream, true);
         });
     }
 }

@@ -175,7 +175,7 @@ impl Connection {
         envelope: Envelope,
         extra: &[(&'static str, String)],
     ) -> impl Future<Output = Result<()>> + Send + '_ {
-        let headers = to_headers(&envelope, IdHeaders::JetStream).map(|mut headers| {
+        let headers = to_headers(&envelope, IdHeaders::JetStream, self.config.content_type_header).map(|mut headers| {
             for (name, value) in extra {
                 headers.insert(*name, &*one_line(value));
             }
@@ -224,7 +224,7 @@ impl Connection {
         let channel = envelope.channel.clone();
         let request = async_nats::Request::new()
             .payload(envelope.payload.clone())
-            .headers(to_headers(&envelope, IdHeaders::Core)?)
+            .headers(to_headers(&envelope, IdHeaders::Core, self.config.content_type_header)?)
             .timeout(Some(timeout));
         let reply = self
             .client

@@ -51,7 +51,11 @@ impl BackendChannel for CoreChannel {
         // holds only the box (every backend's publish future through the registry is
         // as large as the largest, see docs/backends.md).
         // A refused header's error is boxed too, so it does not grow the future.
-        let publish = to_headers(&envelope, IdHeaders::Core)
+        let publish = to_headers(
+            &envelope,
+            IdHeaders::Core,
+            self.connection.config.content_type_header,
+        )
             .map(|headers| {
                 Box::pin(self.connection.client.publish_with_headers(
                     self.subject.clone(),

@@ -182,7 +182,7 @@ pub(crate) fn from_delivery(
     properties: &BasicProperties,
     body: Vec<u8>,
 ) -> Envelope {
-    let mut e = Envelope::received(channel.clone(), Arc::from(""));
+    let mut e = Envelope::reading(channel.clone());
     e.payload = bytes::Bytes::from(body);
     if let Some(ct) = properties.content_type() {
         e.set_content_type_from_wire(ct.as_str());

@@ -124,7 +124,7 @@ pub(crate) fn from_fields(
     entry_id: &str,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Envelope {
-    let mut envelope = Envelope::received(channel.clone(), Arc::from(""));
+    let mut envelope = Envelope::reading(channel.clone());
     let (mut id, mut published_at, mut payload) = (None, None, None);
     let mut foreign = Vec::new();
     for (name, value) in fields {
