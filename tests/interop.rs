@@ -130,9 +130,14 @@ mod rabbitmq {
     const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
     fn config(exchange: &str) -> RouterConfig {
+        config_with(exchange, "")
+    }
+
+    /// The RabbitMQ config on `exchange`, with `extra` lines in its table.
+    fn config_with(exchange: &str, extra: &str) -> RouterConfig {
         RouterConfig::from_toml_str(&format!(
             "default_broker = \"rabbitmq\"\n[brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\n\
-             exchange = \"{exchange}\"\n"
+             exchange = \"{exchange}\"\n{extra}"
         ))
         .unwrap()
     }
@@ -330,7 +335,27 @@ mod rabbitmq {
         })
         .await;
         router.shutdown().await.unwrap();
-        for name in [exchange.clone(), before] {
+
+        // `park_unroutable = false` declares the exchange as versions before the
+        // parking did, so their declaration (no arguments) still succeeds on it.
+        let compat = format!("{}.compat", ch.name());
+        let router = MessageRouter::builder(config_with(&compat, "park_unroutable = false\n"))
+            .start()
+            .await
+            .unwrap();
+        c.exchange_declare(
+            compat.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("an earlier version's declaration");
+        router.shutdown().await.unwrap();
+        for name in [exchange.clone(), before, compat] {
             c.exchange_delete(name.as_str().into(), Default::default())
                 .await
                 .unwrap();

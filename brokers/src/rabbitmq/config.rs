@@ -13,6 +13,7 @@ use crate::SecretUrl;
 /// kind = "rabbitmq"
 /// url = "amqp://guest:guest@127.0.0.1:5672/%2f"   # or amqps://
 /// exchange = "anybroker"            # the direct exchange channels are routed through
+/// park_unroutable = true            # the exchange parks what no queue takes (see below)
 /// connect_timeout = "5s"
 /// reconnect_timeout = "30s"         # how long an operation waits for a lost connection to come back
 /// connection_name = "billing-api"   # optional: shown in the management UI
@@ -27,6 +28,14 @@ pub struct RabbitMqConfig {
     /// name as routing key. Default `anybroker`.
     #[serde(default = "default_exchange")]
     pub exchange: String,
+    /// Whether the exchange, when this client creates it, gets the alternate exchange
+    /// `<exchange>.unroutable` that parks what no queue takes (a message another client
+    /// sends to a channel before it has a queue), delivered once a router opens the
+    /// channel. Default true. anybroker versions before it declare the exchange
+    /// without one and refuse to start on one that has it: set false while such
+    /// instances share the exchange (an existing exchange is used as it is, either way).
+    #[serde(default = "default_park_unroutable")]
+    pub park_unroutable: bool,
     /// Longest wait for one connection attempt. Default 5 s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -43,6 +52,9 @@ pub struct RabbitMqConfig {
 fn default_exchange() -> String {
     "anybroker".into()
 }
+fn default_park_unroutable() -> bool {
+    true
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -56,6 +68,7 @@ impl RabbitMqConfig {
         RabbitMqConfig {
             url,
             exchange: default_exchange(),
+            park_unroutable: default_park_unroutable(),
             connect_timeout: default_connect_timeout(),
             reconnect_timeout: default_reconnect_timeout(),
             connection_name: None,

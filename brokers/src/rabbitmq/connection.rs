@@ -68,7 +68,7 @@ impl Session {
         .await
         .map_err(|_| unreachable(None))?
         .map_err(|e| unreachable(Some(e)))?;
-        topology::declare_exchanges(&connection, &config.exchange).await?;
+        topology::declare_exchanges(&connection, &config.exchange, config.park_unroutable).await?;
         let publish = connection
             .create_channel()
             .await

@@ -36,17 +36,21 @@ fn millis(d: Duration) -> AMQPValue {
 /// and the alternate exchange of both with its queue (`X.unroutable`), which parks what
 /// no queue takes. Declared on a channel of their own: a refused declaration closes
 /// the channel it was made on.
-pub(crate) async fn declare_exchanges(connection: &Connection, exchange: &str) -> Result<()> {
+pub(crate) async fn declare_exchanges(
+    connection: &Connection,
+    exchange: &str,
+    park_unroutable: bool,
+) -> Result<()> {
     let ch = connection
         .create_channel()
         .await
         .map_err(|e| from_lapin(e, "open channel"))?;
-    let declared = declare_exchanges_on(&ch, exchange).await;
+    let declared = declare_exchanges_on(&ch, exchange, park_unroutable).await;
     let _ = ch.close(200, "declared".into()).await;
     declared
 }
 
-async fn declare_exchanges_on(ch: &Channel, exchange: &str) -> Result<()> {
+async fn declare_exchanges_on(ch: &Channel, exchange: &str, park_unroutable: bool) -> Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -87,13 +91,20 @@ async fn declare_exchanges_on(ch: &Channel, exchange: &str) -> Result<()> {
     )
     .await
     .map_err(|e| from_lapin(e, op))?;
-    // Last: an exchange an earlier version declared without an alternate exchange
-    // refuses this declaration (its arguments cannot change) and closes the channel.
+    // Last: an exchange declared with other arguments (by an earlier version, or with
+    // the other `park_unroutable`) refuses this declaration (its arguments cannot
+    // change) and closes the channel; it is used as it is.
+    let arguments = if park_unroutable {
+        parked
+    } else {
+        FieldTable::default()
+    };
     match ch
-        .exchange_declare(exchange.into(), ExchangeKind::Direct, durable, parked)
+        .exchange_declare(exchange.into(), ExchangeKind::Direct, durable, arguments)
         .await
     {
         Ok(()) => Ok(()),
+        Err(e) if is_precondition_failed(&e) && !park_unroutable => Ok(()),
         Err(e) if is_precondition_failed(&e) => {
             tracing::warn!(
                 broker = "rabbitmq",
