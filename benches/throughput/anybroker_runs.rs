@@ -10,11 +10,16 @@ use futures::StreamExt;
 
 use crate::{percentile, Args, Figures};
 
+/// The bench's config; `ANYBROKER_BROKERS__BENCH__*` variables change the broker's
+/// settings (e.g. `ANYBROKER_BROKERS__BENCH__CONTENT_TYPE_HEADER=false`).
 fn router_config(broker_table: &str, channel: &str, window: usize) -> RouterConfig {
-    RouterConfig::from_toml_str(&format!(
-        "default_broker = \"bench\"\n[defaults]\nretry = {{ attempts = 1 }}\n[brokers.bench]\n{broker_table}\n\
-         [channels.\"{channel}\"]\nprefetch = {window}\n"
-    ))
+    RouterConfig::from_toml_with_env(
+        &format!(
+            "default_broker = \"bench\"\n[defaults]\nretry = {{ attempts = 1 }}\n[brokers.bench]\n{broker_table}\n\
+             [channels.\"{channel}\"]\nprefetch = {window}\n"
+        ),
+        std::env::vars(),
+    )
     .expect("bench config")
 }
 

@@ -14,6 +14,7 @@ const PUBLISHER_ID_HEADERS: [&str; 3] = ["message_id", "message-id", "correlatio
 /// Whether `content_type` is one the JSON decoder reads: `application/json`,
 /// `text/json` or any `…/…+json`, parameters (`; charset=utf-8`) ignored. An empty one
 /// (not said) is tried as JSON too.
+#[inline]
 pub fn is_json(content_type: &str) -> bool {
     if content_type == CONTENT_TYPE_JSON {
         return true;
