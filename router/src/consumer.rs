@@ -17,6 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::channel::Message;
 use crate::handler::{HandlerError, MessageContext, MessageHandler};
@@ -36,12 +37,73 @@ pub(crate) type Finished = (DeliveryTag, Option<Arc<str>>, Settlement);
 /// type: no box and no virtual call per message (the type is erased once per consumer,
 /// by [`SpawnConsumer`]).
 pub(crate) trait DeliveryHandler: Send + Sync + 'static {
-    fn run(
-        &self,
+    fn run<'a>(
+        &'a self,
         delivery: Delivery,
-        broker: Arc<str>,
-        policy: RetryPolicy,
-    ) -> impl Future<Output = Finished> + Send + '_;
+        site: &'a Site,
+    ) -> impl Future<Output = Finished> + Send + 'a;
+}
+
+/// Where a consumer's deliveries come from and how they are retried: what its handling
+/// spans and its retry and dead-letter events name, in OpenTelemetry's messaging terms.
+pub(crate) struct Site {
+    /// The broker's configured name.
+    pub(crate) broker: Arc<str>,
+    /// `messaging.system`: the broker's kind (`redis`, `nats`, …).
+    pub(crate) system: &'static str,
+    pub(crate) channel: Arc<str>,
+    pub(crate) group: Arc<str>,
+    pub(crate) policy: RetryPolicy,
+}
+
+impl Site {
+    /// The span one handling runs in (the handler's own logs nest in it). Its fields are
+    /// read only when a subscriber wants the span.
+    fn handling_span(&self, envelope: &Envelope) -> tracing::Span {
+        tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", self.channel),
+            otel.kind = "consumer",
+            messaging.system = self.system,
+            messaging.operation.type = "process",
+            messaging.destination.name = &*self.channel,
+            messaging.consumer.group.name = &*self.group,
+            messaging.message.id = &*envelope.id,
+            anybroker.broker = &*self.broker,
+            anybroker.attempt = envelope.attempt,
+            anybroker.key = envelope.key.as_deref(),
+        )
+    }
+
+    /// Says what a failed handling comes to: a retry (info) or a dead letter (warn),
+    /// with the message's id and attempt, inside its handling span.
+    fn report(&self, span: &tracing::Span, id: &str, attempt: u32, settlement: &Settlement) {
+        match settlement {
+            Settlement::Retry { delay, error } => tracing::info!(
+                parent: span,
+                messaging.destination.name = &*self.channel,
+                messaging.consumer.group.name = &*self.group,
+                messaging.message.id = id,
+                anybroker.broker = &*self.broker,
+                anybroker.attempt = attempt,
+                anybroker.retry_in_ms = delay.as_millis() as u64,
+                error = %error,
+                "handler failed; retrying"
+            ),
+            Settlement::DeadLetter(dead) => tracing::warn!(
+                parent: span,
+                messaging.destination.name = &*self.channel,
+                messaging.consumer.group.name = &*self.group,
+                messaging.message.id = id,
+                anybroker.broker = &*self.broker,
+                anybroker.attempt = attempt,
+                anybroker.dead_letter_reason = dead.reason.as_str(),
+                error = %dead.error,
+                "message dead-lettered"
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// A handler with its types erased, as the router keeps it: starts a consumer task.
@@ -88,15 +150,23 @@ impl<M: Message, H: MessageHandler<M>> TypedHandler<M, H> {
 }
 
 impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
-    async fn run(&self, delivery: Delivery, broker: Arc<str>, policy: RetryPolicy) -> Finished {
+    async fn run(&self, delivery: Delivery, site: &Site) -> Finished {
         let tag = delivery.tag;
         let key = delivery.envelope.key.clone();
         let attempt = delivery.envelope.attempt;
-        let result = AssertUnwindSafe(self.call(delivery.envelope, broker))
+        let span = site.handling_span(&delivery.envelope);
+        // For the event of a failure, after the handler took the envelope.
+        let id = delivery.envelope.id.clone();
+        let result = AssertUnwindSafe(self.call(delivery.envelope, site.broker.clone()))
             .catch_unwind()
+            .instrument(span.clone())
             .await
             .map_err(panic_text);
-        (tag, key, settlement_for(result, attempt, &policy))
+        let settlement = settlement_for(result, attempt, &site.policy);
+        if !matches!(settlement, Settlement::Ack) {
+            site.report(&span, &id, attempt, &settlement);
+        }
+        (tag, key, settlement)
     }
 }
 
@@ -114,9 +184,11 @@ where
     F: Fn(M, MessageContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
-    async fn run(&self, delivery: Delivery, broker: Arc<str>, _policy: RetryPolicy) -> Finished {
+    async fn run(&self, delivery: Delivery, site: &Site) -> Finished {
         let tag = delivery.tag;
         let key = delivery.envelope.key.clone();
+        let span = site.handling_span(&delivery.envelope);
+        let broker = site.broker.clone();
         let answer = AssertUnwindSafe(async {
             let request: M = crate::codec::decode(&delivery.envelope).map_err(|e| {
                 format!("request is not a valid {}: {e}", std::any::type_name::<M>())
@@ -130,6 +202,7 @@ where
                 .map_err(|e| format!("reply cannot be encoded: {e}"))
         })
         .catch_unwind()
+        .instrument(span)
         .await
         .unwrap_or_else(|panic| Err(format!("responder panicked: {}", panic_text(panic))));
         (tag, key, Settlement::Reply(answer))
@@ -180,7 +253,10 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 pub(crate) struct ConsumerSpec {
     pub(crate) subscription: Arc<dyn Subscription>,
     pub(crate) broker: Arc<str>,
+    /// The broker's kind, as `messaging.system` names it.
+    pub(crate) system: &'static str,
     pub(crate) channel: Arc<str>,
+    pub(crate) group: Arc<str>,
     pub(crate) policy: RetryPolicy,
     pub(crate) prefetch: usize,
     /// Sees every handler call and its outcome (a test's recorder), if any.
@@ -320,12 +396,19 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
         settle_rx,
     ));
 
+    let site = Site {
+        broker: spec.broker.clone(),
+        system: spec.system,
+        channel: spec.channel.clone(),
+        group: spec.group.clone(),
+        policy: spec.policy,
+    };
     let observer = spec.observer.clone();
     let handle = |delivery: Delivery| {
         if let Some(observer) = &observer {
             observer.called(&delivery);
         }
-        handler.run(delivery, spec.broker.clone(), spec.policy)
+        handler.run(delivery, &site)
     };
     let mut running = Running::new();
     // Keys with a message being handled, and the messages of that key waiting behind it.
@@ -455,15 +538,6 @@ async fn settle_loop(
         for (tag, s) in &settlements {
             if let Some(observer) = &observer {
                 observer.settled(*tag, s);
-            }
-            match s {
-                Settlement::Retry { delay, error } => {
-                    tracing::debug!(%channel, %broker, ?delay, %error, "handler failed, retrying")
-                }
-                Settlement::DeadLetter(d) => {
-                    tracing::warn!(%channel, %broker, reason = d.reason.as_str(), error = %d.error, "message dead-lettered")
-                }
-                _ => {}
             }
         }
         if let Err(e) = subscription.settle(settlements).await {
