@@ -157,11 +157,16 @@ impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
         let span = site.handling_span(&delivery.envelope);
         // For the event of a failure, after the handler took the envelope.
         let id = delivery.envelope.id.clone();
-        let result = AssertUnwindSafe(self.call(delivery.envelope, site.broker.clone()))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-            .map_err(panic_text);
+        let handling =
+            AssertUnwindSafe(self.call(delivery.envelope, site.broker.clone())).catch_unwind();
+        // Instrumented (boxed, out of the inline future) only when a subscriber wants the
+        // span: otherwise the wrapper's poll and drop are pure cost.
+        let result = if span.is_disabled() {
+            handling.await
+        } else {
+            Box::pin(handling.instrument(span.clone())).await
+        }
+        .map_err(panic_text);
         let settlement = settlement_for(result, attempt, &site.policy);
         if !matches!(settlement, Settlement::Ack) {
             site.report(&span, &id, attempt, &settlement);

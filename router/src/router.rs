@@ -597,13 +597,14 @@ impl MessageRouter {
         // The hot path, kept flat: its future holds little more than the broker's own,
         // and the envelope goes straight into it (a test's observers take the same path
         // as `publish_with`, so borrowing the envelope here costs no copy).
-        if self.inner.observers.is_some() {
+        // So does a publish a subscriber wants a span of: the hot path stays free of
+        // the span's wrapper when none does.
+        if self.inner.observers.is_some() || tracing::span_enabled!(tracing::Level::INFO) {
             return Box::pin(self.publish_with(channel, message, PublishOptions::new())).await;
         }
         let route = self.inner.route(channel.name()).await?;
         let envelope = build_envelope(route.name(), message, None, Headers::new())?;
-        let span = publish_span(&route, &envelope);
-        route.publish(envelope).instrument(span).await
+        route.publish(envelope).await
     }
 
     /// Publishes with a key, headers or a delay.
@@ -914,10 +915,21 @@ fn check_message_id(id: &str, channel: &str) -> Result<()> {
 }
 
 async fn send(route: &Route, envelope: Envelope, delay: Option<Duration>) -> Result<()> {
-    let span = publish_span(route, &envelope);
+    if tracing::span_enabled!(tracing::Level::INFO) {
+        let span = publish_span(route, &envelope);
+        return Box::pin(publish_or_delay(route, envelope, delay).instrument(span)).await;
+    }
+    publish_or_delay(route, envelope, delay).await
+}
+
+async fn publish_or_delay(
+    route: &Route,
+    envelope: Envelope,
+    delay: Option<Duration>,
+) -> Result<()> {
     match delay {
-        Some(d) => route.publish_delayed(envelope, d).instrument(span).await,
-        None => route.publish(envelope).instrument(span).await,
+        Some(d) => route.publish_delayed(envelope, d).await,
+        None => route.publish(envelope).await,
     }
 }
 
