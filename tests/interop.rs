@@ -178,6 +178,21 @@ mod rabbitmq {
         matches!(confirm, Confirmation::Ack(None))
     }
 
+    /// Declares `exchange` as anybroker versions before the parking did: durable,
+    /// direct, no arguments.
+    async fn declare_as_earlier_versions(c: &lapin::Channel, exchange: &str) -> lapin::Result<()> {
+        c.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    }
+
     fn text(s: &str) -> AMQPValue {
         AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
     }
@@ -316,17 +331,7 @@ mod rabbitmq {
         // An exchange declared without an alternate exchange (as before): the router
         // starts on it and works.
         let before = format!("{}.before", ch.name());
-        c.exchange_declare(
-            before.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_as_earlier_versions(&c, &before).await.unwrap();
         let seen = Seen::default();
         let router = seen.router(config(&before), ch).start().await.unwrap();
         router.publish(ch, &Numbered { seq: 7 }).await.unwrap();
@@ -343,17 +348,9 @@ mod rabbitmq {
             .start()
             .await
             .unwrap();
-        c.exchange_declare(
-            compat.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("an earlier version's declaration");
+        declare_as_earlier_versions(&c, &compat)
+            .await
+            .expect("an earlier version's declaration");
         router.shutdown().await.unwrap();
         for name in [exchange.clone(), before, compat] {
             c.exchange_delete(name.as_str().into(), Default::default())
