@@ -1,6 +1,15 @@
 //! The contract every backend implements.
 
-#[cfg(test)]
+// The server backends' codecs are what the property tests feed.
+#[cfg(all(
+    test,
+    any(
+        feature = "redis",
+        feature = "nats",
+        feature = "rabbitmq",
+        feature = "kafka"
+    )
+))]
 pub(crate) mod arbitrary;
 mod backend;
 mod capabilities;

@@ -345,7 +345,7 @@ mod tests {
         assert!(!written.contains_key("correlation_id"));
         assert_eq!(written.inner().get("ratio"), Some(&text("0.25")));
         assert_eq!(decimal_text(5, 0), "5");
-        assert_eq!(decimal_text(123_45, 2), "123.45");
+        assert_eq!(decimal_text(12_345, 2), "123.45");
     }
 
     /// An arbitrary AMQP value, nested up to `depth`.
@@ -353,7 +353,7 @@ mod tests {
         use lapin::types::{ByteArray, DecimalValue, FieldArray};
         let n = a.next();
         match a.below(if depth == 0 { 16 } else { 18 }) {
-            0 => AMQPValue::Boolean(n % 2 == 0),
+            0 => AMQPValue::Boolean(n.is_multiple_of(2)),
             1 => AMQPValue::ShortShortInt(n as i8),
             2 => AMQPValue::ShortShortUInt(n as u8),
             3 => AMQPValue::ShortInt(n as i16),
