@@ -134,7 +134,7 @@ fn config(servers: &Servers, run: &str) -> RouterConfig {
          prefetch = 128\nconsumers = 2\n\
          [brokers.memory]\nkind = \"memory\"\n\
          [brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nclaim_idle = \"5s\"\nresponse_timeout = \"5s\"\n\
-         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nack_wait = \"5s\"\nmax_age = \"1h\"\n\
+         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nack_wait = \"5s\"\nmax_age = \"7d\"\n\
          [brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{}\"\nreconnect_timeout = \"120s\"\n\
          [brokers.kafka]\n{KAFKA_TANSU_TABLE}",
         servers.redis.port,
@@ -308,6 +308,8 @@ async fn main() {
         peak_rss_mib()
     );
     router.shutdown().await.unwrap();
+    // The servers stop here, before any exit: `process::exit` runs no destructor.
+    drop(servers);
     if lost_any {
         eprintln!("messages were lost");
         std::process::exit(1);
