@@ -64,6 +64,19 @@ where
     true
 }
 
+/// Blocks until a server of the test's own takes connections on `port` (polled every
+/// 20 ms), failing the test after `timeout`.
+fn wait_for_port(port: u16, timeout: Duration, server: &str) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "own {server} did not start within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The command-line arguments of a server, given its port and data dir.
 type ServerArgs = dyn Fn(u16, &Path) -> Vec<String> + Send + Sync;
 
@@ -113,15 +126,7 @@ impl OwnServer {
             .spawn()
             .unwrap_or_else(|e| panic!("{} is installed: {e}", self.program));
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "own {} did not start",
-                self.program
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(self.port, Duration::from_secs(20), self.program);
     }
 
     /// Stops the server with `signal` ("TERM" to shut down, "KILL" to crash) and waits
@@ -613,14 +618,11 @@ impl OwnRabbitMq {
             .status()
             .unwrap();
         assert!(started.success(), "own rabbitmq-server starts");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "own rabbitmq-server did not start (log in {d}/log)"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(
+            self.port,
+            Duration::from_secs(60),
+            &format!("rabbitmq-server (log in {d}/log)"),
+        );
     }
 
     /// Shuts the node down (TERM to the pid it wrote: a clean stop) and waits for it.
