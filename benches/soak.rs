@@ -8,6 +8,7 @@
 //! scripts/brokers   # tansu on 9092 for Kafka; the other servers are the run's own
 //! cargo bench --bench soak --features redis,nats,rabbitmq,kafka
 //! cargo bench --bench soak --features redis,nats,rabbitmq,kafka -- --messages 100000 --restarts 2
+//! cargo bench --bench soak --features redis,nats,rabbitmq,kafka -- --backends nats,kafka --drain 1800
 //! ```
 //!
 //! Redis (AOF, fsync always), NATS (JetStream on disk) and RabbitMQ are servers of the
@@ -33,9 +34,15 @@ use common::{Numbered, OwnRabbitMq, OwnServer, KAFKA_TANSU_TABLE};
 
 #[derive(Parser)]
 struct Args {
-    /// Messages in all, split evenly over the five backends.
+    /// Messages in all, split evenly over the backends.
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
+    /// The backends to run, comma-separated (all five by default).
+    #[arg(long, value_delimiter = ',', default_values_t = BACKENDS.map(String::from))]
+    backends: Vec<String>,
+    /// Seconds to wait, after the last publish, for every message to be kept.
+    #[arg(long, default_value_t = 600)]
+    drain: u64,
     /// Server restarts, spread evenly over the publishing (Redis, NATS, RabbitMQ in turn).
     #[arg(long, default_value_t = 5)]
     restarts: u64,
@@ -106,42 +113,40 @@ struct Servers {
 }
 
 impl Servers {
-    /// Restart number `n`: Redis, NATS and RabbitMQ in turn.
-    fn restart(&mut self, n: u64) -> &'static str {
-        match n % 3 {
-            0 => {
+    /// Restarts the server of `backend` (Redis and RabbitMQ shut down, NATS killed).
+    fn restart(&mut self, backend: &str) {
+        match backend {
+            "redis" => {
                 self.redis.stop("TERM");
                 self.redis.up();
-                "redis"
             }
-            1 => {
+            "nats" => {
                 self.nats.stop("KILL");
                 self.nats.up();
-                "nats"
             }
-            _ => {
+            "rabbitmq" => {
                 self.rabbitmq.stop();
                 self.rabbitmq.up();
-                "rabbitmq"
             }
+            other => unreachable!("{other} has no server of the run's own"),
         }
     }
 }
 
-fn config(servers: &Servers, run: &str) -> RouterConfig {
+fn config(servers: &Servers, run: &str, backends: &[String]) -> RouterConfig {
     let mut toml = format!(
         "[defaults]\nretry = {{ attempts = {ATTEMPTS}, initial = \"20ms\", max = \"200ms\", jitter = \"equal\" }}\n\
          prefetch = 128\nconsumers = 2\n\
          [brokers.memory]\nkind = \"memory\"\n\
          [brokers.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nclaim_idle = \"5s\"\nresponse_timeout = \"5s\"\n\
-         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nack_wait = \"5s\"\nmax_age = \"7d\"\n\
+         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nack_wait = \"5s\"\n\
          [brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{}\"\nreconnect_timeout = \"120s\"\n\
          [brokers.kafka]\n{KAFKA_TANSU_TABLE}",
         servers.redis.port,
         servers.nats.port,
         servers.rabbitmq.url(),
     );
-    for backend in BACKENDS {
+    for backend in backends {
         toml.push_str(&format!(
             "[channels.\"soak.{run}.{backend}\"]\nbroker = \"{backend}\"\n"
         ));
@@ -159,7 +164,22 @@ async fn main() {
             default_hook(info);
         }
     }));
-    let per_backend = args.messages / BACKENDS.len() as u64;
+    let backends = &args.backends;
+    if let Some(unknown) = backends.iter().find(|b| !BACKENDS.contains(&b.as_str())) {
+        eprintln!("unknown backend {unknown:?}: the backends are {BACKENDS:?}");
+        std::process::exit(2);
+    }
+    // Restarts go to the run's own servers of the chosen backends, in turn.
+    let restartable: Vec<&str> = ["redis", "nats", "rabbitmq"]
+        .into_iter()
+        .filter(|b| backends.iter().any(|c| c == b))
+        .collect();
+    let restarts = if restartable.is_empty() {
+        0
+    } else {
+        args.restarts
+    };
+    let per_backend = args.messages / backends.len() as u64;
     let run = format!("{}", std::process::id());
     println!("starting the run's own Redis, NATS and RabbitMQ");
     let servers = Servers {
@@ -167,12 +187,12 @@ async fn main() {
         nats: common::own_nats(),
         rabbitmq: OwnRabbitMq::start(),
     };
-    let channels: Vec<Channel<Numbered>> = BACKENDS
+    let channels: Vec<Channel<Numbered>> = backends
         .iter()
         .map(|b| Channel::named(format!("soak.{run}.{b}")))
         .collect();
-    let tallies: Vec<Arc<Tally>> = BACKENDS.iter().map(|_| Arc::default()).collect();
-    let mut builder = MessageRouter::builder(config(&servers, &run));
+    let tallies: Vec<Arc<Tally>> = backends.iter().map(|_| Arc::default()).collect();
+    let mut builder = MessageRouter::builder(config(&servers, &run, backends));
     for (ch, tally) in channels.iter().zip(&tallies) {
         let tally = tally.clone();
         let (fail, panic, permanent) = (args.fail, args.panic, args.permanent);
@@ -214,8 +234,8 @@ async fn main() {
     let started = Instant::now();
     println!(
         "publishing {per_backend} messages on each of {} backends, {} restarts",
-        BACKENDS.len(),
-        args.restarts
+        backends.len(),
+        restarts
     );
 
     let publishers: Vec<_> = channels
@@ -241,10 +261,30 @@ async fn main() {
         .collect();
 
     let servers = Arc::new(Mutex::new(servers));
-    let total = per_backend * BACKENDS.len() as u64;
+    let total = per_backend * backends.len() as u64;
+    let progress = {
+        let (tallies, backends) = (tallies.clone(), backends.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let counts: Vec<String> = backends
+                    .iter()
+                    .zip(&tallies)
+                    .map(|(b, t)| {
+                        format!("{b} {}/{}", t.kept(), t.published.load(Ordering::Relaxed))
+                    })
+                    .collect();
+                println!(
+                    "{:>6.1}s  kept/published: {}",
+                    started.elapsed().as_secs_f64(),
+                    counts.join(", ")
+                );
+            }
+        })
+    };
     // Steps of the slowest backend's publishing, so every restart falls under load.
-    for n in 0..args.restarts {
-        let at = per_backend * (n + 1) / (args.restarts + 1);
+    for n in 0..restarts {
+        let at = per_backend * (n + 1) / (restarts + 1);
         while tallies
             .iter()
             .map(|t| t.published.load(Ordering::Relaxed))
@@ -255,7 +295,8 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let servers = servers.clone();
-        let which = tokio::task::spawn_blocking(move || servers.lock().unwrap().restart(n))
+        let which = restartable[n as usize % restartable.len()];
+        tokio::task::spawn_blocking(move || servers.lock().unwrap().restart(which))
             .await
             .unwrap();
         println!(
@@ -267,18 +308,19 @@ async fn main() {
         p.await.unwrap();
     }
     println!("{:>6.1}s  all published", started.elapsed().as_secs_f64());
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(args.drain);
     while tallies.iter().any(|t| t.kept() < per_backend) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
+    progress.abort();
 
     println!(
         "\n| backend | published | finished | handled twice | dead letters | lost | publishes retried |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut lost_any = false;
-    for ((backend, ch), tally) in BACKENDS.iter().zip(&channels).zip(&tallies) {
+    for ((backend, ch), tally) in backends.iter().zip(&channels).zip(&tallies) {
         let dead_letters = router
             .dead_letters(*ch, per_backend as usize)
             .await

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::channel::Message;
 use crate::handler::{HandlerError, MessageContext, MessageHandler};
+use crate::message_metrics::HandlingMetrics;
 
 /// What running a handler on one envelope came to.
 pub(crate) enum HandleResult {
@@ -54,13 +55,15 @@ pub(crate) struct Site {
     pub(crate) channel: Arc<str>,
     pub(crate) group: Arc<str>,
     pub(crate) policy: RetryPolicy,
+    pub(crate) metrics: HandlingMetrics,
 }
 
 impl Site {
-    /// The span one handling runs in (the handler's own logs nest in it). Its fields are
-    /// read only when a subscriber wants the span.
+    /// The span one handling runs in (the handler's own logs nest in it), a child of
+    /// the publish span whose context the message carries (feature `opentelemetry`).
+    /// Its fields are read only when a subscriber wants the span.
     fn handling_span(&self, envelope: &Envelope) -> tracing::Span {
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "process",
             otel.name = %format_args!("process {}", self.channel),
             otel.kind = "consumer",
@@ -72,7 +75,9 @@ impl Site {
             anybroker.broker = &*self.broker,
             anybroker.attempt = envelope.attempt,
             anybroker.key = envelope.key.as_deref(),
-        )
+        );
+        crate::trace_context::adopt_parent(&span, &envelope.headers);
+        span
     }
 
     /// Says what a failed handling comes to: a retry (info) or a dead letter (warn),
@@ -157,6 +162,7 @@ impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
         let span = site.handling_span(&delivery.envelope);
         // For the event of a failure, after the handler took the envelope.
         let id = delivery.envelope.id.clone();
+        let started = site.metrics.started();
         let handling =
             AssertUnwindSafe(self.call(delivery.envelope, site.broker.clone())).catch_unwind();
         // Instrumented (boxed, out of the inline future) only when a subscriber wants the
@@ -168,6 +174,7 @@ impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
         }
         .map_err(panic_text);
         let settlement = settlement_for(result, attempt, &site.policy);
+        site.metrics.finished(started, &settlement);
         if !matches!(settlement, Settlement::Ack) {
             site.report(&span, &id, attempt, &settlement);
         }
@@ -194,6 +201,7 @@ where
         let key = delivery.envelope.key.clone();
         let span = site.handling_span(&delivery.envelope);
         let broker = site.broker.clone();
+        let started = site.metrics.started();
         let answer = AssertUnwindSafe(async {
             let request: M = crate::codec::decode(&delivery.envelope).map_err(|e| {
                 format!("request is not a valid {}: {e}", std::any::type_name::<M>())
@@ -210,7 +218,9 @@ where
         .instrument(span)
         .await
         .unwrap_or_else(|panic| Err(format!("responder panicked: {}", panic_text(panic))));
-        (tag, key, Settlement::Reply(answer))
+        let settlement = Settlement::Reply(answer);
+        site.metrics.finished(started, &settlement);
+        (tag, key, settlement)
     }
 }
 
@@ -407,6 +417,7 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
         channel: spec.channel.clone(),
         group: spec.group.clone(),
         policy: spec.policy,
+        metrics: HandlingMetrics::new(&spec.channel, &spec.broker, &spec.group),
     };
     let observer = spec.observer.clone();
     let handle = |delivery: Delivery| {

@@ -15,10 +15,12 @@ pub mod config;
 mod consumer;
 mod dead_letter;
 mod handler;
+mod message_metrics;
 mod router;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+mod trace_context;
 
 /// The embedded broker, to share one instance between routers with
 /// [`RouterBuilder::with_broker`].
@@ -36,6 +38,8 @@ pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
 pub use dead_letter::DeadLetterRecord;
 pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};
+/// The names of the metrics the router records (feature `metrics`).
+pub use message_metrics::names as metric_names;
 pub use router::{HandlerOptions, MessageRouter, PublishOptions, RouterBuilder};
 
 /// One page per backend: how it keeps each promise, its wire format, its config keys,

@@ -24,6 +24,7 @@ use crate::config::{
 use crate::consumer::{CallObserver, ConsumerSpec, ObservedCall, SpawnConsumer, TypedHandler};
 use crate::dead_letter::DeadLetterRecord;
 use crate::handler::MessageHandler;
+use crate::message_metrics::PublishMetrics;
 
 /// Per-call publish settings: id, key, headers, delay, in any combination.
 ///
@@ -430,8 +431,27 @@ struct BrokerSlot {
     owned: bool,
 }
 
-/// Where one channel goes: the channel, opened on its broker.
-type Route = OpenChannel;
+/// Where one channel goes: the channel, opened on its broker, with its publish
+/// counters (feature `metrics`).
+struct Route {
+    open: OpenChannel,
+    metrics: PublishMetrics,
+}
+
+impl Route {
+    fn new(open: OpenChannel) -> Self {
+        let metrics = PublishMetrics::new(open.name(), open.broker_name());
+        Route { open, metrics }
+    }
+}
+
+impl std::ops::Deref for Route {
+    type Target = OpenChannel;
+
+    fn deref(&self) -> &OpenChannel {
+        &self.open
+    }
+}
 
 /// Opened channels by name.
 type ChannelRoutes = rustc_hash::FxHashMap<Arc<str>, Arc<Route>>;
@@ -494,7 +514,7 @@ impl RouterInner {
 
     async fn new_route(&self, channel: &str) -> Result<Arc<Route>> {
         let name = self.config.broker_for(channel)?;
-        let route = Arc::new(self.open(name, channel).await?);
+        let route = Arc::new(Route::new(self.open(name, channel).await?));
         self.routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -513,7 +533,7 @@ impl RouterInner {
         {
             return Ok(r.clone());
         }
-        let route = Arc::new(Box::pin(self.open(broker, channel)).await?);
+        let route = Arc::new(Route::new(Box::pin(self.open(broker, channel)).await?));
         self.routes_via
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -604,7 +624,9 @@ impl MessageRouter {
         }
         let route = self.inner.route(channel.name()).await?;
         let envelope = build_envelope(route.name(), message, None, Headers::new())?;
-        route.publish(envelope).await
+        let result = route.publish(envelope).await;
+        route.metrics.record(&result);
+        result
     }
 
     /// Publishes with a key, headers or a delay.
@@ -914,9 +936,10 @@ fn check_message_id(id: &str, channel: &str) -> Result<()> {
     .with_channel(channel))
 }
 
-async fn send(route: &Route, envelope: Envelope, delay: Option<Duration>) -> Result<()> {
+async fn send(route: &Route, mut envelope: Envelope, delay: Option<Duration>) -> Result<()> {
     if tracing::span_enabled!(tracing::Level::INFO) {
         let span = publish_span(route, &envelope);
+        crate::trace_context::inject(&span, &mut envelope.headers);
         return Box::pin(publish_or_delay(route, envelope, delay).instrument(span)).await;
     }
     publish_or_delay(route, envelope, delay).await
@@ -927,10 +950,12 @@ async fn publish_or_delay(
     envelope: Envelope,
     delay: Option<Duration>,
 ) -> Result<()> {
-    match delay {
+    let result = match delay {
         Some(d) => route.publish_delayed(envelope, d).await,
         None => route.publish(envelope).await,
-    }
+    };
+    route.metrics.record(&result);
+    result
 }
 
 /// The span of one publish, in OpenTelemetry's messaging terms. Its fields are read

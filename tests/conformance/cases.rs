@@ -13,8 +13,11 @@ use anybroker::{
 use tokio::time::Instant;
 
 use crate::support::*;
+/// The telemetry cases, under the features they check.
+#[cfg(any(feature = "opentelemetry", feature = "metrics"))]
+pub use crate::telemetry::*;
 
-fn seen(m: &TestMessage, cx: &MessageContext, handler: usize) -> Seen {
+pub(crate) fn seen(m: &TestMessage, cx: &MessageContext, handler: usize) -> Seen {
     Seen {
         seq: m.seq,
         attempt: cx.attempt(),
@@ -39,7 +42,7 @@ fn recording(rec: &Recorder, handler: usize) -> impl anybroker::MessageHandler<T
 }
 
 /// Records every call and fails it (retryable, "not yet") before attempt `succeeds_at`.
-fn recording_failing_before(
+pub(crate) fn recording_failing_before(
     rec: &Recorder,
     succeeds_at: u32,
 ) -> impl anybroker::MessageHandler<TestMessage> {
@@ -1710,6 +1713,16 @@ macro_rules! conformance_cases {
         case!([] routers_share_one_broker_connection);
         case!([] provisioned_group_receives_what_was_published_before_its_members);
         case!([retry, dead_letters] dead_letters_replayed_and_discarded_by_id_and_reason);
+        #[cfg(feature = "opentelemetry")]
+        case!([] handling_span_is_child_of_publish_span);
+        #[cfg(feature = "opentelemetry")]
+        case!([retry] retried_handlings_are_children_of_publish_span);
+        #[cfg(feature = "opentelemetry")]
+        case!([dead_letters] replayed_dead_letter_keeps_trace_context);
+        #[cfg(feature = "metrics")]
+        case!([] metrics_count_publishes_and_handlings);
+        #[cfg(feature = "metrics")]
+        case!([retry, dead_letters] metrics_count_retries_and_dead_letters);
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn declared_lacks_match_capabilities() {

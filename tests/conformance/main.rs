@@ -11,6 +11,7 @@ mod support;
 mod cases;
 mod outage;
 mod raw;
+mod telemetry;
 
 /// The embedded broker, on every `cargo test`.
 mod memory {
