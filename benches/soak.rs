@@ -157,6 +157,14 @@ fn config(servers: &Servers, run: &str, backends: &[String]) -> RouterConfig {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args = Args::parse();
+    // What the library warns about (a rebalance, a failed commit) says where a stall is.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,anybroker::consumer=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     // Thousands of handler panics are the point of the run: they are not printed.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -261,6 +269,23 @@ async fn main() {
         .collect();
 
     let servers = Arc::new(Mutex::new(servers));
+    // An interrupted run stops its servers too (`process::exit` runs no destructor).
+    {
+        let servers = servers.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping the run's servers");
+                let stop = move || {
+                    let mut servers = servers.lock().unwrap_or_else(|p| p.into_inner());
+                    servers.redis.stop("KILL");
+                    servers.nats.stop("KILL");
+                    servers.rabbitmq.stop();
+                };
+                let _ = tokio::task::spawn_blocking(stop).await;
+                std::process::exit(130);
+            }
+        });
+    }
     let total = per_backend * backends.len() as u64;
     let progress = {
         let (tallies, backends) = (tallies.clone(), backends.clone());

@@ -45,9 +45,31 @@ pub struct Args {
     /// side under `valgrind --tool=callgrind`; default both.
     #[arg(long)]
     pub client: Option<String>,
+    /// Record metrics (a test recorder) and trace every message (an OpenTelemetry
+    /// layer whose spans go nowhere), to count what the telemetry features cost. Built
+    /// with `--features opentelemetry,metrics`.
+    #[cfg(all(feature = "opentelemetry", feature = "metrics"))]
+    #[arg(long)]
+    pub telemetry: bool,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+/// Installs what `--telemetry` asks for.
+#[cfg(all(feature = "opentelemetry", feature = "metrics"))]
+fn install_telemetry() {
+    use opentelemetry::trace::TracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
+    metrics_util::debugging::DebuggingRecorder::new()
+        .install()
+        .unwrap();
 }
 
 impl Args {
@@ -202,6 +224,10 @@ where
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    #[cfg(all(feature = "opentelemetry", feature = "metrics"))]
+    if args.telemetry {
+        install_telemetry();
+    }
     let sample = serde_json::to_vec(&alarm_domain::sample_alarm_to_log(0)).unwrap();
     println!(
         "{} AlarmToLog messages ({} bytes JSON), window {}, median of {} rounds",
