@@ -45,12 +45,12 @@ pub struct Args {
     /// side under `valgrind --tool=callgrind`; default both.
     #[arg(long)]
     pub client: Option<String>,
-    /// Record metrics (a test recorder) and trace every message (an OpenTelemetry
-    /// layer whose spans go nowhere), to count what the telemetry features cost. Built
-    /// with `--features opentelemetry,metrics`.
+    /// Record metrics (`metrics`: a test recorder) or trace every message (`traces`:
+    /// an OpenTelemetry layer whose spans go nowhere), or both, to count what the
+    /// telemetry features cost. Built with `--features opentelemetry,metrics`.
     #[cfg(all(feature = "opentelemetry", feature = "metrics"))]
-    #[arg(long)]
-    pub telemetry: bool,
+    #[arg(long, value_delimiter = ',')]
+    pub telemetry: Vec<String>,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -58,18 +58,23 @@ pub struct Args {
 
 /// Installs what `--telemetry` asks for.
 #[cfg(all(feature = "opentelemetry", feature = "metrics"))]
-fn install_telemetry() {
+fn install_telemetry(what: &[String]) {
     use opentelemetry::trace::TracerProvider;
     use tracing_subscriber::layer::SubscriberExt;
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
-    metrics_util::debugging::DebuggingRecorder::new()
-        .install()
-        .unwrap();
+    if what.iter().any(|w| w == "traces") {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .unwrap();
+    }
+    if what.iter().any(|w| w == "metrics") {
+        metrics_util::debugging::DebuggingRecorder::new()
+            .install()
+            .unwrap();
+    }
 }
 
 impl Args {
@@ -225,9 +230,7 @@ where
 async fn main() {
     let args = Args::parse();
     #[cfg(all(feature = "opentelemetry", feature = "metrics"))]
-    if args.telemetry {
-        install_telemetry();
-    }
+    install_telemetry(&args.telemetry);
     let sample = serde_json::to_vec(&alarm_domain::sample_alarm_to_log(0)).unwrap();
     println!(
         "{} AlarmToLog messages ({} bytes JSON), window {}, median of {} rounds",
