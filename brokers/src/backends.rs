@@ -189,6 +189,17 @@ macro_rules! backends {
                 }
             }
 
+            /// Whether the server can be reached now (see
+            /// [`Backend::check_connection`](crate::Backend::check_connection)).
+            pub async fn check_connection(&self) -> Result<()> {
+                if self.is_closed() {
+                    return Err(Error::closed("the broker was shut down"));
+                }
+                match self {
+                    $( #[cfg($($built)*)] Broker::$variant(b) => $crate::Backend::check_connection(b).await, )+
+                }
+            }
+
             pub(crate) async fn open_any(&self, spec: &$crate::ChannelSpec) -> Result<AnyChannel> {
                 match self {
                     $(

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::channel::Message;
 use crate::handler::{HandlerError, MessageContext, MessageHandler};
+use crate::health::{BrokerStatus, RunningConsumer};
 use crate::message_metrics::HandlingMetrics;
 
 /// What running a handler on one envelope came to.
@@ -267,6 +268,10 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Everything one consumer needs besides its handler.
 pub(crate) struct ConsumerSpec {
     pub(crate) subscription: Arc<dyn Subscription>,
+    /// Its broker's health record, which keeps its errors.
+    pub(crate) status: Arc<BrokerStatus>,
+    /// Counts it on its broker from its start until it ends (this spec drops).
+    pub(crate) _running: RunningConsumer,
     pub(crate) broker: Arc<str>,
     /// The broker's kind, as `messaging.system` names it.
     pub(crate) system: &'static str,
@@ -395,6 +400,7 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
         stop.clone(),
         spec.channel.clone(),
         spec.prefetch,
+        spec.status.clone(),
     ));
 
     // Settling runs beside handling, so a broker round trip never holds up the next
@@ -407,6 +413,7 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
             channel: spec.channel.clone(),
             broker: spec.broker.clone(),
             observer: spec.observer.clone(),
+            status: spec.status.clone(),
         },
         settle_rx,
     ));
@@ -531,6 +538,7 @@ struct Settler {
     channel: Arc<str>,
     broker: Arc<str>,
     observer: Option<Arc<CallObserver>>,
+    status: Arc<BrokerStatus>,
 }
 
 /// Settles what the runtime sends, batching whatever queued up meanwhile, and gives
@@ -545,6 +553,7 @@ async fn settle_loop(
         channel,
         broker,
         observer,
+        status,
     } = settler;
     while let Some(mut settlements) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
@@ -559,6 +568,7 @@ async fn settle_loop(
         if let Err(e) = subscription.settle(settlements).await {
             // The broker redelivers what it did not record as settled: at-least-once holds.
             tracing::error!(%channel, %broker, error = %e, "settling deliveries failed");
+            status.failed(&e);
         }
         window.add_permits(n);
     }
@@ -572,6 +582,7 @@ async fn fetch_loop(
     mut stop: watch::Receiver<bool>,
     channel: Arc<str>,
     prefetch: usize,
+    status: Arc<BrokerStatus>,
 ) {
     let mut backoff = std::time::Duration::from_millis(50);
     // Fetch once a quarter of the window is free, not at every freed slot, so a busy
@@ -617,6 +628,7 @@ async fn fetch_loop(
             Err(e) => {
                 window.add_permits(want);
                 tracing::warn!(channel = %channel, error = %e, "fetching failed; trying again");
+                status.failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop_requested(&mut stop) => return,

@@ -15,6 +15,7 @@ pub mod config;
 mod consumer;
 mod dead_letter;
 mod handler;
+mod health;
 mod message_metrics;
 mod router;
 #[cfg(feature = "testing")]
@@ -38,6 +39,7 @@ pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
 pub use dead_letter::DeadLetterRecord;
 pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};
+pub use health::{BrokerHealth, ConnectionState, Health};
 /// The names of the metrics the router records (feature `metrics`).
 pub use message_metrics::names as metric_names;
 pub use router::{HandlerOptions, MessageRouter, PublishOptions, RouterBuilder};

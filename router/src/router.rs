@@ -24,7 +24,11 @@ use crate::config::{
 use crate::consumer::{CallObserver, ConsumerSpec, ObservedCall, SpawnConsumer, TypedHandler};
 use crate::dead_letter::DeadLetterRecord;
 use crate::handler::MessageHandler;
+use crate::health::{BrokerHealth, BrokerStatus, ConnectionState, Health};
 use crate::message_metrics::PublishMetrics;
+
+/// Longest a health check waits for one broker.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Per-call publish settings: id, key, headers, delay, in any combination.
 ///
@@ -347,6 +351,7 @@ impl RouterBuilder {
             let slot = BrokerSlot {
                 cell: OnceCell::new(),
                 owned: !self.injected.contains_key(name),
+                status: Arc::default(),
             };
             if let Some(b) = self.injected.get(name) {
                 let _ = slot.cell.set(b.clone());
@@ -429,6 +434,7 @@ impl RouterBuilder {
 struct BrokerSlot {
     cell: OnceCell<Broker>,
     owned: bool,
+    status: Arc<BrokerStatus>,
 }
 
 /// Where one channel goes: the channel, opened on its broker, with its publish
@@ -436,12 +442,27 @@ struct BrokerSlot {
 struct Route {
     open: OpenChannel,
     metrics: PublishMetrics,
+    /// Its broker's health record, told of failed publishes.
+    status: Arc<BrokerStatus>,
 }
 
 impl Route {
-    fn new(open: OpenChannel) -> Self {
+    fn new(open: OpenChannel, status: Arc<BrokerStatus>) -> Self {
         let metrics = PublishMetrics::new(open.name(), open.broker_name());
-        Route { open, metrics }
+        Route {
+            open,
+            metrics,
+            status,
+        }
+    }
+
+    /// Counts a publish and keeps its error, if any, for the broker's health.
+    #[inline(always)]
+    fn published(&self, result: &Result<()>) {
+        self.metrics.record(result);
+        if let Err(e) = result {
+            self.status.failed(e);
+        }
     }
 }
 
@@ -514,7 +535,10 @@ impl RouterInner {
 
     async fn new_route(&self, channel: &str) -> Result<Arc<Route>> {
         let name = self.config.broker_for(channel)?;
-        let route = Arc::new(Route::new(self.open(name, channel).await?));
+        let route = Arc::new(Route::new(
+            self.open(name, channel).await?,
+            self.slots[name].status.clone(),
+        ));
         self.routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -533,7 +557,10 @@ impl RouterInner {
         {
             return Ok(r.clone());
         }
-        let route = Arc::new(Route::new(Box::pin(self.open(broker, channel)).await?));
+        let route = Arc::new(Route::new(
+            Box::pin(self.open(broker, channel)).await?,
+            self.slots[broker].status.clone(),
+        ));
         self.routes_via
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -612,6 +639,54 @@ impl MessageRouter {
         &self.inner.config
     }
 
+    /// Per configured broker: whether it can be reached now (its client's connection
+    /// state, or one round trip within 2 s), the last error the router met on it, and
+    /// the consumers running on it. Cheap enough for a readiness probe; a broker not
+    /// used yet is not connected by asking.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let config = anybroker::RouterConfig::from_toml_str(
+    ///     "default_broker = \"memory\"\n[brokers.memory]\nkind = \"memory\"",
+    /// ).unwrap();
+    /// let router = anybroker::MessageRouter::builder(config).start().await.unwrap();
+    /// let health = router.health().await;
+    /// assert!(health.is_ready());
+    /// assert_eq!(health.brokers[0].connection, anybroker::ConnectionState::Connected);
+    /// # });
+    /// ```
+    pub async fn health(&self) -> Health {
+        let mut names: Vec<&String> = self.inner.slots.keys().collect();
+        names.sort();
+        let checks = names.into_iter().map(|name| async move {
+            let slot = &self.inner.slots[name];
+            let connection = match slot.cell.get() {
+                None => ConnectionState::NotConnected,
+                Some(broker) => {
+                    match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, broker.check_connection())
+                        .await
+                    {
+                        Ok(Ok(())) => ConnectionState::Connected,
+                        Ok(Err(e)) => ConnectionState::Unreachable(e.to_string()),
+                        Err(_) => ConnectionState::Unreachable(format!(
+                            "no answer within {HEALTH_CHECK_TIMEOUT:?}"
+                        )),
+                    }
+                }
+            };
+            BrokerHealth {
+                name: name.clone(),
+                kind: self.inner.config.brokers[name].kind(),
+                connection,
+                last_error: slot.status.last_error(),
+                consumers: slot.status.consumers(),
+            }
+        });
+        Health {
+            brokers: futures::future::join_all(checks).await,
+        }
+    }
+
     /// Publishes on the channel's configured broker; returns once the broker accepted it.
     pub async fn publish<M: Serialize>(&self, channel: Channel<M>, message: &M) -> Result<()> {
         // The hot path, kept flat: its future holds little more than the broker's own,
@@ -625,7 +700,7 @@ impl MessageRouter {
         let route = self.inner.route(channel.name()).await?;
         let envelope = build_envelope(route.name(), message, None, Headers::new())?;
         let result = route.publish(envelope).await;
-        route.metrics.record(&result);
+        route.published(&result);
         result
     }
 
@@ -869,6 +944,8 @@ impl MessageRouter {
             };
             let spec = ConsumerSpec {
                 subscription: Arc::from(subscription),
+                status: route.status.clone(),
+                _running: route.status.consumer_running(),
                 broker: route.broker_name().clone(),
                 system: route.kind().as_str(),
                 channel: route.name().clone(),
@@ -954,7 +1031,7 @@ async fn publish_or_delay(
         Some(d) => route.publish_delayed(envelope, d).await,
         None => route.publish(envelope).await,
     };
-    route.metrics.record(&result);
+    route.published(&result);
     result
 }
 

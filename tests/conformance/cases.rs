@@ -92,6 +92,33 @@ fn recording_in_flight(
     })
 }
 
+/// The router's health names the broker connected and counts the consumers running on
+/// it, none after shutdown.
+pub async fn health_reports_connection_and_consumers(t: &Target) {
+    let ch = unique_channel::<TestMessage>("health");
+    let rec = Recorder::default();
+    let router = t
+        .router(&channel_toml(ch, "consumers = 2"))
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
+    let health = router.health().await;
+    let target = health.brokers.iter().find(|b| b.name == "target").unwrap();
+    assert_eq!(
+        target.connection,
+        anybroker::ConnectionState::Connected,
+        "{health:?}"
+    );
+    assert_eq!(target.consumers, 2, "{health:?}");
+    assert!(target.last_error.is_none(), "{health:?}");
+    assert!(health.is_ready(), "{health:?}");
+    router.shutdown().await.unwrap();
+    let health = router.health().await;
+    let target = health.brokers.iter().find(|b| b.name == "target").unwrap();
+    assert_eq!(target.consumers, 0, "{health:?}");
+}
+
 /// Every published message is delivered, with payload, key and headers intact and a
 /// unique id.
 pub async fn publish_then_subscribe_delivers_all(t: &Target) {
@@ -1713,6 +1740,7 @@ macro_rules! conformance_cases {
         case!([] routers_share_one_broker_connection);
         case!([] provisioned_group_receives_what_was_published_before_its_members);
         case!([retry, dead_letters] dead_letters_replayed_and_discarded_by_id_and_reason);
+        case!([] health_reports_connection_and_consumers);
         #[cfg(feature = "opentelemetry")]
         case!([] handling_span_is_child_of_publish_span);
         #[cfg(feature = "opentelemetry")]

@@ -65,6 +65,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Whether [`shutdown`](Backend::shutdown) ran.
     fn is_closed(&self) -> bool;
 
+    /// Whether the server can be reached now, answered cheaply enough for a readiness
+    /// probe: the client's own connection state where it keeps one, else one round
+    /// trip bounded by a short timeout. An error says what is wrong.
+    fn check_connection(&self) -> impl Future<Output = Result<()>> + Send;
+
     /// Closes connections; the registry answers every later call with `Closed`.
     fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
 }

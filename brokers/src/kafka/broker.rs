@@ -39,6 +39,10 @@ impl Backend for KafkaBroker {
         self.connection.is_closed()
     }
 
+    async fn check_connection(&self) -> Result<()> {
+        self.connection.check_connection().await
+    }
+
     async fn shutdown(&self) -> Result<()> {
         self.connection.close().await
     }

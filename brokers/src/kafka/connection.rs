@@ -149,6 +149,20 @@ impl Connection {
         self.closed.is_closed()
     }
 
+    /// Asks the cluster for its brokers (metadata of no topic), within 2 s.
+    pub(crate) async fn check_connection(&self) -> Result<()> {
+        let probe = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(drop)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Broker, format!("the metadata probe failed: {e}")))?
+        .map_err(|e| unreachable(&self.config, e))
+    }
+
     /// Marks the broker closed and waits for the producer to deliver what it holds.
     pub(crate) async fn close(&self) -> Result<()> {
         self.closed.close();

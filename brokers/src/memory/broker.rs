@@ -105,6 +105,11 @@ impl Backend for MemoryBroker {
         self.connection.is_closed()
     }
 
+    async fn check_connection(&self) -> Result<()> {
+        // In the process: reachable while it is open.
+        Ok(())
+    }
+
     async fn shutdown(&self) -> Result<()> {
         self.connection.close();
         Ok(())

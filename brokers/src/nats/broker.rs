@@ -7,7 +7,7 @@ use super::connection::Connection;
 use super::core_mode::CoreChannel;
 use super::error::from_nats;
 use super::config::{NatsConfig, NatsMode};
-use crate::core::{Backend, ChannelSpec, Result};
+use crate::core::{Backend, ChannelSpec, Error, ErrorKind, Result};
 
 /// A connection to a NATS server, in the configured mode. Cloning shares it.
 #[derive(Clone)]
@@ -46,6 +46,18 @@ impl Backend for NatsBroker {
 
     fn is_closed(&self) -> bool {
         self.connection.is_closed()
+    }
+
+    async fn check_connection(&self) -> Result<()> {
+        // The client keeps its connection's state (it reconnects on its own).
+        match self.connection.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(Error::new(
+                ErrorKind::Unreachable,
+                format!("not connected to the server ({state}); the client is reconnecting"),
+            )
+            .set_retryable(true)),
+        }
     }
 
     async fn shutdown(&self) -> Result<()> {

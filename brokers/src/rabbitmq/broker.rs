@@ -40,6 +40,10 @@ impl Backend for RabbitMqBroker {
         self.link.is_closed()
     }
 
+    async fn check_connection(&self) -> Result<()> {
+        self.link.check_connection()
+    }
+
     async fn shutdown(&self) -> Result<()> {
         self.link.close().await
     }

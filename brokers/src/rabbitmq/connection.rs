@@ -196,6 +196,19 @@ impl Link {
         self.closed.is_closed()
     }
 
+    /// Whether the current connection and its publishing channel are open (a lost one
+    /// is replaced at its next use).
+    pub(crate) fn check_connection(&self) -> Result<()> {
+        if self.current.read().unwrap().is_alive() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Unreachable,
+            "the connection to the server is lost; the next operation reconnects",
+        )
+        .set_retryable(true))
+    }
+
     /// Publishes `envelope` to the default exchange, straight into `queue`.
     pub(crate) async fn publish_to_queue(&self, queue: &str, envelope: &Envelope) -> Result<()> {
         let route = Route {

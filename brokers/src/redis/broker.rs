@@ -44,6 +44,15 @@ impl Backend for RedisBroker {
         self.connection.closed.is_closed()
     }
 
+    async fn check_connection(&self) -> Result<()> {
+        // One PING, within the connection's response timeout.
+        let mut conn = self.connection.conn();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| super::error::from_redis(e, "check connection"))
+    }
+
     async fn shutdown(&self) -> Result<()> {
         self.connection.closed.close();
         Ok(())
