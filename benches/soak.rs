@@ -65,6 +65,17 @@ struct Args {
 
 const BACKENDS: [&str; 5] = ["memory", "redis", "nats", "rabbitmq", "kafka"];
 const ATTEMPTS: u32 = 3;
+/// How far a backend's publishing may run ahead of the slowest one's.
+const LEAD: u64 = 2_000;
+
+/// Messages published by the backend that has published fewest.
+fn slowest(tallies: &[Arc<Tally>]) -> u64 {
+    tallies
+        .iter()
+        .map(|t| t.published.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0)
+}
 
 /// What one backend's handlers did.
 #[derive(Default)]
@@ -258,11 +269,17 @@ async fn main() {
         .zip(&tallies)
         .map(|(&ch, tally)| {
             let (router, tally, window) = (router.clone(), tally.clone(), args.window);
+            let all = tallies.clone();
             tokio::spawn(async move {
                 futures::stream::iter(0..per_backend)
                     .for_each_concurrent(window, |seq| {
-                        let (router, tally) = (router.clone(), tally.clone());
+                        let (router, tally, all) = (router.clone(), tally.clone(), all.clone());
                         async move {
+                            // In step with the slowest backend, so every restart falls
+                            // under load on all of them.
+                            while seq > slowest(&all) + LEAD {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                             while router.publish(ch, &Numbered { seq }).await.is_err() {
                                 tally.publish_errors.fetch_add(1, Ordering::Relaxed);
                                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -317,13 +334,7 @@ async fn main() {
     // Steps of the slowest backend's publishing, so every restart falls under load.
     for n in 0..restarts {
         let at = per_backend * (n + 1) / (restarts + 1);
-        while tallies
-            .iter()
-            .map(|t| t.published.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0)
-            < at
-        {
+        while slowest(&tallies) < at {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let servers = servers.clone();
