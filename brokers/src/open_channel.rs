@@ -154,6 +154,11 @@ impl OpenChannel {
             .await
     }
 
+    /// How far `group` is behind on this channel.
+    pub async fn backlog(&self, group: &str) -> Result<crate::Backlog> {
+        self.call("backlog", self.channel.backlog(group)).await
+    }
+
     /// Creates what `options.group` needs to receive what is published from now on,
     /// before its first member subscribes.
     pub async fn provision(&self, options: &SubscribeOptions) -> Result<()> {

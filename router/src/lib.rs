@@ -27,8 +27,9 @@ mod trace_context;
 /// [`RouterBuilder::with_broker`].
 pub use anybroker_brokers::memory::MemoryBroker;
 pub use anybroker_brokers::{
-    header, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason, DeadLetterSelector,
-    Envelope, Error, ErrorKind, Headers, Jitter, NewGroupStart, OpenChannel, Result, RetryPolicy,
+    header, Backlog, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason,
+    DeadLetterSelector, Envelope, Error, ErrorKind, Headers, Jitter, NewGroupStart, OpenChannel,
+    Result, RetryPolicy,
 };
 /// Each backend's config (`RedisConfig`, `KafkaConfig`, …), to build a config in code,
 /// and its broker type.

@@ -12,6 +12,8 @@
 //! | `anybroker_dead_lettered_total` | counter | channel, broker, group, reason |
 //! | `anybroker_handler_duration_seconds` | histogram | channel, broker, group |
 //! | `anybroker_in_flight` | gauge: handler calls running | channel, broker, group |
+//! | `anybroker_backlog_waiting` | gauge: messages not yet handed to a member | channel, broker, group |
+//! | `anybroker_backlog_in_flight` | gauge: handed out, not settled (where told) | channel, broker, group |
 //!
 //! The handles are registered once per channel route and per consumer, so the
 //! recorder must be installed before the router starts. Without the feature every
@@ -37,6 +39,47 @@ pub mod names {
     pub const HANDLER_DURATION: &str = "anybroker_handler_duration_seconds";
     /// Handler calls running now.
     pub const IN_FLIGHT: &str = "anybroker_in_flight";
+    /// A group's messages not yet handed to a member (sampled every 10 s).
+    pub const BACKLOG_WAITING: &str = "anybroker_backlog_waiting";
+    /// A group's messages handed out and not yet settled, where the broker tells it.
+    pub const BACKLOG_IN_FLIGHT: &str = "anybroker_backlog_in_flight";
+}
+
+/// How often a handler's group has its backlog read into the gauges.
+#[cfg(feature = "metrics")]
+pub(crate) const BACKLOG_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The backlog gauges of one group.
+#[cfg(feature = "metrics")]
+pub(crate) struct BacklogGauges {
+    waiting: metrics::Gauge,
+    in_flight: metrics::Gauge,
+}
+
+#[cfg(feature = "metrics")]
+impl BacklogGauges {
+    pub(crate) fn new(
+        channel: &std::sync::Arc<str>,
+        broker: &std::sync::Arc<str>,
+        group: &std::sync::Arc<str>,
+    ) -> Self {
+        let labels = [
+            ("channel", channel.clone()),
+            ("broker", broker.clone()),
+            ("group", group.clone()),
+        ];
+        BacklogGauges {
+            waiting: metrics::gauge!(names::BACKLOG_WAITING, &labels),
+            in_flight: metrics::gauge!(names::BACKLOG_IN_FLIGHT, &labels),
+        }
+    }
+
+    pub(crate) fn record(&self, backlog: &anybroker_brokers::Backlog) {
+        self.waiting.set(backlog.waiting as f64);
+        if let Some(n) = backlog.in_flight {
+            self.in_flight.set(n as f64);
+        }
+    }
 }
 
 /// The publish counters of one channel on one broker.

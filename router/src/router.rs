@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anybroker_brokers::{
-    Broker, BrokerKind, Capabilities, ChannelSpec, DeadLetterAction, DeadLetterSelector, Envelope,
-    Error, ErrorKind, Headers, OpenChannel, Result, RetryPolicy, SubscribeOptions,
+    Backlog, Broker, BrokerKind, Capabilities, ChannelSpec, DeadLetterAction, DeadLetterSelector,
+    Envelope, Error, ErrorKind, Headers, OpenChannel, Result, RetryPolicy, SubscribeOptions,
 };
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -818,6 +818,15 @@ impl MessageRouter {
         Ok(())
     }
 
+    /// How far `group` is behind on `channel`: messages not yet handed to a member, and
+    /// those being handled where the broker tells it. With the feature `metrics`, each
+    /// handler's group is also sampled every 10 s into the `anybroker_backlog` gauges.
+    /// Modes that keep nothing for a group (Redis pub/sub, core NATS) answer
+    /// `Unsupported`.
+    pub async fn backlog<M>(&self, channel: Channel<M>, group: &str) -> Result<Backlog> {
+        self.inner.route(channel.name()).await?.backlog(group).await
+    }
+
     /// Reads up to `limit` dead letters of `channel`, oldest first, as typed records
     /// (reason, attempts, error, times, and the message decodable as `M` or raw).
     pub async fn dead_letters<M>(
@@ -969,6 +978,18 @@ impl MessageRouter {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(handle);
         }
+        #[cfg(feature = "metrics")]
+        if !r.serves_requests
+            && route.capabilities().new_group_start != anybroker_brokers::NewGroupStart::Live
+        {
+            let sampling =
+                sample_backlog(route.clone(), group.clone(), self.inner.stop.subscribe());
+            self.inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tokio::spawn(sampling));
+        }
         Ok(())
     }
 }
@@ -1011,6 +1032,28 @@ fn check_message_id(id: &str, channel: &str) -> Result<()> {
         ),
     )
     .with_channel(channel))
+}
+
+/// Samples `group`'s backlog on `route` into its gauges until the router stops (or the
+/// broker turns out unable to count it).
+#[cfg(feature = "metrics")]
+async fn sample_backlog(route: Arc<Route>, group: String, mut stop: watch::Receiver<bool>) {
+    let gauges = crate::message_metrics::BacklogGauges::new(
+        route.name(),
+        route.broker_name(),
+        &Arc::from(group.as_str()),
+    );
+    loop {
+        match route.backlog(&group).await {
+            Ok(backlog) => gauges.record(&backlog),
+            Err(e) if e.kind() == ErrorKind::Unsupported => return,
+            Err(e) => route.status.failed(&e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::message_metrics::BACKLOG_SAMPLE_EVERY) => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+    }
 }
 
 async fn send(route: &Route, mut envelope: Envelope, delay: Option<Duration>) -> Result<()> {

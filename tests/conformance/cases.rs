@@ -92,6 +92,48 @@ fn recording_in_flight(
     })
 }
 
+/// A provisioned group's backlog counts what was published and not handled yet, and
+/// nothing once its members handled it all. Modes that keep nothing for a group answer
+/// `Unsupported`.
+pub async fn backlog_counts_what_a_group_has_not_handled(t: &Target) {
+    const N: u64 = 10;
+    let ch = unique_channel::<TestMessage>("backlog");
+    let publisher = t.router("").start().await.unwrap();
+    if t.capabilities().await.new_group_start == NewGroupStart::Live {
+        let err = publisher.backlog(ch, "g").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        publisher.shutdown().await.unwrap();
+        return;
+    }
+    publisher.provision(ch, &["g"]).await.unwrap();
+    for i in 0..N {
+        publisher.publish(ch, &TestMessage::new(i)).await.unwrap();
+    }
+    wait_until_async("the backlog counts every message", LONG, || {
+        let publisher = publisher.clone();
+        async move { publisher.backlog(ch, "g").await.unwrap().waiting == N }
+    })
+    .await;
+    let rec = Recorder::default();
+    let consumer = t
+        .router("")
+        .handle_with(ch, recording(&rec, 0), HandlerOptions::new().group("g"))
+        .start()
+        .await
+        .unwrap();
+    wait_until("all handled", LONG, || rec.distinct() as u64 == N).await;
+    wait_until_async("the backlog is empty", LONG, || {
+        let publisher = publisher.clone();
+        async move {
+            let b = publisher.backlog(ch, "g").await.unwrap();
+            b.waiting == 0 && b.in_flight.unwrap_or(0) == 0
+        }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+}
+
 /// The router's health names the broker connected and counts the consumers running on
 /// it, none after shutdown.
 pub async fn health_reports_connection_and_consumers(t: &Target) {
@@ -1741,6 +1783,7 @@ macro_rules! conformance_cases {
         case!([] provisioned_group_receives_what_was_published_before_its_members);
         case!([retry, dead_letters] dead_letters_replayed_and_discarded_by_id_and_reason);
         case!([] health_reports_connection_and_consumers);
+        case!([] backlog_counts_what_a_group_has_not_handled);
         #[cfg(feature = "opentelemetry")]
         case!([] handling_span_is_child_of_publish_span);
         #[cfg(feature = "opentelemetry")]

@@ -285,6 +285,13 @@ mod counters {
         assert_eq!(value(&m, metric_names::RETRIED), 0.0, "{m:?}");
         assert_eq!(value(&m, metric_names::IN_FLIGHT), 0.0, "{m:?}");
         assert_eq!(m.durations, N as usize, "one duration per call: {m:?}");
+        // A group the broker keeps messages for has its backlog sampled from its start.
+        let keeps = t.capabilities().await.new_group_start != anybroker::NewGroupStart::Live;
+        assert_eq!(
+            m.values.contains_key(metric_names::BACKLOG_WAITING),
+            keeps,
+            "{m:?}"
+        );
     }
 
     /// After a run of known successes, retries and dead letters, the counters equal

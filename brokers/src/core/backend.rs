@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Capabilities, DeadLetterAction, DeadLetterSelector, Envelope, Error, Result, SubscribeOptions,
-    Subscription,
+    Backlog, Capabilities, DeadLetterAction, DeadLetterSelector, Envelope, Error, Result,
+    SubscribeOptions, Subscription,
 };
 pub use crate::BrokerKind;
 
@@ -113,6 +113,16 @@ pub trait BackendChannel: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send {
         let _ = (envelope, delay);
         ready(Err(lacks("publish_delayed", "delay")))
+    }
+
+    /// How far `group` is behind on this channel. Modes that keep messages for a group
+    /// (those whose [`new_group_start`](Capabilities::new_group_start) is not `Live`).
+    fn backlog(&self, group: &str) -> impl Future<Output = Result<Backlog>> + Send {
+        let _ = group;
+        ready(Err(Error::unsupported(
+            "backlog: this broker in its configured mode keeps nothing for a group to be behind on",
+        )
+        .with_operation("backlog")))
     }
 
     /// Reads up to `limit` dead letters, oldest first, without removing them.
@@ -270,6 +280,13 @@ macro_rules! channel_enum {
                 match self {
                     $( $name::$variant(c) => $future::$variant(c.publish_delayed(envelope, delay)), )+
                 }
+            }
+
+            fn backlog(
+                &self,
+                group: &str,
+            ) -> impl std::future::Future<Output = $crate::Result<$crate::Backlog>> + Send {
+                match self { $( $name::$variant(c) => $future::$variant(c.backlog(group)), )+ }
             }
 
             fn dead_letters(

@@ -12,6 +12,7 @@
 ))]
 pub(crate) mod arbitrary;
 mod backend;
+mod backlog;
 mod capabilities;
 mod dead_letters;
 mod envelope;
@@ -26,6 +27,7 @@ mod shutdown;
 mod subscription;
 
 pub use backend::{Backend, BackendChannel, BrokerKind, ChannelSpec, Unbuilt};
+pub use backlog::Backlog;
 pub use capabilities::{Capabilities, NewGroupStart};
 pub use dead_letters::{DeadLetterAction, DeadLetterSelector};
 pub use envelope::{

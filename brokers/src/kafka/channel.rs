@@ -14,7 +14,7 @@ use super::dead_letters::with_dead_letters;
 use super::subscription::KafkaSubscription;
 use super::names::Topics;
 use crate::core::{
-    DeadLetterAction, DeadLetterSelector,
+    Backlog, DeadLetterAction, DeadLetterSelector,
     unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Error, Result,
     SubscribeOptions, Subscription,
 };
@@ -132,6 +132,40 @@ impl BackendChannel for KafkaChannel {
         // bytes), and every backend's publish future through the registry would be
         // that size (see docs/backends.md).
         Box::pin(async move { self.connection.produce(&self.name, &envelope, &[]).await })
+    }
+
+    async fn backlog(&self, group: &str) -> Result<Backlog> {
+        // Per partition of the channel's topic, the high watermark minus the group's
+        // committed offset (a group without one starts where `auto_offset_reset` says).
+        let consumer: BaseConsumer = client_config(
+            &self.connection.config,
+            Client::Consumer,
+            &[
+                ("group.id", &Topics::group_id(group, &self.name)),
+                ("enable.auto.commit", "false"),
+            ],
+        )
+        .create()
+        .map_err(|e| from_kafka(e, "backlog"))?;
+        let topic = self.name.to_string();
+        let from_start = self.connection.config.auto_offset_reset != "latest";
+        tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<u64> {
+            let mut waiting = 0;
+            for (topic, p, committed) in committed_offsets(&consumer, &[&topic])? {
+                let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
+                let start = match committed {
+                    Some(offset) => offset,
+                    None if from_start => low,
+                    None => high,
+                };
+                waiting += (high - start.max(low)).max(0) as u64;
+            }
+            Ok(waiting)
+        })
+        .await
+        .expect("backlog task")
+        .map(|waiting| Backlog::new(waiting, None))
+        .map_err(|e| from_kafka(e, "backlog"))
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

@@ -10,7 +10,7 @@ use super::connection::Connection;
 use super::subscription::MemorySubscription;
 use super::topic::{Group, Timed, Topic};
 use crate::core::{
-    DeadLetterAction, DeadLetterSelector,
+    Backlog, DeadLetterAction, DeadLetterSelector,
     BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result, SubscribeOptions,
     Subscription,
 };
@@ -129,6 +129,18 @@ impl BackendChannel for MemoryChannel {
         // Sleeping consumers recompute their deadline.
         self.topic.notify.notify_waiters();
         Ok(())
+    }
+
+    async fn backlog(&self, group: &str) -> Result<Backlog> {
+        let state = self.topic.lock();
+        let end = state.base + state.log.len() as u64;
+        let Some(g) = state.groups.get(group) else {
+            // Not created yet: it starts at what the channel keeps (see `create_group`).
+            return Ok(Backlog::new(state.log.len() as u64, Some(0)));
+        };
+        let waiting = end.saturating_sub(g.cursor)
+            + (g.ready.len() + g.parked + g.waiting.len()) as u64;
+        Ok(Backlog::new(waiting, Some(g.in_flight.len() as u64)))
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {

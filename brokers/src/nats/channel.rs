@@ -11,7 +11,7 @@ use super::core_mode::{CoreChannel, CoreSubscription};
 use super::error::from_nats;
 use super::subscription::JetStreamSubscription;
 use crate::core::{
-    DeadLetterAction, DeadLetterSelector,
+    Backlog, DeadLetterAction, DeadLetterSelector,
     unix_micros, BackendChannel, Capabilities, NewGroupStart, Envelope, Result, SubscribeOptions, Subscription,
 };
 
@@ -120,6 +120,28 @@ impl BackendChannel for JetStreamChannel {
         super::subscription::create_consumer(&self.connection, &self.name, options, "provision")
             .await
             .map(drop)
+    }
+
+    async fn backlog(&self, group: &str) -> Result<Backlog> {
+        // The group's durable consumer: messages not yet delivered, and delivered ones
+        // not yet acknowledged.
+        let mut stream = self.connection.ensure_stream(&self.name, "", &self.name).await?;
+        let name = super::codec::consumer_name(group);
+        match stream.consumer_info(&name).await {
+            Ok(info) => Ok(Backlog::new(
+                info.num_pending,
+                Some(info.num_ack_pending as u64),
+            )),
+            // Not created yet: it starts at the stream's first message.
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound
+                    || e.to_string().contains("consumer not found") =>
+            {
+                let info = stream.info().await.map_err(|e| from_nats(e, "backlog"))?;
+                Ok(Backlog::new(info.state.messages, Some(0)))
+            }
+            Err(e) => Err(from_nats(e, "backlog")),
+        }
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

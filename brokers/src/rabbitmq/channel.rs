@@ -15,7 +15,7 @@ use super::subscription::{QueueRole, RabbitSubscription};
 use super::names::Names;
 use super::topology;
 use crate::core::{
-    DeadLetterAction, DeadLetterSelector,
+    Backlog, DeadLetterAction, DeadLetterSelector,
     BackendChannel, Capabilities, NewGroupStart, ChannelSpec, Envelope, Error, Result, SubscribeOptions,
     Subscription,
 };
@@ -166,6 +166,29 @@ impl BackendChannel for RabbitMqChannel {
 
     async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
         declare_group(&self.link, &self.name, &options.group).await
+    }
+
+    async fn backlog(&self, group: &str) -> Result<Backlog> {
+        // The group queue's ready messages (AMQP does not tell the unacknowledged).
+        let session = self.link.session().await?;
+        let ch = session.declaring_channel().await?;
+        let declared = ch
+            .queue_declare(
+                Names::group_queue(&self.name, group).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = ch.close(200, "counted".into()).await;
+        match declared {
+            Ok(queue) => Ok(Backlog::new(u64::from(queue.message_count()), None)),
+            // No queue yet: what was published meanwhile is parked until it has one.
+            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(Backlog::new(0, None)),
+            Err(e) => Err(from_lapin(e, "backlog")),
+        }
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

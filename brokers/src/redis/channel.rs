@@ -12,8 +12,8 @@ use super::pubsub::PubSubChannel;
 use super::subscription::StreamSubscription;
 use super::names::Keys;
 use crate::core::{
-    DeadLetterAction, DeadLetterSelector,
-    unix_millis, BackendChannel, Capabilities, NewGroupStart, Envelope, Result, SubscribeOptions, Subscription,
+    Backlog, DeadLetterAction, DeadLetterSelector,
+    unix_millis, BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result, SubscribeOptions, Subscription,
 };
 
 crate::channel_enum! {
@@ -124,6 +124,57 @@ impl BackendChannel for StreamChannel {
     async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
         super::subscription::create_group(&self.connection, &self.name, &options.group, "provision")
             .await
+    }
+
+    async fn backlog(&self, group: &str) -> Result<Backlog> {
+        // The group's lag (entries not yet delivered) and pending entries (delivered,
+        // not acknowledged) on the channel's stream and the group's retry stream.
+        let mut conn = self.connection.conn();
+        let (mut waiting, mut in_flight) = (0, 0);
+        for stream in [self.name.to_string(), Keys::retry_stream(&self.name, group)] {
+            let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+                match redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&stream)
+                    .query_async(&mut conn)
+                    .await
+                {
+                    Ok(groups) => groups,
+                    // Nothing published or retried yet.
+                    Err(e) if e.to_string().contains("no such key") => continue,
+                    Err(e) => return Err(from_redis(e, "backlog")),
+                };
+            let count = |g: &std::collections::HashMap<String, redis::Value>, field: &str| {
+                g.get(field)
+                    .and_then(|v| redis::from_redis_value::<Option<u64>>(v.clone()).ok())
+                    .flatten()
+            };
+            let name_of = |g: &std::collections::HashMap<String, redis::Value>| {
+                g.get("name")
+                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            };
+            let Some(g) = groups.iter().find(|g| name_of(g).as_deref() == Some(group)) else {
+                if stream == *self.name {
+                    // Not created yet: it starts at the stream's first entry.
+                    let len: u64 = redis::cmd("XLEN")
+                        .arg(&stream)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| from_redis(e, "backlog"))?;
+                    waiting += len;
+                }
+                continue;
+            };
+            waiting += count(g, "lag").ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Broker,
+                    format!("Redis cannot count the lag of group {group:?} on {stream} (entries were deleted out of order)"),
+                )
+                .with_operation("backlog")
+            })?;
+            in_flight += count(g, "pending").unwrap_or(0);
+        }
+        Ok(Backlog::new(waiting, Some(in_flight)))
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

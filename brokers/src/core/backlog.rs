@@ -1,0 +1,23 @@
+//! How far a consumer group is behind on a channel.
+
+/// What a group of a channel has not finished, as its broker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Backlog {
+    /// Messages not yet handed to a member: not yet delivered (Redis group lag,
+    /// JetStream pending, Kafka high watermark minus the committed offset, the RabbitMQ
+    /// queue's ready messages), retries waiting for their backoff where the broker
+    /// keeps them with the channel.
+    pub waiting: u64,
+    /// Messages handed to a member and not yet settled, where the broker tells it
+    /// (Redis pending entries, JetStream ack-pending, the embedded broker's); `None`
+    /// where it does not (RabbitMQ's AMQP, Kafka).
+    pub in_flight: Option<u64>,
+}
+
+impl Backlog {
+    /// A backlog of `waiting` messages and `in_flight` being handled.
+    pub fn new(waiting: u64, in_flight: Option<u64>) -> Self {
+        Backlog { waiting, in_flight }
+    }
+}
