@@ -225,7 +225,9 @@ pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// The `[brokers.x]` body for tansu on 127.0.0.1:9092, with the settings tansu 0.6
 /// needs and a real Kafka does not: it answers a fetch only after `fetch.wait.max.ms`,
-/// hence the short wait; a member's group join only after half its
+/// hence the short wait (fine for the tests' shallow topics: tansu answers a fetch with
+/// nothing when reading takes longer than the wait, so a topic tens of thousands of
+/// records deep needs a longer one, as the soak bench sets); a member's group join only after half its
 /// `session.timeout.ms`, hence 6 s (a 3 s join, not 22.5 s); and it reports a partition's high watermark as its last
 /// batch's first offset + 1, so a fetch that starts inside a multi-record last batch (a
 /// partition resumed after a due-time pause) gets nothing until another record
