@@ -1790,6 +1790,8 @@ macro_rules! conformance_cases {
         case!([retry] retried_handlings_are_children_of_publish_span);
         #[cfg(feature = "opentelemetry")]
         case!([dead_letters] replayed_dead_letter_keeps_trace_context);
+        #[cfg(feature = "opentelemetry")]
+        case!([delay] delayed_handling_is_child_of_publish_span);
         #[cfg(feature = "metrics")]
         case!([] metrics_count_publishes_and_handlings);
         #[cfg(feature = "metrics")]

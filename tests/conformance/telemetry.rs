@@ -146,6 +146,34 @@ mod traces {
         router.shutdown().await.unwrap();
     }
 
+    /// A delayed message is handled, when due, in a child of its publish span.
+    pub async fn delayed_handling_is_child_of_publish_span(t: &Target) {
+        require!(t, delay);
+        finished_spans();
+        let ch = unique_channel::<TestMessage>("trace-delay");
+        let rec = Recorder::default();
+        let router = t
+            .router("")
+            .handle(ch, recording_failing_before(&rec, 1))
+            .start()
+            .await
+            .unwrap();
+        let request = tracing::info_span!("request");
+        let request_id = request.context().span().span_context().span_id();
+        router
+            .publish_delayed(
+                ch,
+                &TestMessage::new(1),
+                std::time::Duration::from_millis(300),
+            )
+            .instrument(request)
+            .await
+            .unwrap();
+        wait_until("handled when due", LONG, || rec.len() == 1).await;
+        assert_handlings_are_children_of_the_publish(ch, request_id, 1).await;
+        router.shutdown().await.unwrap();
+    }
+
     /// A dead letter replayed is handled in a child of the original publish span.
     pub async fn replayed_dead_letter_keeps_trace_context(t: &Target) {
         require!(t, dead_letters);
