@@ -70,12 +70,9 @@ impl KafkaChannel {
         })
     }
 
-    /// Commits `group`'s offset at the end of every partition of `topics` where it has
-    /// none: with `auto_offset_reset = "latest"`, a group's first member would start
-    /// at the end as it is when the member joins, missing what was published since the
-    /// group was provisioned. A partition with a committed offset keeps it.
-    async fn commit_start_at_end(&self, group: &str, topics: Vec<String>) -> Result<()> {
-        let consumer: BaseConsumer = client_config(
+    /// A client of `group` that joins nothing: it reads and commits the group's offsets.
+    fn group_client(&self, group: &str, operation: &'static str) -> Result<BaseConsumer> {
+        client_config(
             &self.connection.config,
             Client::Consumer,
             &[
@@ -84,7 +81,15 @@ impl KafkaChannel {
             ],
         )
         .create()
-        .map_err(|e| from_kafka(e, "provision"))?;
+        .map_err(|e| from_kafka(e, operation))
+    }
+
+    /// Commits `group`'s offset at the end of every partition of `topics` where it has
+    /// none: with `auto_offset_reset = "latest"`, a group's first member would start
+    /// at the end as it is when the member joins, missing what was published since the
+    /// group was provisioned. A partition with a committed offset keeps it.
+    async fn commit_start_at_end(&self, group: &str, topics: Vec<String>) -> Result<()> {
+        let consumer = self.group_client(group, "provision")?;
         tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<()> {
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let mut start = TopicPartitionList::new();
@@ -137,16 +142,7 @@ impl BackendChannel for KafkaChannel {
     async fn backlog(&self, group: &str) -> Result<Backlog> {
         // Per partition of the channel's topic, the high watermark minus the group's
         // committed offset (a group without one starts where `auto_offset_reset` says).
-        let consumer: BaseConsumer = client_config(
-            &self.connection.config,
-            Client::Consumer,
-            &[
-                ("group.id", &Topics::group_id(group, &self.name)),
-                ("enable.auto.commit", "false"),
-            ],
-        )
-        .create()
-        .map_err(|e| from_kafka(e, "backlog"))?;
+        let consumer = self.group_client(group, "backlog")?;
         let topic = self.name.to_string();
         let from_start = self.connection.config.auto_offset_reset != "latest";
         tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<u64> {

@@ -121,24 +121,16 @@ impl Connection {
         let admin: AdminClient<DefaultClientContext> = client_config(config, Client::Admin, &[])
             .create()
             .map_err(|e| from_kafka(e, "connect"))?;
-        // librdkafka connects lazily: ask for metadata so an unreachable cluster fails here.
-        let probe = producer.clone();
-        tokio::task::spawn_blocking(move || {
-            probe
-                .client()
-                .fetch_metadata(None, Duration::from_secs(5))
-                .map(drop)
-        })
-        .await
-        .expect("metadata probe")
-        .map_err(|e| unreachable(config, e))?;
-        Ok(Connection {
+        let connection = Connection {
             config: config.clone(),
             producer,
             admin,
             topics: RwLock::new(HashSet::new()),
             closed: ShutdownFlag::default(),
-        })
+        };
+        // librdkafka connects lazily: ask for metadata so an unreachable cluster fails here.
+        connection.ask_metadata(Duration::from_secs(5)).await?;
+        Ok(connection)
     }
 
     pub(crate) fn config(&self) -> &KafkaConfig {
@@ -149,18 +141,19 @@ impl Connection {
         self.closed.is_closed()
     }
 
-    /// Asks the cluster for its brokers (metadata of no topic), within 2 s.
+    /// Asks the cluster for its metadata, within 2 s.
     pub(crate) async fn check_connection(&self) -> Result<()> {
+        self.ask_metadata(Duration::from_secs(2)).await
+    }
+
+    /// Asks the cluster for its metadata within `timeout`: `Unreachable` if it does not
+    /// answer.
+    async fn ask_metadata(&self, timeout: Duration) -> Result<()> {
         let probe = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            probe
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(drop)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Broker, format!("the metadata probe failed: {e}")))?
-        .map_err(|e| unreachable(&self.config, e))
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout).map(drop))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Broker, format!("the metadata probe failed: {e}")))?
+            .map_err(|e| unreachable(&self.config, e))
     }
 
     /// Marks the broker closed and waits for the producer to deliver what it holds.
