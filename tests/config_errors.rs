@@ -37,6 +37,34 @@ fn unknown_broker_name_in_route() {
 }
 
 #[test]
+fn moving_from_an_unknown_broker() {
+    let e = load_error(&format!(
+        "{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"memory\"\nmoving_from = \"nats-old\"\n"
+    ));
+    assert_mentions(
+        &e,
+        &[
+            "channels.\"alarm.to.log\".moving_from",
+            "unknown broker \"nats-old\"",
+        ],
+    );
+}
+
+#[test]
+fn moving_from_the_broker_it_moves_to() {
+    let e = load_error(&format!(
+        "{MEMORY}[channels.\"alarm.to.log\"]\nbroker = \"memory\"\nmoving_from = \"memory\"\n"
+    ));
+    assert_mentions(
+        &e,
+        &[
+            "channels.\"alarm.to.log\".moving_from",
+            "the broker the channel moves to",
+        ],
+    );
+}
+
+#[test]
 fn unknown_default_broker() {
     let e = load_error(&format!("default_broker = \"nope\"\n{MEMORY}"));
     assert_mentions(&e, &["default_broker", "unknown broker \"nope\""]);

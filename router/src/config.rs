@@ -74,6 +74,13 @@ pub struct ChannelConfig {
     /// before their first member subscribes waits for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub provision_groups: Vec<String>,
+    /// The broker this channel is moving away from (a key of `[brokers]`), while it
+    /// moves to `broker`: publishes go to `broker`, and handlers consume from both
+    /// until the old one is drained (see [`MessageRouter::move_status`]).
+    ///
+    /// [`MessageRouter::move_status`]: crate::MessageRouter::move_status
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_from: Option<String>,
 }
 
 /// A config inside an application's own: `#[derive(Deserialize)] struct AppConfig {
@@ -346,6 +353,15 @@ impl RouterConfig {
                 None => {}
             }
             check_channel_settings(&key, c.retry.as_ref(), c.prefetch, c.consumers)?;
+            if let Some(old) = &c.moving_from {
+                self.check_route(&format!("{key}.moving_from"), old)?;
+                let new = c.broker.as_deref().or(self.default_broker.as_deref());
+                if new == Some(old.as_str()) {
+                    return Err(Error::config(format!(
+                        "{key}.moving_from: {old:?} is the broker the channel moves to; expected the broker it moves away from"
+                    )));
+                }
+            }
             if let Some(bad) = c.provision_groups.iter().find(|g| g.trim().is_empty()) {
                 return Err(Error::config(format!(
                     "{key}.provision_groups: expected group names, got {bad:?}"
@@ -447,6 +463,11 @@ impl RouterConfig {
         self.channel(channel)
             .map(|c| c.provision_groups.as_slice())
             .unwrap_or_default()
+    }
+
+    /// The broker `channel` is moving away from, if it is moving.
+    pub fn moving_from_for(&self, channel: &str) -> Option<&str> {
+        self.channel(channel).and_then(|c| c.moving_from.as_deref())
     }
 
     /// Consumers per handler registration on `channel`.

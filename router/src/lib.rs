@@ -17,6 +17,7 @@ mod dead_letter;
 mod handler;
 mod health;
 mod message_metrics;
+mod moving;
 mod router;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -43,6 +44,7 @@ pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHa
 pub use health::{BrokerHealth, ConnectionState, Health};
 /// The names of the metrics the router records (feature `metrics`).
 pub use message_metrics::names as metric_names;
+pub use moving::MoveStatus;
 pub use router::{HandlerOptions, MessageRouter, PublishOptions, RouterBuilder};
 
 /// One page per backend: how it keeps each promise, its wire format, its config keys,

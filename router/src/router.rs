@@ -26,6 +26,7 @@ use crate::dead_letter::DeadLetterRecord;
 use crate::handler::MessageHandler;
 use crate::health::{BrokerHealth, BrokerStatus, ConnectionState, Health};
 use crate::message_metrics::PublishMetrics;
+use crate::moving::MoveStatus;
 
 /// Longest a health check waits for one broker.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -827,6 +828,28 @@ impl MessageRouter {
         self.inner.route(channel.name()).await?.backlog(group).await
     }
 
+    /// Where a channel moving away from another broker (`moving_from`) stands for
+    /// `group`: what the old broker still holds for it, and whether that is nothing.
+    /// A channel that is not moving is a config error.
+    pub async fn move_status<M>(&self, channel: Channel<M>, group: &str) -> Result<MoveStatus> {
+        let config = &self.inner.config;
+        let Some(old) = config.moving_from_for(channel.name()) else {
+            return Err(Error::config(format!(
+                "channels.{:?}: not moving (it has no moving_from)",
+                channel.name()
+            ))
+            .with_channel(channel.name()));
+        };
+        let new = config.broker_for(channel.name())?;
+        let backlog = self
+            .inner
+            .route_via(old, channel.name())
+            .await?
+            .backlog(group)
+            .await?;
+        Ok(MoveStatus::new(old, new, group, backlog))
+    }
+
     /// Reads up to `limit` dead letters of `channel`, oldest first, as typed records
     /// (reason, attempts, error, times, and the message decodable as `M` or raw).
     pub async fn dead_letters<M>(
@@ -835,7 +858,16 @@ impl MessageRouter {
         limit: usize,
     ) -> Result<Vec<DeadLetterRecord<M>>> {
         let route = self.inner.route(channel.name()).await?;
-        let dead = route.dead_letters(limit).await?;
+        // A moving channel's old broker keeps its dead letters: listed first.
+        let mut dead = match self.inner.config.moving_from_for(channel.name()) {
+            Some(old) => {
+                let old = self.inner.route_via(old, channel.name()).await?;
+                old.dead_letters(limit).await?
+            }
+            None => Vec::new(),
+        };
+        let left = limit - dead.len();
+        dead.extend(route.dead_letters(left).await?);
         Ok(dead.into_iter().map(DeadLetterRecord::new).collect())
     }
 
@@ -878,7 +910,15 @@ impl MessageRouter {
         limit: usize,
     ) -> Result<usize> {
         let route = self.inner.route(channel.name()).await?;
-        route.settle_dead_letters(selector, action, limit).await
+        let mut settled = 0;
+        if let Some(old) = self.inner.config.moving_from_for(channel.name()) {
+            let old = self.inner.route_via(old, channel.name()).await?;
+            settled = settle_moving_dead_letters(&old, &route, selector, action, limit).await?;
+        }
+        Ok(settled
+            + route
+                .settle_dead_letters(selector, action, limit - settled)
+                .await?)
     }
 
     /// Stops fetching, lets in-flight handlers finish and settles them, gives back
@@ -942,8 +982,32 @@ impl MessageRouter {
             .with_broker_kind(route.kind())
             .with_channel(r.channel));
         }
+        self.start_members(&r, &route, &group, policy, prefetch, consumers)
+            .await?;
+        // A channel moving away from another broker is consumed there too, until
+        // drained: what the old broker holds (and what instances still on the old config
+        // publish there) is handled by the same handlers.
+        if let Some(old) = config.moving_from_for(r.channel) {
+            let old_route = self.inner.route_via(old, r.channel).await?;
+            self.start_members(&r, &old_route, &group, policy, prefetch, consumers)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts `consumers` members of `group` on `route` running `r`'s handler (and with
+    /// the feature `metrics`, the sampling of the group's backlog there).
+    async fn start_members(
+        &self,
+        r: &Registration,
+        route: &Arc<Route>,
+        group: &str,
+        policy: RetryPolicy,
+        prefetch: usize,
+        consumers: usize,
+    ) -> Result<()> {
         for _ in 0..consumers {
-            let options = SubscribeOptions::new(group.clone())
+            let options = SubscribeOptions::new(group.to_string())
                 .retry(policy)
                 .prefetch(prefetch);
             let subscription = if r.serves_requests {
@@ -958,15 +1022,14 @@ impl MessageRouter {
                 broker: route.broker_name().clone(),
                 system: route.kind().as_str(),
                 channel: route.name().clone(),
-                group: Arc::from(group.as_str()),
+                group: Arc::from(group),
                 policy,
                 prefetch,
-                observer: self.inner.observers.as_ref().map(|o| {
-                    Arc::new(CallObserver::new(
-                        Arc::from(group.as_str()),
-                        o.calls.clone(),
-                    ))
-                }),
+                observer: self
+                    .inner
+                    .observers
+                    .as_ref()
+                    .map(|o| Arc::new(CallObserver::new(Arc::from(group), o.calls.clone()))),
             };
             let handle = r
                 .handler
@@ -982,8 +1045,11 @@ impl MessageRouter {
         if !r.serves_requests
             && route.capabilities().new_group_start != anybroker_brokers::NewGroupStart::Live
         {
-            let sampling =
-                sample_backlog(route.clone(), group.clone(), self.inner.stop.subscribe());
+            let sampling = sample_backlog(
+                route.clone(),
+                group.to_string(),
+                self.inner.stop.subscribe(),
+            );
             self.inner
                 .consumers
                 .lock()
@@ -1032,6 +1098,45 @@ fn check_message_id(id: &str, channel: &str) -> Result<()> {
         ),
     )
     .with_channel(channel))
+}
+
+/// Settles up to `limit` of the dead letters `selector` picks on a moving channel's old
+/// broker: a replayed one is published onto the new broker (the same message, attempt
+/// 1), then removed from the old; a crash in between leaves a copy, never a loss.
+async fn settle_moving_dead_letters(
+    old: &Route,
+    new: &Route,
+    selector: &DeadLetterSelector,
+    action: DeadLetterAction,
+    limit: usize,
+) -> Result<usize> {
+    if action == DeadLetterAction::Discard {
+        return old.settle_dead_letters(selector, action, limit).await;
+    }
+    // The oldest dead letters the old broker keeps, up to this many, are looked at.
+    const SCANNED: usize = 100_000;
+    let picked: Vec<Envelope> = old
+        .dead_letters(SCANNED)
+        .await?
+        .into_iter()
+        .filter(|d| selector.matches(d))
+        .take(limit)
+        .collect();
+    let mut moved = 0;
+    for dead in picked {
+        let id = dead.id.clone();
+        let mut replayed = dead.into_replayed();
+        replayed.channel = new.name().clone();
+        new.publish(replayed).await?;
+        moved += old
+            .settle_dead_letters(
+                &DeadLetterSelector::Ids(vec![id]),
+                DeadLetterAction::Discard,
+                1,
+            )
+            .await?;
+    }
+    Ok(moved)
 }
 
 /// Samples `group`'s backlog on `route` into its gauges until the router stops (or the

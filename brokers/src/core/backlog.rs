@@ -5,9 +5,10 @@
 #[non_exhaustive]
 pub struct Backlog {
     /// Messages not yet handed to a member: not yet delivered (Redis group lag,
-    /// JetStream pending, Kafka high watermark minus the committed offset, the RabbitMQ
-    /// queue's ready messages), retries waiting for their backoff where the broker
-    /// keeps them with the channel.
+    /// JetStream pending, Kafka high watermark minus the committed offset on the
+    /// channel's, delay and retry topics, the RabbitMQ queue's ready messages), and on
+    /// Redis and the embedded broker also retries waiting for their backoff and delayed
+    /// messages not yet due.
     pub waiting: u64,
     /// Messages handed to a member and not yet settled, where the broker tells it
     /// (Redis pending entries, JetStream ack-pending, the embedded broker's); `None`

@@ -143,11 +143,15 @@ impl BackendChannel for KafkaChannel {
         // Per partition of the channel's topic, the high watermark minus the group's
         // committed offset (a group without one starts where `auto_offset_reset` says).
         let consumer = self.group_client(group, "backlog")?;
-        let topic = self.name.to_string();
+        // The channel's topic, its delay topic and its retry topics (shared by the
+        // channel's groups: another group's retries count too, never too few).
+        let mut topics = vec![self.name.to_string(), Topics::delay(&self.name)];
+        topics.extend(self.connection.retry_topics_of(&self.name).await?);
         let from_start = self.connection.config.auto_offset_reset != "latest";
         tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<u64> {
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let mut waiting = 0;
-            for (topic, p, committed) in committed_offsets(&consumer, &[&topic])? {
+            for (topic, p, committed) in committed_offsets(&consumer, &topics)? {
                 let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
                 let start = match committed {
                     Some(offset) => offset,

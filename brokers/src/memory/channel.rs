@@ -134,12 +134,15 @@ impl BackendChannel for MemoryChannel {
     async fn backlog(&self, group: &str) -> Result<Backlog> {
         let state = self.topic.lock();
         let end = state.base + state.log.len() as u64;
+        // Delayed messages not yet due go to every group.
+        let delayed = state.delayed.len() as u64;
         let Some(g) = state.groups.get(group) else {
             // Not created yet: it starts at what the channel keeps (see `create_group`).
-            return Ok(Backlog::new(state.log.len() as u64, Some(0)));
+            return Ok(Backlog::new(state.log.len() as u64 + delayed, Some(0)));
         };
         let waiting = end.saturating_sub(g.cursor)
-            + (g.ready.len() + g.parked + g.waiting.len()) as u64;
+            + (g.ready.len() + g.parked + g.waiting.len()) as u64
+            + delayed;
         Ok(Backlog::new(waiting, Some(g.in_flight.len() as u64)))
     }
 

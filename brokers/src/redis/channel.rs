@@ -174,7 +174,16 @@ impl BackendChannel for StreamChannel {
             })?;
             in_flight += count(g, "pending").unwrap_or(0);
         }
-        Ok(Backlog::new(waiting, Some(in_flight)))
+        // Retries waiting for their backoff, and delayed messages not yet due.
+        let (retries, delayed): (u64, u64) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(Keys::retry_schedule(&self.name, group))
+            .cmd("ZCARD")
+            .arg(Keys::delayed(&self.name))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| from_redis(e, "backlog"))?;
+        Ok(Backlog::new(waiting + retries + delayed, Some(in_flight)))
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {

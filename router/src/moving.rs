@@ -1,0 +1,33 @@
+//! A channel moving from one broker to another (`moving_from` in its config): where
+//! the old broker stands.
+
+use anybroker_brokers::Backlog;
+
+/// What a moving channel's old broker still holds for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MoveStatus {
+    /// The broker the channel moves away from (`moving_from`).
+    pub from: String,
+    /// The broker it moves to (`broker`).
+    pub to: String,
+    /// The group asked about.
+    pub group: String,
+    /// What the old broker holds for the group.
+    pub old: Backlog,
+    /// Nothing left there for the group: once every instance runs the moving config
+    /// and every group is drained, `moving_from` can be dropped.
+    pub drained: bool,
+}
+
+impl MoveStatus {
+    pub(crate) fn new(from: &str, to: &str, group: &str, old: Backlog) -> Self {
+        MoveStatus {
+            from: from.to_string(),
+            to: to.to_string(),
+            group: group.to_string(),
+            drained: old.waiting == 0 && old.in_flight.unwrap_or(0) == 0,
+            old,
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! A channel moved from one broker to another while it runs (`moving_from`), as a
+//! rolling deploy does it: a router on the old config and one on the moving config side
+//! by side, both publishing and handling, the old one stopped midway with messages in
+//! flight. Every message is handled once, retried ones retried, the old broker ends
+//! drained, and its dead letters are listed and replay onto the new broker.
+
+#![cfg(all(
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "kafka"
+))]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anybroker::{
+    handler_fn, HandlerError, HandlerOptions, MemoryBroker, MessageContext, MessageRouter,
+    PublishOptions, RouterBuilder, RouterConfig,
+};
+
+mod common;
+use common::{unique_channel, wait_until, wait_until_async, Numbered};
+
+const GROUP: &str = "movers";
+/// Long enough for a loaded machine (Kafka on tansu is the slow one).
+const LONG: Duration = Duration::from_secs(180);
+
+/// Per message seq, each successful handling: the broker it came from, its attempt.
+type HandlingsBySeq = HashMap<u64, Vec<(String, u32)>>;
+
+/// Each successful handling.
+#[derive(Clone, Default)]
+struct Handled(Arc<Mutex<HandlingsBySeq>>);
+
+impl Handled {
+    fn distinct(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn all(&self) -> HandlingsBySeq {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Fails the first attempt of every 50th message (retryable); records the others.
+fn handler(handled: &Handled) -> impl anybroker::MessageHandler<Numbered> {
+    let handled = handled.clone();
+    handler_fn(move |m: Numbered, cx: MessageContext| {
+        let handled = handled.clone();
+        async move {
+            if m.seq.is_multiple_of(50) && cx.attempt() == 1 {
+                return Err(HandlerError::retryable("not yet"));
+            }
+            handled
+                .0
+                .lock()
+                .unwrap()
+                .entry(m.seq)
+                .or_default()
+                .push((cx.broker().to_string(), cx.attempt()));
+            Ok(())
+        }
+    })
+}
+
+/// The two configs of a rolling deploy: the channel on `old`, then on `new` moving from
+/// `old`. Both brokers are configured in both.
+fn configs(channel: &str, old_table: &str, new_table: &str) -> (RouterConfig, RouterConfig) {
+    let brokers = format!("[brokers.old]\n{old_table}\n[brokers.new]\n{new_table}\n");
+    let retry = "retry = { attempts = 3, initial = \"100ms\" }";
+    let old = format!("{brokers}[channels.\"{channel}\"]\nbroker = \"old\"\n{retry}\n");
+    let moving = format!(
+        "{brokers}[channels.\"{channel}\"]\nbroker = \"new\"\nmoving_from = \"old\"\n{retry}\n"
+    );
+    (
+        RouterConfig::from_toml_str(&old).unwrap(),
+        RouterConfig::from_toml_str(&moving).unwrap(),
+    )
+}
+
+/// The same embedded broker for both routers, where a side is the embedded broker.
+fn sharing(builder: RouterBuilder, memory: &Option<MemoryBroker>, name: &str) -> RouterBuilder {
+    match memory {
+        Some(m) => builder.with_broker(name, m.clone()),
+        None => builder,
+    }
+}
+
+/// 10,000 messages with 20 keys, published by both routers; the old-config router
+/// stops (draining) once half are published.
+async fn rolling_move(old_table: &str, new_table: &str, memory: Option<(&str, MemoryBroker)>) {
+    const N: u64 = 10_000;
+    let ch = unique_channel::<Numbered>("move");
+    let (old_config, moving_config) = configs(ch.name(), old_table, new_table);
+    let (memory_side, memory) = match memory {
+        Some((side, broker)) => (side, Some(broker)),
+        None => ("", None),
+    };
+    let handled = Handled::default();
+    let options = || HandlerOptions::new().group(GROUP);
+    let old_router = sharing(MessageRouter::builder(old_config), &memory, memory_side)
+        .handle_with(ch, handler(&handled), options())
+        .start()
+        .await
+        .unwrap();
+    let moving_router = sharing(MessageRouter::builder(moving_config), &memory, memory_side)
+        .handle_with(ch, handler(&handled), options())
+        .start()
+        .await
+        .unwrap();
+    let keyed = |seq: u64| PublishOptions::new().key(format!("k{}", seq % 20));
+    // Both publish, alternating, until half are out; then the old router stops.
+    for seq in 0..N / 2 {
+        let router = if seq % 2 == 0 {
+            &old_router
+        } else {
+            &moving_router
+        };
+        router
+            .publish_with(ch, &Numbered { seq }, keyed(seq))
+            .await
+            .unwrap();
+    }
+    old_router.shutdown().await.unwrap();
+    for seq in N / 2..N {
+        moving_router
+            .publish_with(ch, &Numbered { seq }, keyed(seq))
+            .await
+            .unwrap();
+    }
+    wait_until("every message handled", LONG, || {
+        handled.distinct() as u64 == N
+    })
+    .await;
+    wait_until_async("the old broker drained", LONG, || {
+        let router = moving_router.clone();
+        async move { router.move_status(ch, GROUP).await.unwrap().drained }
+    })
+    .await;
+    let all = handled.all();
+    let twice: Vec<_> = all.iter().filter(|(_, h)| h.len() > 1).take(5).collect();
+    assert!(twice.is_empty(), "handled twice: {twice:?}");
+    for seq in (0..N).step_by(50) {
+        assert_eq!(all[&seq][0].1, 2, "message {seq} was retried once");
+    }
+    let from_old = all.values().filter(|h| h[0].0 == "old").count();
+    assert!(from_old > 0, "the old broker's messages were handled");
+    let status = moving_router.move_status(ch, GROUP).await.unwrap();
+    assert_eq!((status.from.as_str(), status.to.as_str()), ("old", "new"));
+    moving_router.shutdown().await.unwrap();
+}
+
+/// A dead letter left on the old broker is listed by the moving router and replays
+/// onto the new broker, where it is handled.
+async fn dead_letter_replays_onto_the_new_broker(old_table: &str, new_table: &str) {
+    let ch = unique_channel::<Numbered>("move-dlt");
+    let (old_config, moving_config) = configs(ch.name(), old_table, new_table);
+    let old_router = MessageRouter::builder(old_config)
+        .handle(
+            ch,
+            handler_fn(|_: Numbered, _: MessageContext| async {
+                Err(HandlerError::permanent("broken before the move"))
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    old_router.publish(ch, &Numbered { seq: 7 }).await.unwrap();
+    wait_until_async("dead-lettered on the old broker", LONG, || {
+        let router = old_router.clone();
+        async move { router.dead_letters(ch, 10).await.unwrap().len() == 1 }
+    })
+    .await;
+    old_router.shutdown().await.unwrap();
+
+    let handled = Handled::default();
+    let moving_router = MessageRouter::builder(moving_config)
+        .handle(ch, handler(&handled))
+        .start()
+        .await
+        .unwrap();
+    let listed = moving_router.dead_letters(ch, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].message().unwrap().seq, 7);
+    assert_eq!(moving_router.replay_dead_letters(ch, 10).await.unwrap(), 1);
+    wait_until("the replayed message handled", LONG, || {
+        handled.distinct() == 1
+    })
+    .await;
+    assert_eq!(handled.all()[&7], vec![("new".to_string(), 1)]);
+    assert!(moving_router.dead_letters(ch, 10).await.unwrap().is_empty());
+    moving_router.shutdown().await.unwrap();
+}
+
+const REDIS: &str = "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"5s\"";
+const NATS: &str = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\"";
+const RABBITMQ: &str = "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_to_redis_rolling_move() {
+    rolling_move(
+        "kind = \"memory\"",
+        REDIS,
+        Some(("old", MemoryBroker::default())),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_nats_rolling_move() {
+    rolling_move(REDIS, NATS, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_to_rabbitmq_rolling_move() {
+    rolling_move(NATS, RABBITMQ, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_to_kafka_rolling_move() {
+    rolling_move(RABBITMQ, common::KAFKA_TANSU_TABLE, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_redis_rolling_move() {
+    rolling_move(common::KAFKA_TANSU_TABLE, REDIS, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dead_letter_replays_onto_nats() {
+    dead_letter_replays_onto_the_new_broker(REDIS, NATS).await;
+}
