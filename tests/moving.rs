@@ -67,11 +67,21 @@ fn handler(handled: &Handled) -> impl anybroker::MessageHandler<Numbered> {
 /// The two configs of a rolling deploy: the channel on `old`, then on `new` moving from
 /// `old`. Both brokers are configured in both.
 fn configs(channel: &str, old_table: &str, new_table: &str) -> (RouterConfig, RouterConfig) {
+    configs_with(channel, old_table, new_table, "")
+}
+
+/// `configs`, with `moving` added to the moving config's channel table.
+fn configs_with(
+    channel: &str,
+    old_table: &str,
+    new_table: &str,
+    moving: &str,
+) -> (RouterConfig, RouterConfig) {
     let brokers = format!("[brokers.old]\n{old_table}\n[brokers.new]\n{new_table}\n");
     let retry = "retry = { attempts = 3, initial = \"100ms\" }";
     let old = format!("{brokers}[channels.\"{channel}\"]\nbroker = \"old\"\n{retry}\n");
     let moving = format!(
-        "{brokers}[channels.\"{channel}\"]\nbroker = \"new\"\nmoving_from = \"old\"\n{retry}\n"
+        "{brokers}[channels.\"{channel}\"]\nbroker = \"new\"\nmoving_from = \"old\"\n{retry}\n{moving}"
     );
     (
         RouterConfig::from_toml_str(&old).unwrap(),
@@ -230,4 +240,76 @@ async fn kafka_to_redis_rolling_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dead_letter_replays_onto_nats() {
     dead_letter_replays_onto_the_new_broker(REDIS, NATS).await;
+}
+
+/// With `moving_keeps_order`, what is published on the new broker is handled only once
+/// the old one is drained: every key's messages (here every message) in publish order
+/// across the move, while both brokers receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_nats_move_keeps_each_keys_order() {
+    const N: u64 = 1_000;
+    let ch = unique_channel::<Numbered>("move-order");
+    let (old_config, moving_config) =
+        configs_with(ch.name(), REDIS, NATS, "moving_keeps_order = true\n");
+    let keyed = |seq: u64| PublishOptions::new().key(format!("k{}", seq % 10));
+    // An instance on the old config published these, then stopped.
+    let old_router = MessageRouter::builder(old_config).start().await.unwrap();
+    for seq in 0..N {
+        old_router
+            .publish_with(ch, &Numbered { seq }, keyed(seq))
+            .await
+            .unwrap();
+    }
+    old_router.shutdown().await.unwrap();
+    let order: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let handler = {
+        let order = order.clone();
+        handler_fn(move |m: Numbered, cx: MessageContext| {
+            let order = order.clone();
+            async move {
+                order.lock().unwrap().push((m.seq, cx.broker().to_string()));
+                Ok(())
+            }
+        })
+    };
+    let moving_router = MessageRouter::builder(moving_config)
+        .handle_with(ch, handler, HandlerOptions::new().group(GROUP))
+        .start()
+        .await
+        .unwrap();
+    for seq in N..2 * N {
+        moving_router
+            .publish_with(ch, &Numbered { seq }, keyed(seq))
+            .await
+            .unwrap();
+    }
+    wait_until("every message handled", LONG, || {
+        order.lock().unwrap().len() as u64 == 2 * N
+    })
+    .await;
+    let order = order.lock().unwrap().clone();
+    let first_new = order.iter().position(|(seq, _)| *seq >= N).unwrap();
+    assert!(
+        order[..first_new]
+            .iter()
+            .all(|(seq, b)| *seq < N && b == "old"),
+        "the old broker's messages come first"
+    );
+    assert_eq!(
+        first_new as u64, N,
+        "all of the old broker's before any new one"
+    );
+    for key in 0..10 {
+        let seqs: Vec<u64> = order
+            .iter()
+            .map(|(seq, _)| *seq)
+            .filter(|seq| seq % 10 == key)
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key k{key} out of order: {seqs:?}"
+        );
+    }
+    assert!(moving_router.move_status(ch, GROUP).await.unwrap().drained);
+    moving_router.shutdown().await.unwrap();
 }

@@ -81,6 +81,11 @@ pub struct ChannelConfig {
     /// [`MessageRouter::move_status`]: crate::MessageRouter::move_status
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_from: Option<String>,
+    /// While moving: handle what is published on the new broker only once the old one
+    /// is drained for the group, so every key's messages are handled in order across
+    /// the move (new messages wait meanwhile). Default false: both at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moving_keeps_order: bool,
 }
 
 /// A config inside an application's own: `#[derive(Deserialize)] struct AppConfig {
@@ -468,6 +473,12 @@ impl RouterConfig {
     /// The broker `channel` is moving away from, if it is moving.
     pub fn moving_from_for(&self, channel: &str) -> Option<&str> {
         self.channel(channel).and_then(|c| c.moving_from.as_deref())
+    }
+
+    /// Whether `channel`, while moving, handles the new broker's messages only once the
+    /// old broker is drained.
+    pub fn moving_keeps_order_for(&self, channel: &str) -> bool {
+        self.channel(channel).is_some_and(|c| c.moving_keeps_order)
     }
 
     /// Consumers per handler registration on `channel`.

@@ -982,16 +982,36 @@ impl MessageRouter {
             .with_broker_kind(route.kind())
             .with_channel(r.channel));
         }
-        self.start_members(&r, &route, &group, policy, prefetch, consumers)
-            .await?;
         // A channel moving away from another broker is consumed there too, until
         // drained: what the old broker holds (and what instances still on the old config
         // publish there) is handled by the same handlers.
-        if let Some(old) = config.moving_from_for(r.channel) {
-            let old_route = self.inner.route_via(old, r.channel).await?;
-            self.start_members(&r, &old_route, &group, policy, prefetch, consumers)
+        let Some(old) = config.moving_from_for(r.channel) else {
+            return self
+                .start_members(&r, &route, &group, policy, prefetch, consumers)
+                .await;
+        };
+        let old_route = self.inner.route_via(old, r.channel).await?;
+        self.start_members(&r, &old_route, &group, policy, prefetch, consumers)
+            .await?;
+        let keeps_order = config.moving_keeps_order_for(r.channel);
+        if !keeps_order {
+            self.start_members(&r, &route, &group, policy, prefetch, consumers)
                 .await?;
         }
+        // Says when the old broker is drained for the group; with `moving_keeps_order`,
+        // starts the members on the new broker then.
+        let watch = watch_move(
+            Arc::downgrade(&self.inner),
+            old_route,
+            group.clone(),
+            keeps_order.then_some((r, route, policy, prefetch, consumers)),
+            self.inner.stop.subscribe(),
+        );
+        self.inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(watch));
         Ok(())
     }
 
@@ -1098,6 +1118,52 @@ fn check_message_id(id: &str, channel: &str) -> Result<()> {
         ),
     )
     .with_channel(channel))
+}
+
+/// How often a moving channel's old broker is asked whether it is drained.
+const MOVE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The members a moving channel starts on its new broker once the old one is drained.
+type PendingMembers = (Registration, Arc<Route>, RetryPolicy, usize, usize);
+
+/// Watches a moving channel's old broker until it is drained for `group`: logs it, and
+/// starts `pending` members on the new broker then. Holds the router weakly, so a
+/// router whose clones are all dropped still stops.
+async fn watch_move(
+    router: std::sync::Weak<RouterInner>,
+    old: Arc<Route>,
+    group: String,
+    pending: Option<PendingMembers>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match old.backlog(&group).await {
+            Ok(b) if b.waiting == 0 && b.in_flight.unwrap_or(0) == 0 => break,
+            Ok(_) => {}
+            Err(e) => old.status.failed(&e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MOVE_CHECK_EVERY) => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+    }
+    tracing::info!(
+        messaging.destination.name = &**old.name(),
+        messaging.consumer.group.name = group.as_str(),
+        anybroker.moving_from = &**old.broker_name(),
+        "moving channel: the old broker is drained for this group"
+    );
+    let (Some((r, route, policy, prefetch, consumers)), Some(inner)) = (pending, router.upgrade())
+    else {
+        return;
+    };
+    let router = MessageRouter { inner };
+    if let Err(e) = router
+        .start_members(&r, &route, &group, policy, prefetch, consumers)
+        .await
+    {
+        tracing::error!(channel = %route.name(), error = %e, "starting the members on the new broker failed");
+    }
 }
 
 /// Settles up to `limit` of the dead letters `selector` picks on a moving channel's old
