@@ -505,6 +505,15 @@ struct Observers {
 }
 
 impl RouterInner {
+    /// Keeps a task of the router's (a consumer, a sampler, a move watcher), for
+    /// `shutdown` to wait for once it has asked them to stop.
+    fn keep(&self, task: JoinHandle<()>) {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
     async fn broker(&self, name: &str) -> Result<&Broker> {
         let slot = self
             .slots
@@ -1007,11 +1016,7 @@ impl MessageRouter {
             keeps_order.then_some((r, route, policy, prefetch, consumers)),
             self.inner.stop.subscribe(),
         );
-        self.inner
-            .consumers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tokio::spawn(watch));
+        self.inner.keep(tokio::spawn(watch));
         Ok(())
     }
 
@@ -1055,11 +1060,7 @@ impl MessageRouter {
                 .handler
                 .clone()
                 .spawn_consumer(spec, self.inner.stop.subscribe());
-            self.inner
-                .consumers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(handle);
+            self.inner.keep(handle);
         }
         #[cfg(feature = "metrics")]
         if !r.serves_requests
@@ -1070,11 +1071,7 @@ impl MessageRouter {
                 group.to_string(),
                 self.inner.stop.subscribe(),
             );
-            self.inner
-                .consumers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(tokio::spawn(sampling));
+            self.inner.keep(tokio::spawn(sampling));
         }
         Ok(())
     }
@@ -1188,21 +1185,38 @@ async fn settle_moving_dead_letters(
         .filter(|d| selector.matches(d))
         .take(limit)
         .collect();
-    let mut moved = 0;
+    // All published first, then removed from the old broker in one call (one scan of
+    // its dead letters, not one per message); what was published before a failure is
+    // removed too.
+    let mut published = Vec::with_capacity(picked.len());
+    let mut failed = None;
     for dead in picked {
         let id = dead.id.clone();
         let mut replayed = dead.into_replayed();
         replayed.channel = new.name().clone();
-        new.publish(replayed).await?;
-        moved += old
-            .settle_dead_letters(
-                &DeadLetterSelector::Ids(vec![id]),
-                DeadLetterAction::Discard,
-                1,
-            )
-            .await?;
+        match new.publish(replayed).await {
+            Ok(()) => published.push(id),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    Ok(moved)
+    let count = published.len();
+    let moved = if published.is_empty() {
+        0
+    } else {
+        old.settle_dead_letters(
+            &DeadLetterSelector::Ids(published),
+            DeadLetterAction::Discard,
+            count,
+        )
+        .await?
+    };
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(moved),
+    }
 }
 
 /// Samples `group`'s backlog on `route` into its gauges until the router stops (or the
