@@ -313,3 +313,66 @@ async fn redis_to_nats_move_keeps_each_keys_order() {
     assert!(moving_router.move_status(ch, GROUP).await.unwrap().drained);
     moving_router.shutdown().await.unwrap();
 }
+
+/// Copies of messages on both brokers (the same ids on the old broker and the new, as a
+/// replay cut short between publishing onto the new broker and removing from the old
+/// leaves them) are handled once each with the moving config's window of handled ids,
+/// retried ones included; with the window off, twice.
+async fn copies_on_both_brokers(window: usize) -> HandlingsBySeq {
+    const N: u64 = 100;
+    let ch = unique_channel::<Numbered>("move-copies");
+    let (old_config, moving_config) = configs_with(
+        ch.name(),
+        REDIS,
+        NATS,
+        &format!("moving_dedup_window = {window}\n"),
+    );
+    let with_id = |seq: u64| PublishOptions::new().id(format!("copy-{seq}"));
+    let old_router = MessageRouter::builder(old_config).start().await.unwrap();
+    old_router.provision(ch, &[GROUP]).await.unwrap();
+    for seq in 0..N {
+        old_router
+            .publish_with(ch, &Numbered { seq }, with_id(seq))
+            .await
+            .unwrap();
+    }
+    old_router.shutdown().await.unwrap();
+    let handled = Handled::default();
+    let moving_router = MessageRouter::builder(moving_config)
+        .handle_with(ch, handler(&handled), HandlerOptions::new().group(GROUP))
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        moving_router
+            .publish_with(ch, &Numbered { seq }, with_id(seq))
+            .await
+            .unwrap();
+    }
+    wait_until_async("both brokers drained", LONG, || {
+        let router = moving_router.clone();
+        async move {
+            let new = router.backlog(ch, GROUP).await.unwrap();
+            let old = router.move_status(ch, GROUP).await.unwrap();
+            old.drained && new.waiting == 0 && new.in_flight == Some(0)
+        }
+    })
+    .await;
+    moving_router.shutdown().await.unwrap();
+    assert_eq!(handled.distinct() as u64, N, "every message handled");
+    handled.all()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_nats_move_handles_copies_once() {
+    let handled = copies_on_both_brokers(10_000).await;
+    for (seq, handlings) in &handled {
+        assert_eq!(handlings.len(), 1, "message {seq} handled {handlings:?}");
+        if seq % 50 == 0 {
+            assert_eq!(handlings[0].1, 2, "message {seq} retried");
+        }
+    }
+    // The window is what keeps them apart: without it each copy is handled.
+    let handled = copies_on_both_brokers(0).await;
+    assert!(handled.values().all(|h| h.len() == 2), "{handled:?}");
+}

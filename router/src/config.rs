@@ -86,6 +86,11 @@ pub struct ChannelConfig {
     /// the move (new messages wait meanwhile). Default false: both at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub moving_keeps_order: bool,
+    /// While moving: how many of the ids a group handled last this process remembers,
+    /// so a copy of a message on both brokers is handled once (about 100 bytes each).
+    /// Default 10,000; 0 remembers none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_dedup_window: Option<usize>,
 }
 
 /// A config inside an application's own: `#[derive(Deserialize)] struct AppConfig {
@@ -183,6 +188,9 @@ struct ParseError {
 }
 
 /// The top-level keys a variable may set.
+/// Handled ids a moving channel's group remembers unless its config says otherwise.
+const DEFAULT_MOVING_DEDUP_WINDOW: usize = 10_000;
+
 const TOP_LEVEL_KEYS: [&str; 4] = ["default_broker", "defaults", "brokers", "channels"];
 
 /// A channel's `retry` table inherits, key by key, what `[defaults].retry` sets and it
@@ -479,6 +487,13 @@ impl RouterConfig {
     /// old broker is drained.
     pub fn moving_keeps_order_for(&self, channel: &str) -> bool {
         self.channel(channel).is_some_and(|c| c.moving_keeps_order)
+    }
+
+    /// How many handled ids a group of moving `channel` remembers.
+    pub fn moving_dedup_window_for(&self, channel: &str) -> usize {
+        self.channel(channel)
+            .and_then(|c| c.moving_dedup_window)
+            .unwrap_or(DEFAULT_MOVING_DEDUP_WINDOW)
     }
 
     /// Consumers per handler registration on `channel`.

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::channel::Message;
+use crate::handled_ids::HandledIds;
 use crate::handler::{HandlerError, MessageContext, MessageHandler};
 use crate::health::{BrokerStatus, RunningConsumer};
 use crate::message_metrics::HandlingMetrics;
@@ -57,6 +58,9 @@ pub(crate) struct Site {
     pub(crate) group: Arc<str>,
     pub(crate) policy: RetryPolicy,
     pub(crate) metrics: HandlingMetrics,
+    /// A moving channel's window of handled ids, shared by the group's members on both
+    /// brokers.
+    pub(crate) handled: Option<Arc<HandledIds>>,
 }
 
 impl Site {
@@ -110,6 +114,18 @@ impl Site {
             _ => {}
         }
     }
+
+    /// Says that a delivery was a copy of a message this group handled already (on
+    /// either broker of a move), acknowledged without calling the handler.
+    fn report_copy(&self, id: &str) {
+        tracing::info!(
+            messaging.destination.name = &*self.channel,
+            messaging.consumer.group.name = &*self.group,
+            messaging.message.id = id,
+            anybroker.broker = &*self.broker,
+            "moving channel: a copy of a message already handled; acknowledged without calling the handler"
+        );
+    }
 }
 
 /// A handler with its types erased, as the router keeps it: starts a consumer task.
@@ -160,9 +176,15 @@ impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
         let tag = delivery.tag;
         let key = delivery.envelope.key.clone();
         let attempt = delivery.envelope.attempt;
-        let span = site.handling_span(&delivery.envelope);
         // For the event of a failure, after the handler took the envelope.
         let id = delivery.envelope.id.clone();
+        if let Some(handled) = &site.handled {
+            if !handled.claim(&id) {
+                site.report_copy(&id);
+                return (tag, key, Settlement::Ack);
+            }
+        }
+        let span = site.handling_span(&delivery.envelope);
         let started = site.metrics.started();
         let handling =
             AssertUnwindSafe(self.call(delivery.envelope, site.broker.clone())).catch_unwind();
@@ -178,6 +200,9 @@ impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
         site.metrics.finished(started, &settlement);
         if !matches!(settlement, Settlement::Ack) {
             site.report(&span, &id, attempt, &settlement);
+            if let Some(handled) = &site.handled {
+                handled.release(&id);
+            }
         }
         (tag, key, settlement)
     }
@@ -281,6 +306,8 @@ pub(crate) struct ConsumerSpec {
     pub(crate) prefetch: usize,
     /// Sees every handler call and its outcome (a test's recorder), if any.
     pub(crate) observer: Option<Arc<CallObserver>>,
+    /// A moving channel's window of handled ids for the group, if it is moving.
+    pub(crate) handled: Option<Arc<HandledIds>>,
 }
 
 /// One handler call as a test's recorder sees it: the message as delivered, when the
@@ -425,6 +452,7 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
         group: spec.group.clone(),
         policy: spec.policy,
         metrics: HandlingMetrics::new(&spec.channel, &spec.broker, &spec.group),
+        handled: spec.handled.clone(),
     };
     let observer = spec.observer.clone();
     let handle = |delivery: Delivery| {

@@ -14,6 +14,7 @@ mod codec;
 pub mod config;
 mod consumer;
 mod dead_letter;
+mod handled_ids;
 mod handler;
 mod health;
 mod message_metrics;

@@ -23,6 +23,7 @@ use crate::config::{
 };
 use crate::consumer::{CallObserver, ConsumerSpec, ObservedCall, SpawnConsumer, TypedHandler};
 use crate::dead_letter::DeadLetterRecord;
+use crate::handled_ids::HandledIds;
 use crate::handler::MessageHandler;
 use crate::health::{BrokerHealth, BrokerStatus, ConnectionState, Health};
 use crate::message_metrics::PublishMetrics;
@@ -994,44 +995,59 @@ impl MessageRouter {
         // A channel moving away from another broker is consumed there too, until
         // drained: what the old broker holds (and what instances still on the old config
         // publish there) is handled by the same handlers.
+        let members = Members {
+            group,
+            policy,
+            prefetch,
+            consumers,
+            handled: None,
+        };
         let Some(old) = config.moving_from_for(r.channel) else {
-            return self
-                .start_members(&r, &route, &group, policy, prefetch, consumers)
-                .await;
+            return self.start_members(&r, &route, &members).await;
+        };
+        // One window of handled ids for the group's members on both brokers: a copy of
+        // a message on both is handled once.
+        let window = config.moving_dedup_window_for(r.channel);
+        let members = Members {
+            handled: (window > 0 && !r.serves_requests).then(|| Arc::new(HandledIds::new(window))),
+            ..members
         };
         let old_route = self.inner.route_via(old, r.channel).await?;
-        self.start_members(&r, &old_route, &group, policy, prefetch, consumers)
-            .await?;
+        self.start_members(&r, &old_route, &members).await?;
         let keeps_order = config.moving_keeps_order_for(r.channel);
         if !keeps_order {
-            self.start_members(&r, &route, &group, policy, prefetch, consumers)
-                .await?;
+            self.start_members(&r, &route, &members).await?;
         }
         // Says when the old broker is drained for the group; with `moving_keeps_order`,
         // starts the members on the new broker then.
         let watch = watch_move(
             Arc::downgrade(&self.inner),
             old_route,
-            group.clone(),
-            keeps_order.then_some((r, route, policy, prefetch, consumers)),
+            members.group.clone(),
+            keeps_order.then_some((r, route, members)),
             self.inner.stop.subscribe(),
         );
         self.inner.keep(tokio::spawn(watch));
         Ok(())
     }
 
-    /// Starts `consumers` members of `group` on `route` running `r`'s handler (and with
-    /// the feature `metrics`, the sampling of the group's backlog there).
+    /// Starts `members` on `route` running `r`'s handler (and with the feature
+    /// `metrics`, the sampling of the group's backlog there).
     async fn start_members(
         &self,
         r: &Registration,
         route: &Arc<Route>,
-        group: &str,
-        policy: RetryPolicy,
-        prefetch: usize,
-        consumers: usize,
+        members: &Members,
     ) -> Result<()> {
-        for _ in 0..consumers {
+        let Members {
+            group,
+            policy,
+            prefetch,
+            consumers,
+            handled,
+        } = members;
+        let (policy, prefetch) = (*policy, *prefetch);
+        for _ in 0..*consumers {
             let options = SubscribeOptions::new(group.to_string())
                 .retry(policy)
                 .prefetch(prefetch);
@@ -1047,14 +1063,16 @@ impl MessageRouter {
                 broker: route.broker_name().clone(),
                 system: route.kind().as_str(),
                 channel: route.name().clone(),
-                group: Arc::from(group),
+                group: Arc::from(group.as_str()),
                 policy,
                 prefetch,
-                observer: self
-                    .inner
-                    .observers
-                    .as_ref()
-                    .map(|o| Arc::new(CallObserver::new(Arc::from(group), o.calls.clone()))),
+                observer: self.inner.observers.as_ref().map(|o| {
+                    Arc::new(CallObserver::new(
+                        Arc::from(group.as_str()),
+                        o.calls.clone(),
+                    ))
+                }),
+                handled: handled.clone(),
             };
             let handle = r
                 .handler
@@ -1120,8 +1138,18 @@ fn check_message_id(id: &str, channel: &str) -> Result<()> {
 /// How often a moving channel's old broker is asked whether it is drained.
 const MOVE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// The members a handler registration starts on one broker.
+struct Members {
+    group: String,
+    policy: RetryPolicy,
+    prefetch: usize,
+    consumers: usize,
+    /// A moving channel's window of handled ids, shared by its members on both brokers.
+    handled: Option<Arc<HandledIds>>,
+}
+
 /// The members a moving channel starts on its new broker once the old one is drained.
-type PendingMembers = (Registration, Arc<Route>, RetryPolicy, usize, usize);
+type PendingMembers = (Registration, Arc<Route>, Members);
 
 /// Watches a moving channel's old broker until it is drained for `group`: logs it, and
 /// starts `pending` members on the new broker then. Holds the router weakly, so a
@@ -1150,15 +1178,11 @@ async fn watch_move(
         anybroker.moving_from = &**old.broker_name(),
         "moving channel: the old broker is drained for this group"
     );
-    let (Some((r, route, policy, prefetch, consumers)), Some(inner)) = (pending, router.upgrade())
-    else {
+    let (Some((r, route, members)), Some(inner)) = (pending, router.upgrade()) else {
         return;
     };
     let router = MessageRouter { inner };
-    if let Err(e) = router
-        .start_members(&r, &route, &group, policy, prefetch, consumers)
-        .await
-    {
+    if let Err(e) = router.start_members(&r, &route, &members).await {
         tracing::error!(channel = %route.name(), error = %e, "starting the members on the new broker failed");
     }
 }
