@@ -376,3 +376,89 @@ async fn redis_to_nats_move_handles_copies_once() {
     let handled = copies_on_both_brokers(0).await;
     assert!(handled.values().all(|h| h.len() == 2), "{handled:?}");
 }
+
+/// What a `tracing` subscriber writes, kept to be read.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A router started after `moving_from` was dropped, while the former broker still
+/// holds messages of the channel, warns naming the count, and `leftovers` lists them;
+/// once a moving router drained the former broker, nothing is left.
+// On the test's thread, where the subscriber that keeps the log is set.
+#[tokio::test(flavor = "current_thread")]
+async fn messages_left_on_the_former_broker_are_warned_at_start() {
+    let ch = unique_channel::<Numbered>("move-left");
+    let (old_config, moving_config) = configs(ch.name(), REDIS, NATS);
+    let moved_config = RouterConfig::from_toml_str(&format!(
+        "[brokers.old]\n{REDIS}\n[brokers.new]\n{NATS}\n[channels.\"{}\"]\nbroker = \"new\"\n",
+        ch.name()
+    ))
+    .unwrap();
+    let old_router = MessageRouter::builder(old_config).start().await.unwrap();
+    old_router.provision(ch, &[GROUP]).await.unwrap();
+    for seq in 1..=5 {
+        old_router.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    old_router.shutdown().await.unwrap();
+
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .finish(),
+    );
+    let handled = Handled::default();
+    let start_moved = || {
+        MessageRouter::builder(moved_config.clone())
+            .handle_with(ch, handler(&handled), HandlerOptions::new().group(GROUP))
+            .start()
+    };
+    let moved_router = start_moved().await.unwrap();
+    let warning = format!(
+        "broker \"old\" still holds 5 messages of channel \"{}\" for group \"{GROUP}\"",
+        ch.name()
+    );
+    wait_until("the warning", LONG, || logs.text().contains(&warning)).await;
+    let left = moved_router.leftovers().await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (left[0].broker.as_str(), left[0].group.as_str(), left[0].count()),
+        ("old", GROUP, 5)
+    );
+    moved_router.shutdown().await.unwrap();
+    assert_eq!(handled.distinct(), 0, "the former broker is not consumed");
+
+    let moving_router = MessageRouter::builder(moving_config)
+        .handle_with(ch, handler(&handled), HandlerOptions::new().group(GROUP))
+        .start()
+        .await
+        .unwrap();
+    wait_until_async("the former broker drained", LONG, || {
+        let router = moving_router.clone();
+        async move { router.move_status(ch, GROUP).await.unwrap().drained }
+    })
+    .await;
+    moving_router.shutdown().await.unwrap();
+    assert_eq!(handled.distinct(), 5);
+    let moved_router = start_moved().await.unwrap();
+    assert_eq!(moved_router.leftovers().await.unwrap(), vec![]);
+    moved_router.shutdown().await.unwrap();
+}

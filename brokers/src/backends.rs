@@ -200,6 +200,17 @@ macro_rules! backends {
                 }
             }
 
+            /// What the broker still holds of a channel for a group, without opening it
+            /// (see [`Backend::leftover`](crate::Backend::leftover)).
+            pub async fn leftover(&self, spec: &$crate::ChannelSpec, group: &str) -> Result<Option<$crate::Backlog>> {
+                if self.is_closed() {
+                    return Err(Error::closed("the broker was shut down"));
+                }
+                match self {
+                    $( #[cfg($($built)*)] Broker::$variant(b) => $crate::Backend::leftover(b, spec, group).await, )+
+                }
+            }
+
             pub(crate) async fn open_any(&self, spec: &$crate::ChannelSpec) -> Result<AnyChannel> {
                 match self {
                     $(

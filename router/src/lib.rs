@@ -17,6 +17,7 @@ mod dead_letter;
 mod handled_ids;
 mod handler;
 mod health;
+mod leftovers;
 mod message_metrics;
 mod moving;
 mod router;
@@ -43,6 +44,7 @@ pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};
 pub use dead_letter::DeadLetterRecord;
 pub use handler::{handler_fn, FnHandler, HandlerError, MessageContext, MessageHandler};
 pub use health::{BrokerHealth, ConnectionState, Health};
+pub use leftovers::Leftover;
 /// The names of the metrics the router records (feature `metrics`).
 pub use message_metrics::names as metric_names;
 pub use moving::MoveStatus;

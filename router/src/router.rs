@@ -26,6 +26,7 @@ use crate::dead_letter::DeadLetterRecord;
 use crate::handled_ids::HandledIds;
 use crate::handler::MessageHandler;
 use crate::health::{BrokerHealth, BrokerStatus, ConnectionState, Health};
+use crate::leftovers::{self, Leftover};
 use crate::message_metrics::PublishMetrics;
 use crate::moving::MoveStatus;
 
@@ -367,8 +368,17 @@ impl RouterBuilder {
                 )));
             }
         }
+        let mut consumed: Vec<(String, String)> = self
+            .registrations
+            .iter()
+            .filter(|r| !r.serves_requests)
+            .map(|r| (r.channel.to_string(), r.group(&config).to_string()))
+            .collect();
+        consumed.sort();
+        consumed.dedup();
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(RouterInner {
+            consumed,
             config,
             slots,
             routes: RwLock::new(Default::default()),
@@ -429,6 +439,13 @@ impl RouterBuilder {
         for r in self.registrations {
             router.start_consumers(r).await?;
         }
+        // Messages of a handled channel left on a broker it is no longer consumed from
+        // are a warning, looked for beside the running router.
+        if !router.inner.consumed.is_empty() {
+            let look =
+                warn_of_leftovers(Arc::downgrade(&router.inner), router.inner.stop.subscribe());
+            router.inner.keep(tokio::spawn(look));
+        }
         Ok(router)
     }
 }
@@ -481,6 +498,8 @@ type ChannelRoutes = rustc_hash::FxHashMap<Arc<str>, Arc<Route>>;
 
 struct RouterInner {
     config: RouterConfig,
+    /// The channels handlers consume, with their groups.
+    consumed: Vec<(String, String)>,
     slots: HashMap<String, BrokerSlot>,
     /// Each channel opened on its configured broker.
     routes: RwLock<ChannelRoutes>,
@@ -513,6 +532,48 @@ impl RouterInner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(task);
+    }
+
+    /// What the broker `name` holds of the handled channels it does not carry (neither
+    /// `broker` nor `moving_from` of the channel), connected for the look if the router
+    /// has not connected it.
+    async fn leftovers_on(&self, name: &str) -> Result<Vec<Leftover>> {
+        let config = &self.config;
+        let consumed: Vec<(String, String)> = self
+            .consumed
+            .iter()
+            .filter(|(channel, _)| {
+                config.broker_for(channel).ok() != Some(name)
+                    && config.moving_from_for(channel) != Some(name)
+            })
+            .cloned()
+            .collect();
+        if consumed.is_empty() || !leftovers::worth_asking(&config.brokers[name]) {
+            return Ok(Vec::new());
+        }
+        let look = async {
+            match self.slots[name].cell.get() {
+                Some(broker) => leftovers::held_on(broker, name, &consumed).await,
+                None => {
+                    let broker = Broker::connect(name, &config.brokers[name]).await?;
+                    let found = leftovers::held_on(&broker, name, &consumed).await;
+                    let _ = broker.shutdown().await;
+                    found
+                }
+            }
+        };
+        tokio::time::timeout(leftovers::LOOK_WITHIN, look)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "looking for messages left behind took over {:?}",
+                        leftovers::LOOK_WITHIN
+                    ),
+                )
+                .with_broker(name))
+            })
     }
 
     async fn broker(&self, name: &str) -> Result<&Broker> {
@@ -836,6 +897,20 @@ impl MessageRouter {
     /// `Unsupported`.
     pub async fn backlog<M>(&self, channel: Channel<M>, group: &str) -> Result<Backlog> {
         self.inner.route(channel.name()).await?.backlog(group).await
+    }
+
+    /// Messages of the channels this router handles on configured brokers that do not
+    /// carry them (neither the channel's `broker` nor its `moving_from`), per group:
+    /// what a move leaves behind when `moving_from` is dropped before the old broker is
+    /// drained. The router logs each as a warning at start. The embedded broker (in the
+    /// process) and modes that keep nothing for a group are not asked; a broker the
+    /// router does not use is connected for the look and disconnected after.
+    pub async fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let mut found = Vec::new();
+        for name in self.inner.config.brokers.keys() {
+            found.extend(self.inner.leftovers_on(name).await?);
+        }
+        Ok(found)
     }
 
     /// Where a channel moving away from another broker (`moving_from`) stands for
@@ -1184,6 +1259,35 @@ async fn watch_move(
     let router = MessageRouter { inner };
     if let Err(e) = router.start_members(&r, &route, &members).await {
         tracing::error!(channel = %route.name(), error = %e, "starting the members on the new broker failed");
+    }
+}
+
+/// Looks on every configured broker for messages of the handled channels left behind,
+/// and logs them (warn); a broker that cannot be looked at is logged (info) and passed.
+/// Ends at once when the router stops.
+async fn warn_of_leftovers(router: std::sync::Weak<RouterInner>, mut stop: watch::Receiver<bool>) {
+    let Some(names) = router
+        .upgrade()
+        .map(|inner| inner.config.brokers.keys().cloned().collect::<Vec<_>>())
+    else {
+        return;
+    };
+    for name in names {
+        let Some(inner) = router.upgrade() else {
+            return;
+        };
+        let looked = tokio::select! {
+            looked = inner.leftovers_on(&name) => looked,
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        };
+        match looked {
+            Ok(found) => leftovers::warn(&found),
+            Err(e) => tracing::info!(
+                anybroker.broker = name.as_str(),
+                error = %e,
+                "could not look for messages left behind on this broker"
+            ),
+        }
     }
 }
 

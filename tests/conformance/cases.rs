@@ -134,6 +134,87 @@ pub async fn backlog_counts_what_a_group_has_not_handled(t: &Target) {
     publisher.shutdown().await.unwrap();
 }
 
+/// Reads `group`'s backlog on `ch` until it has counted `count` messages (waiting plus
+/// in flight) on 10 reads in a row: a settlement in between (an in-flight message
+/// moving to a retry queue) must not make it drop.
+async fn backlog_settles_at(
+    router: &anybroker::MessageRouter,
+    ch: anybroker::Channel<TestMessage>,
+    group: &str,
+    count: u64,
+    what: &str,
+) {
+    let in_a_row = Arc::new(AtomicUsize::new(0));
+    wait_until_async(what, Duration::from_secs(20), || {
+        let (router, group, in_a_row) = (router.clone(), group.to_string(), in_a_row.clone());
+        async move {
+            let b = router.backlog(ch, &group).await.unwrap();
+            if b.waiting + b.in_flight.unwrap_or(0) == count {
+                in_a_row.fetch_add(1, Ordering::SeqCst) + 1 >= 10
+            } else {
+                in_a_row.store(0, Ordering::SeqCst);
+                false
+            }
+        }
+    })
+    .await;
+}
+
+/// A message waiting for its retry is in the group's backlog until it is handled.
+pub async fn backlog_counts_a_waiting_retry(t: &Target) {
+    require!(t, retry);
+    let ch = unique_channel::<TestMessage>("backlog-retry");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        handler_fn(move |_: TestMessage, _: MessageContext| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::retryable("later").retry_after(Duration::from_secs(120))) }
+        })
+    };
+    let router = t
+        .router(&channel_toml(ch, "retry = { attempts = 3 }"))
+        .handle_with(ch, handler, HandlerOptions::new().group("g"))
+        .start()
+        .await
+        .unwrap();
+    router.publish(ch, &TestMessage::new(1)).await.unwrap();
+    wait_until("the first attempt", LONG, || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    backlog_settles_at(&router, ch, "g", 1, "the retry counted in the backlog").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the retry is not due yet");
+    router.shutdown().await.unwrap();
+}
+
+/// A delayed message not yet due is in the backlog of the channel's groups.
+pub async fn backlog_counts_a_delayed_message(t: &Target) {
+    require!(t, delay);
+    let ch = unique_channel::<TestMessage>("backlog-delay");
+    let rec = Recorder::default();
+    let router = t
+        .router("")
+        .handle_with(ch, recording(&rec, 0), HandlerOptions::new().group("g"))
+        .start()
+        .await
+        .unwrap();
+    router
+        .publish_delayed(ch, &TestMessage::new(1), Duration::from_secs(120))
+        .await
+        .unwrap();
+    backlog_settles_at(
+        &router,
+        ch,
+        "g",
+        1,
+        "the delayed message counted in the backlog",
+    )
+    .await;
+    assert_eq!(rec.len(), 0, "the delayed message is not due yet");
+    router.shutdown().await.unwrap();
+}
+
 /// The router's health names the broker connected and counts the consumers running on
 /// it, none after shutdown.
 pub async fn health_reports_connection_and_consumers(t: &Target) {
@@ -1784,6 +1865,8 @@ macro_rules! conformance_cases {
         case!([retry, dead_letters] dead_letters_replayed_and_discarded_by_id_and_reason);
         case!([] health_reports_connection_and_consumers);
         case!([] backlog_counts_what_a_group_has_not_handled);
+        case!([retry] backlog_counts_a_waiting_retry);
+        case!([delay] backlog_counts_a_delayed_message);
         #[cfg(feature = "opentelemetry")]
         case!([] handling_span_is_child_of_publish_span);
         #[cfg(feature = "opentelemetry")]

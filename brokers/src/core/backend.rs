@@ -72,6 +72,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Closes connections; the registry answers every later call with `Closed`.
     fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// What the broker still holds of channel `spec.name` for `group`, found without
+    /// declaring or creating anything: `None` when it has nothing of the channel. A
+    /// router asks the brokers a channel is not on, to warn at start of messages left
+    /// behind by a move. Default: `Unsupported` (a broker that keeps nothing for a
+    /// group, or keeps it in the process).
+    fn leftover(
+        &self,
+        spec: &ChannelSpec,
+        group: &str,
+    ) -> impl Future<Output = Result<Option<Backlog>>> + Send {
+        let _ = (spec, group);
+        ready(Err(Error::unsupported(
+            "leftover: this broker cannot tell what it holds of a channel without opening it",
+        )))
+    }
 }
 
 /// An open channel of one mode. The required methods are what every mode does; the

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::channel::KafkaChannel;
 use super::connection::Connection;
 use super::config::KafkaConfig;
-use crate::core::{Backend, ChannelSpec, Result};
+use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Result};
 
 /// A connection to a Kafka cluster. Cloning shares it.
 #[derive(Clone)]
@@ -45,5 +45,14 @@ impl Backend for KafkaBroker {
 
     async fn shutdown(&self) -> Result<()> {
         self.connection.close().await
+    }
+
+    async fn leftover(&self, spec: &ChannelSpec, group: &str) -> Result<Option<Backlog>> {
+        // Opened only where the topic exists (opening creates it).
+        if !self.connection.topic_exists(&spec.name).await? {
+            return Ok(None);
+        }
+        let channel = KafkaChannel::open(self.connection.clone(), &spec.name).await?;
+        BackendChannel::backlog(&channel, group).await.map(Some)
     }
 }

@@ -232,8 +232,26 @@ impl Connection {
 
     /// The retry topics of `channel` the cluster has (`C-retry-<n>`).
     pub(crate) async fn retry_topics_of(&self, channel: &str) -> Result<Vec<String>> {
-        let producer = self.producer.clone();
         let channel = channel.to_string();
+        self.topics_named(move |name| Topics::is_retry_of(name, &channel), "list retry topics")
+            .await
+    }
+
+    /// Whether the cluster has the topic `name` (asked without creating it).
+    pub(crate) async fn topic_exists(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        let found = self.topics_named(move |t| t == name, "look up topic").await?;
+        Ok(!found.is_empty())
+    }
+
+    /// The cluster's topics whose names `wanted` picks, from metadata of all topics
+    /// (a request naming a topic can create it on a broker that auto-creates).
+    async fn topics_named(
+        &self,
+        wanted: impl Fn(&str) -> bool + Send + 'static,
+        operation: &'static str,
+    ) -> Result<Vec<String>> {
+        let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -242,14 +260,14 @@ impl Connection {
                     m.topics()
                         .iter()
                         .map(|t| t.name())
-                        .filter(|name| Topics::is_retry_of(name, &channel))
+                        .filter(|name| wanted(name))
                         .map(String::from)
                         .collect()
                 })
         })
         .await
         .expect("metadata call")
-        .map_err(|e| from_kafka(e, "list retry topics"))
+        .map_err(|e| from_kafka(e, operation))
     }
 
     async fn wait_visible(&self, topic: &str) -> Result<()> {

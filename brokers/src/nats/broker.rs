@@ -7,7 +7,7 @@ use super::connection::Connection;
 use super::core_mode::CoreChannel;
 use super::error::from_nats;
 use super::config::{NatsConfig, NatsMode};
-use crate::core::{Backend, ChannelSpec, Error, ErrorKind, Result};
+use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Error, ErrorKind, Result};
 
 /// A connection to a NATS server, in the configured mode. Cloning shares it.
 #[derive(Clone)]
@@ -58,6 +58,18 @@ impl Backend for NatsBroker {
             )
             .set_retryable(true)),
         }
+    }
+
+    async fn leftover(&self, spec: &ChannelSpec, group: &str) -> Result<Option<Backlog>> {
+        if self.connection.config.mode != NatsMode::Jetstream {
+            return Err(Error::unsupported("leftover: core NATS keeps nothing for a group"));
+        }
+        // Opened only where the stream exists (opening creates it).
+        if !self.connection.stream_exists(&spec.name, "").await? {
+            return Ok(None);
+        }
+        let channel = JetStreamChannel::open(self.connection.clone(), &spec.name).await?;
+        BackendChannel::backlog(&channel, group).await.map(Some)
     }
 
     async fn shutdown(&self) -> Result<()> {

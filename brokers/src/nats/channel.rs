@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::codec::{from_message, same_id_headers, Origin, DUE};
-use super::connection::{Connection, DELAYED, DLT};
+use super::connection::{Connection, DELAYED, DELAY_MOVER, DLT};
 use super::core_mode::{CoreChannel, CoreSubscription};
 use super::error::from_nats;
 use super::subscription::JetStreamSubscription;
@@ -124,24 +124,20 @@ impl BackendChannel for JetStreamChannel {
 
     async fn backlog(&self, group: &str) -> Result<Backlog> {
         // The group's durable consumer: messages not yet delivered, and delivered ones
-        // not yet acknowledged.
+        // not yet acknowledged (a retry waiting is a nak'ed one: not acknowledged).
         let mut stream = self.connection.ensure_stream(&self.name, "", &self.name).await?;
-        let name = super::codec::consumer_name(group);
-        match stream.consumer_info(&name).await {
-            Ok(info) => Ok(Backlog::new(
-                info.num_pending,
-                Some(info.num_ack_pending as u64),
-            )),
-            // Not created yet: it starts at the stream's first message.
-            Err(e)
-                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound
-                    || e.to_string().contains("consumer not found") =>
-            {
-                let info = stream.info().await.map_err(|e| from_nats(e, "backlog"))?;
-                Ok(Backlog::new(info.state.messages, Some(0)))
-            }
-            Err(e) => Err(from_nats(e, "backlog")),
+        let mut backlog = consumer_backlog(&mut stream, &super::codec::consumer_name(group)).await?;
+        // Delayed messages not yet due wait in the channel's delayed stream, for every
+        // group; it exists once something was published with a delay.
+        if self.connection.stream_exists(&self.name, DELAYED).await? {
+            let mut stream = self
+                .connection
+                .ensure_stream(&self.name, DELAYED, &self.delayed_subject)
+                .await?;
+            let waiting = consumer_backlog(&mut stream, DELAY_MOVER).await?;
+            backlog.waiting += waiting.waiting + waiting.in_flight.unwrap_or(0);
         }
+        Ok(backlog)
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
@@ -215,5 +211,22 @@ impl BackendChannel for JetStreamChannel {
         Ok(Box::new(
             CoreSubscription::serve(self.connection.clone(), self.name.clone(), options).await?,
         ))
+    }
+}
+
+/// What `consumer` of `stream` has not finished: messages not yet delivered, and
+/// delivered ones not yet acknowledged; all of the stream's while it does not exist.
+async fn consumer_backlog(stream: &mut async_nats::jetstream::stream::Stream, consumer: &str) -> Result<Backlog> {
+    match stream.consumer_info(consumer).await {
+        Ok(info) => Ok(Backlog::new(info.num_pending, Some(info.num_ack_pending as u64))),
+        // Not created yet: it starts at the stream's first message.
+        Err(e)
+            if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound
+                || e.to_string().contains("consumer not found") =>
+        {
+            let info = stream.info().await.map_err(|e| from_nats(e, "backlog"))?;
+            Ok(Backlog::new(info.state.messages, Some(0)))
+        }
+        Err(e) => Err(from_nats(e, "backlog")),
     }
 }

@@ -6,6 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::ErrorCode;
 
 use super::codec::{from_message, one_line, stream_name, to_headers, IdHeaders, Origin};
 use super::error::from_nats;
@@ -21,6 +23,8 @@ pub(crate) fn rpc_subject(channel: &str) -> String {
 /// Stream suffixes of a channel's dead letters and delayed messages.
 pub(crate) const DLT: &str = "_DLT";
 pub(crate) const DELAYED: &str = "_DELAYED";
+/// The durable consumer that moves a channel's delayed messages to it when due.
+pub(crate) const DELAY_MOVER: &str = "anybroker-mover";
 
 /// Longest wait for the server to confirm a new subscription.
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,6 +100,20 @@ impl Connection {
             )
             .set_retryable(true)
             .with_operation(operation)),
+        }
+    }
+
+    /// Whether the stream `<prefix>_<channel><suffix>` exists (nothing is created).
+    pub(crate) async fn stream_exists(&self, channel: &str, suffix: &str) -> Result<bool> {
+        let name = stream_name(&self.config.stream_prefix, channel, suffix);
+        match self.js.get_stream(&name).await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(from_nats(e, "look up stream")),
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::attempts::AttemptCounts;
 use super::codec::{consumer_name, from_message, same_id_headers, Origin, DUE};
 use super::error::from_nats;
-use super::connection::{Connection, DELAYED, DLT};
+use super::connection::{Connection, DELAYED, DELAY_MOVER, DLT};
 use super::puller::Puller;
 use crate::core::{
     header, unix_millis, Delivery, DeliveryTag, Error, InFlightTable, Result, Settlement,
@@ -432,9 +432,9 @@ async fn move_delayed(connection: Arc<Connection>, channel: Arc<str>) {
             let stream = connection.ensure_stream(&channel, DELAYED, &subject).await?;
             let consumer = stream
                 .get_or_create_consumer(
-                    "anybroker-mover",
+                    DELAY_MOVER,
                     pull::Config {
-                        durable_name: Some("anybroker-mover".into()),
+                        durable_name: Some(DELAY_MOVER.into()),
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
                         ..Default::default()
                     },

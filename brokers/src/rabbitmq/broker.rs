@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::channel::RabbitMqChannel;
 use super::connection::Link;
 use super::config::RabbitMqConfig;
-use crate::core::{Backend, ChannelSpec, Result};
+use crate::core::{Backend, Backlog, ChannelSpec, Result};
 
 /// A connection to RabbitMQ. Cloning shares it.
 #[derive(Clone)]
@@ -46,5 +46,16 @@ impl Backend for RabbitMqBroker {
 
     async fn shutdown(&self) -> Result<()> {
         self.link.close().await
+    }
+
+    async fn leftover(&self, spec: &ChannelSpec, group: &str) -> Result<Option<Backlog>> {
+        // The group queue's ready messages, looked at passively (this process has
+        // declared none of the channel's delay queues, and AMQP cannot list them).
+        let queue = super::names::Names::group_queue(&spec.name, group);
+        Ok(self
+            .link
+            .ready_messages(&queue)
+            .await?
+            .map(|ready| Backlog::new(ready, None)))
     }
 }

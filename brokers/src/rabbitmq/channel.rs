@@ -169,26 +169,24 @@ impl BackendChannel for RabbitMqChannel {
     }
 
     async fn backlog(&self, group: &str) -> Result<Backlog> {
-        // The group queue's ready messages (AMQP does not tell the unacknowledged).
-        let session = self.link.session().await?;
-        let ch = session.declaring_channel().await?;
-        let declared = ch
-            .queue_declare(
-                Names::group_queue(&self.name, group).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let _ = ch.close(200, "counted".into()).await;
-        match declared {
-            Ok(queue) => Ok(Backlog::new(u64::from(queue.message_count()), None)),
-            // No queue yet: what was published meanwhile is parked until it has one.
-            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(Backlog::new(0, None)),
-            Err(e) => Err(from_lapin(e, "backlog")),
-        }
+        // The group queue's ready messages (AMQP does not tell the unacknowledged); no
+        // queue yet: what was published meanwhile is parked until it has one.
+        let ready = self
+            .link
+            .ready_messages(&Names::group_queue(&self.name, group))
+            .await?
+            .unwrap_or(0);
+        // Retries and delayed messages waiting in the delay queues this process
+        // declared (the names of other processes' cannot be listed over AMQP).
+        let retries = self
+            .link
+            .waiting_in_delay_queues(&Names::retry_queue_prefix(&self.name, group))
+            .await?;
+        let delayed = self
+            .link
+            .waiting_in_delay_queues(&Names::delay_queue_prefix(&self.name))
+            .await?;
+        Ok(Backlog::new(ready + retries + delayed, None))
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
@@ -201,8 +199,7 @@ impl BackendChannel for RabbitMqChannel {
         check_header_names(&envelope)?;
         let ms = delay.as_millis() as u64;
         let queue = Names::delay_queue(&self.name, ms);
-        let session = self.link.session().await?;
-        session
+        self.link
             .ensure_delay_queue(
                 &queue,
                 Duration::from_millis(ms),

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use rustc_hash::FxHashMap;
@@ -174,6 +176,9 @@ pub(crate) struct Link {
     current: RwLock<Arc<Session>>,
     reconnecting: tokio::sync::Mutex<()>,
     closed: ShutdownFlag,
+    /// The delay and retry queues this process declared, across reconnects: AMQP cannot
+    /// list queues, so a backlog counts what waits in these.
+    delay_queues: Mutex<HashSet<String>>,
 }
 
 impl Link {
@@ -185,7 +190,69 @@ impl Link {
             current: RwLock::new(Arc::new(session)),
             reconnecting: tokio::sync::Mutex::new(()),
             closed: ShutdownFlag::default(),
+            delay_queues: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Declares the delay queue `queue` unless this connection did, and remembers it.
+    pub(crate) async fn ensure_delay_queue(
+        &self,
+        queue: &str,
+        delay: Duration,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<()> {
+        let session = self.session().await?;
+        session
+            .ensure_delay_queue(queue, delay, exchange, routing_key)
+            .await?;
+        let mut known = self.delay_queues.lock().unwrap();
+        if !known.contains(queue) {
+            known.insert(queue.to_string());
+        }
+        Ok(())
+    }
+
+    /// The ready messages of `queue`; none for a queue that does not exist (any more).
+    pub(crate) async fn ready_messages(&self, queue: &str) -> Result<Option<u64>> {
+        let session = self.session().await?;
+        let ch = session.declaring_channel().await?;
+        let declared = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        // A failed passive declare closes the channel itself.
+        let _ = ch.close(200, "counted".into()).await;
+        match declared {
+            Ok(q) => Ok(Some(u64::from(q.message_count()))),
+            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),
+            Err(e) => Err(from_lapin(e, "count messages")),
+        }
+    }
+
+    /// The ready messages of the delay and retry queues this process declared whose
+    /// names start with `prefix`; the ones gone (expired when idle) are forgotten.
+    pub(crate) async fn waiting_in_delay_queues(&self, prefix: &str) -> Result<u64> {
+        let queues: Vec<String> = {
+            let known = self.delay_queues.lock().unwrap();
+            known.iter().filter(|q| q.starts_with(prefix)).cloned().collect()
+        };
+        let mut waiting = 0;
+        for queue in queues {
+            match self.ready_messages(&queue).await? {
+                Some(n) => waiting += n,
+                None => {
+                    self.delay_queues.lock().unwrap().remove(&queue);
+                }
+            }
+        }
+        Ok(waiting)
     }
 
     pub(crate) fn config(&self) -> &RabbitMqConfig {

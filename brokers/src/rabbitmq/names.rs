@@ -8,13 +8,19 @@ impl Names {
         format!("{channel}:{group}")
     }
     pub(crate) fn retry_queue(channel: &str, group: &str, delay_ms: u64) -> String {
-        format!("{channel}:{group}:retry:{delay_ms}")
+        format!("{}{delay_ms}", Self::retry_queue_prefix(channel, group))
+    }
+    pub(crate) fn retry_queue_prefix(channel: &str, group: &str) -> String {
+        format!("{channel}:{group}:retry:")
     }
     pub(crate) fn dead_letters(channel: &str) -> String {
         format!("{channel}.dlq")
     }
     pub(crate) fn delay_queue(channel: &str, delay_ms: u64) -> String {
-        format!("{channel}.delay.{delay_ms}")
+        format!("{}{delay_ms}", Self::delay_queue_prefix(channel))
+    }
+    pub(crate) fn delay_queue_prefix(channel: &str) -> String {
+        format!("{channel}.delay.")
     }
     pub(crate) fn rpc(channel: &str) -> String {
         format!("{channel}.rpc")

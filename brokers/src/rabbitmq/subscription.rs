@@ -14,7 +14,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::Acker;
 
 use super::codec::{from_delivery, to_properties};
-use super::connection::{Route, Session};
+use super::connection::Route;
 use super::error::from_lapin;
 use super::connection::Link;
 use super::names::Names;
@@ -129,7 +129,6 @@ impl RabbitSubscription {
     /// confirmed before the original is acked.
     async fn settle_one(
         &self,
-        session: &Session,
         f: InFlight,
         settlement: Settlement,
     ) -> Result<()> {
@@ -142,7 +141,7 @@ impl RabbitSubscription {
                 let ms = delay.as_millis() as u64;
                 let queue = Names::retry_queue(&self.channel, &self.group, ms);
                 let back_to = Names::group_queue(&self.channel, &self.group);
-                session
+                self.link
                     .ensure_delay_queue(&queue, Duration::from_millis(ms), "", &back_to)
                     .await?;
                 self.link.publish_to_queue(&queue, &envelope).await?;
@@ -249,11 +248,8 @@ impl Subscription for RabbitSubscription {
             }
         }
         if !others.is_empty() {
-            let session = self.link.session().await?;
             let results = futures::future::join_all(
-                others
-                    .into_iter()
-                    .map(|(f, s)| self.settle_one(&session, f, s)),
+                others.into_iter().map(|(f, s)| self.settle_one(f, s)),
             )
             .await;
             for r in results {

@@ -6,7 +6,7 @@ use super::channel::{RedisChannel, StreamChannel};
 use super::connection::Connection;
 use super::pubsub::PubSubChannel;
 use super::config::{RedisConfig, RedisMode};
-use crate::core::{Backend, ChannelSpec, Result};
+use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Error, Result};
 
 /// A connection to one Redis server, in the configured mode. Cloning shares it.
 #[derive(Clone)]
@@ -56,5 +56,23 @@ impl Backend for RedisBroker {
     async fn shutdown(&self) -> Result<()> {
         self.connection.closed.close();
         Ok(())
+    }
+
+    async fn leftover(&self, spec: &ChannelSpec, group: &str) -> Result<Option<Backlog>> {
+        if self.connection.config.mode != RedisMode::Streams {
+            return Err(Error::unsupported("leftover: pub/sub keeps nothing for a group"));
+        }
+        // The channel's stream is its name; opening a stream channel declares nothing.
+        let mut conn = self.connection.conn();
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&*spec.name)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| super::error::from_redis(e, "leftover"))?;
+        if !exists {
+            return Ok(None);
+        }
+        let channel = StreamChannel::new(self.connection.clone(), &spec.name);
+        BackendChannel::backlog(&channel, group).await.map(Some)
     }
 }
