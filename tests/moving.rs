@@ -440,7 +440,11 @@ async fn messages_left_on_the_former_broker_are_warned_at_start() {
     let left = moved_router.leftovers().await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(
-        (left[0].broker.as_str(), left[0].group.as_str(), left[0].count()),
+        (
+            left[0].broker.as_str(),
+            left[0].group.as_str(),
+            left[0].count()
+        ),
         ("old", GROUP, 5)
     );
     moved_router.shutdown().await.unwrap();
