@@ -11,16 +11,35 @@ use futures::StreamExt;
 use crate::{percentile, Args, Figures};
 
 /// The bench's config; `ANYBROKER_BROKERS__BENCH__*` variables change the broker's
-/// settings (e.g. `ANYBROKER_BROKERS__BENCH__CONTENT_TYPE_HEADER=false`).
-fn router_config(broker_table: &str, channel: &str, window: usize) -> RouterConfig {
+/// settings (e.g. `ANYBROKER_BROKERS__BENCH__CONTENT_TYPE_HEADER=false`). With
+/// `--moving-from`, the channel is moving to the bench broker from an idle one.
+fn router_config(broker_table: &str, channel: &str, args: &Args) -> RouterConfig {
+    let window = args.window;
+    let (old_broker, moving) = match args.moving_from.as_deref() {
+        None => (String::new(), ""),
+        Some(kind) => (
+            format!("[brokers.old]\n{}\n", moving_from_table(kind)),
+            "moving_from = \"old\"\n",
+        ),
+    };
     RouterConfig::from_toml_with_env(
         &format!(
             "default_broker = \"bench\"\n[defaults]\nretry = {{ attempts = 1 }}\n[brokers.bench]\n{broker_table}\n\
-             [channels.\"{channel}\"]\nprefetch = {window}\n"
+             {old_broker}[channels.\"{channel}\"]\nprefetch = {window}\n{moving}"
         ),
         std::env::vars(),
     )
     .expect("bench config")
+}
+
+/// The broker a `--moving-from` channel moves away from, on loopback.
+fn moving_from_table(kind: &str) -> &'static str {
+    match kind {
+        "memory" => "kind = \"memory\"",
+        "redis" => "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"",
+        "nats" => "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"",
+        other => panic!("--moving-from {other}: expected memory, redis or nats"),
+    }
 }
 
 /// Waits until `n` were handled; a fire-and-forget mode may lose some, so waiting also
@@ -79,7 +98,7 @@ pub async fn round(broker_table: &str, args: &Args, publish_window: usize) -> Fi
     let messages: Vec<AlarmToLog> = (0..n).map(sample_alarm_to_log).collect();
 
     let channel = fresh_channel();
-    let router = MessageRouter::builder(router_config(broker_table, channel.name(), args.window))
+    let router = MessageRouter::builder(router_config(broker_table, channel.name(), args))
         .start()
         .await
         .unwrap();
@@ -107,7 +126,7 @@ pub async fn round(broker_table: &str, args: &Args, publish_window: usize) -> Fi
             async { Ok(()) }
         })
     };
-    let router = MessageRouter::builder(router_config(broker_table, channel.name(), args.window))
+    let router = MessageRouter::builder(router_config(broker_table, channel.name(), args))
         .handle(channel, handler)
         .start()
         .await

@@ -51,6 +51,10 @@ pub struct Args {
     #[cfg(all(feature = "opentelemetry", feature = "metrics"))]
     #[arg(long, value_delimiter = ',')]
     pub telemetry: Vec<String>,
+    /// Consume the channel while it moves to the row's broker from an idle one
+    /// (`memory`, `redis` or `nats`): what consuming from two brokers costs.
+    #[arg(long)]
+    pub moving_from: Option<String>,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     pub bench: bool,

@@ -2,8 +2,11 @@
 //! on both brokers (a dead letter replayed onto the new broker and not yet removed from
 //! the old one when the process stopped) is acknowledged without calling the handler.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
 
 /// The last `capacity` ids claimed, oldest forgotten first. Memory is bounded by the
 /// capacity: about 100 bytes per id (the id's own allocation, a map entry and a queue
@@ -16,7 +19,7 @@ pub(crate) struct HandledIds {
 #[derive(Default)]
 struct Window {
     /// Each id in the window with the number of the claim that put it there.
-    ids: HashMap<Arc<str>, u64>,
+    ids: FxHashMap<Arc<str>, u64>,
     /// Claims in order; an entry whose number no longer matches `ids` was released or
     /// claimed again, and forgetting it forgets nothing.
     order: VecDeque<(u64, Arc<str>)>,
@@ -34,13 +37,16 @@ impl HandledIds {
     /// Claims `id` for a handling: false when it is in the window already (handled, or
     /// being handled by another member), so this delivery is a copy.
     pub(crate) fn claim(&self, id: &Arc<str>) -> bool {
-        let mut w = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if w.ids.contains_key(id) {
-            return false;
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut *guard;
+        let claim = w.claims + 1;
+        match w.ids.entry(id.clone()) {
+            Entry::Occupied(_) => return false,
+            Entry::Vacant(v) => {
+                v.insert(claim);
+            }
         }
-        w.claims += 1;
-        let claim = w.claims;
-        w.ids.insert(id.clone(), claim);
+        w.claims = claim;
         w.order.push_back((claim, id.clone()));
         while w.order.len() > self.capacity {
             let Some((old, old_id)) = w.order.pop_front() else {
