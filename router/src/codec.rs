@@ -40,5 +40,13 @@ pub(crate) fn decode<M: DeserializeOwned>(envelope: &Envelope) -> Result<M, Deco
     if !is_json(&envelope.content_type) {
         return Err(DecodeError::ContentType(envelope.content_type.to_string()));
     }
-    serde_json::from_slice(&envelope.payload).map_err(DecodeError::Json)
+    // Checked as UTF-8 once, the payload is read as a `str`: serde_json then checks no
+    // string again (from bytes it checks each). It accepts the same payloads either
+    // way; one that is not UTF-8 is read as bytes for serde_json's error, which says
+    // where.
+    match std::str::from_utf8(&envelope.payload) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(&envelope.payload),
+    }
+    .map_err(DecodeError::Json)
 }
