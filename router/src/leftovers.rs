@@ -33,9 +33,10 @@ impl Leftover {
 pub(crate) const LOOK_WITHIN: Duration = Duration::from_secs(10);
 
 /// Whether a broker of this kind is worth asking: the embedded broker lives in the
-/// process, so a new process finds nothing a former one left.
+/// process, so a new process finds nothing a former one left; a kind this build leaves
+/// out cannot be asked.
 pub(crate) fn worth_asking(config: &BrokerConfig) -> bool {
-    config.kind() != BrokerKind::Memory
+    config.kind() != BrokerKind::Memory && config.kind().is_built()
 }
 
 /// What `broker` holds of each `(channel, group)`: those with something left.

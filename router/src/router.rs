@@ -1263,7 +1263,8 @@ async fn watch_move(
 }
 
 /// Looks on every configured broker for messages of the handled channels left behind,
-/// and logs them (warn); a broker that cannot be looked at is logged (info) and passed.
+/// and logs them (warn); a broker that cannot be looked at is logged (info; debug for
+/// one no channel uses) and passed.
 /// Ends at once when the router stops.
 async fn warn_of_leftovers(router: std::sync::Weak<RouterInner>, mut stop: watch::Receiver<bool>) {
     let Some(names) = router
@@ -1282,6 +1283,12 @@ async fn warn_of_leftovers(router: std::sync::Weak<RouterInner>, mut stop: watch
         };
         match looked {
             Ok(found) => leftovers::warn(&found),
+            // A broker no channel uses may well be down: that is no news.
+            Err(e) if inner.slots[&name].cell.get().is_none() => tracing::debug!(
+                anybroker.broker = name.as_str(),
+                error = %e,
+                "could not look for messages left behind on this unused broker"
+            ),
             Err(e) => tracing::info!(
                 anybroker.broker = name.as_str(),
                 error = %e,
