@@ -55,9 +55,90 @@ pub struct Args {
     /// (`memory`, `redis` or `nats`): what consuming from two brokers costs.
     #[arg(long)]
     pub moving_from: Option<String>,
+    /// Instead of timing: instructions per message of each wanted row's clients, each
+    /// round run in a child under callgrind at these two lengths (the difference
+    /// divided by the difference in messages), e.g. `--instructions 2000,4000`.
+    #[arg(long, value_delimiter = ',')]
+    pub instructions: Vec<usize>,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+/// The rows this build has, with the raw client each is measured against.
+const BUILT_ROWS: [(&str, Option<&str>, bool); 6] = [
+    ("memory", None, true),
+    ("redis", Some("redis-rs"), cfg!(feature = "redis")),
+    ("rabbitmq", Some("lapin"), cfg!(feature = "rabbitmq")),
+    ("nats-js", Some("async-nats"), cfg!(feature = "nats")),
+    ("nats", Some("async-nats"), cfg!(feature = "nats")),
+    ("kafka", Some("rdkafka"), cfg!(feature = "kafka")),
+];
+
+/// Instructions of one round of `row` by `client` over `n` messages, counted by
+/// callgrind in a child process (the whole process; the server is another process).
+fn instructions_of(args: &Args, row: &str, client: &str, n: usize) -> f64 {
+    let me = std::env::current_exe().expect("current exe");
+    let out = std::process::Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(me)
+        .args(["--only", row, "--client", client, "--rounds", "1"])
+        .args([
+            "--messages",
+            &n.to_string(),
+            "--window",
+            &args.window.to_string(),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running valgrind (is it installed?): {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{row} {client} ({n}) failed:\n{stderr}"
+    );
+    stderr
+        .lines()
+        .find_map(|l| l.split("Collected : ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no instruction count from callgrind:\n{stderr}"))
+}
+
+/// `--instructions`: per message, anybroker next to the raw client, from the difference
+/// between two run lengths (what is paid once per process is left out).
+fn print_instructions(args: &Args) {
+    let [short, long] = args.instructions[..] else {
+        panic!("--instructions: two run lengths, e.g. 2000,4000");
+    };
+    assert!(short < long, "--instructions: the shorter length first");
+    println!(
+        "instructions per message (published twice, handled once), window {}, from {short} and {long} messages",
+        args.window
+    );
+    println!(
+        "{:<8} {:>12} {:>12} {:>7}  raw client",
+        "broker", "anybroker", "raw", "ratio"
+    );
+    let per_message = |row: &str, client: &str| {
+        let a = instructions_of(args, row, client, short);
+        let b = instructions_of(args, row, client, long);
+        (b - a) / (long - short) as f64
+    };
+    for (row, raw_client, built) in BUILT_ROWS {
+        if !built || !args.wants(row) {
+            continue;
+        }
+        let ours = per_message(row, "anybroker");
+        match raw_client {
+            Some(name) => {
+                let raw = per_message(row, "raw");
+                println!(
+                    "{row:<8} {ours:>12.0} {raw:>12.0} {:>6.2}x  {name}",
+                    ours / raw
+                );
+            }
+            None => println!("{row:<8} {ours:>12.0} {:>12} {:>7}", "", ""),
+        }
+    }
 }
 
 /// Installs what `--telemetry` asks for.
@@ -233,6 +314,10 @@ where
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    if !args.instructions.is_empty() {
+        print_instructions(&args);
+        return;
+    }
     #[cfg(all(feature = "opentelemetry", feature = "metrics"))]
     install_telemetry(&args.telemetry);
     let sample = serde_json::to_vec(&alarm_domain::sample_alarm_to_log(0)).unwrap();
