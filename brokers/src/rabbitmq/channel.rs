@@ -200,14 +200,14 @@ impl BackendChannel for RabbitMqChannel {
         let ms = delay.as_millis() as u64;
         let queue = Names::delay_queue(&self.name, ms);
         self.link
-            .ensure_delay_queue(
+            .publish_to_delay_queue(
                 &queue,
                 Duration::from_millis(ms),
                 &self.delayed_exchange,
                 &self.name,
+                &envelope,
             )
-            .await?;
-        self.link.publish_to_queue(&queue, &envelope).await
+            .await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {

@@ -119,12 +119,25 @@ impl Session {
         Ok(())
     }
 
+    /// Forgets that this connection declared `queue` (the server removed it).
+    fn forget_delay_queue(&self, queue: &str) {
+        self.declared.lock().unwrap().remove(queue);
+    }
+
     /// The request side of direct reply-to, set up on first use.
     async fn rpc(&self) -> Result<&Rpc> {
         self.rpc
             .get_or_try_init(|| Rpc::open(&self.connection))
             .await
     }
+}
+
+/// How the error of a publish the broker could not route begins.
+const UNROUTABLE: &str = "unroutable";
+
+/// Whether `e` says the broker could not route a publish (no queue for its key).
+fn is_unroutable(e: &Error) -> bool {
+    e.kind() == ErrorKind::Broker && e.message().starts_with(UNROUTABLE)
 }
 
 /// Publishes on `channel` and waits for the broker's confirm.
@@ -154,7 +167,7 @@ pub(crate) async fn publish_confirmed(
         Confirmation::Ack(Some(returned)) => Err(Error::new(
             ErrorKind::Broker,
             format!(
-                "unroutable: no queue is bound to routing key {:?} on exchange {:?} ({}); \
+                "{UNROUTABLE}: no queue is bound to routing key {:?} on exchange {:?} ({}); \
                  a channel has queues once a group has subscribed to it",
                 route.routing_key, route.exchange, returned.reply_text
             ),
@@ -194,23 +207,38 @@ impl Link {
         })
     }
 
-    /// Declares the delay queue `queue` unless this connection did, and remembers it.
-    pub(crate) async fn ensure_delay_queue(
+    /// Publishes `envelope` into the delay queue `queue` (whence it leaves after `delay`
+    /// for `exchange` with `routing_key`), declared first unless this connection did,
+    /// and remembered. A queue the server removed since (idle past its `x-expires`)
+    /// makes the publish unroutable: it is declared again and the publish made again.
+    pub(crate) async fn publish_to_delay_queue(
         &self,
         queue: &str,
         delay: Duration,
         exchange: &str,
         routing_key: &str,
+        envelope: &Envelope,
     ) -> Result<()> {
         let session = self.session().await?;
         session
             .ensure_delay_queue(queue, delay, exchange, routing_key)
             .await?;
-        let mut known = self.delay_queues.lock().unwrap();
-        if !known.contains(queue) {
-            known.insert(queue.to_string());
+        {
+            let mut known = self.delay_queues.lock().unwrap();
+            if !known.contains(queue) {
+                known.insert(queue.to_string());
+            }
         }
-        Ok(())
+        match self.publish_to_queue(queue, envelope).await {
+            Err(e) if is_unroutable(&e) => {
+                session.forget_delay_queue(queue);
+                session
+                    .ensure_delay_queue(queue, delay, exchange, routing_key)
+                    .await?;
+                self.publish_to_queue(queue, envelope).await
+            }
+            published => published,
+        }
     }
 
     /// The ready messages of `queue`; none for a queue that does not exist (any more).

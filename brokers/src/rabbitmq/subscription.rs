@@ -142,9 +142,14 @@ impl RabbitSubscription {
                 let queue = Names::retry_queue(&self.channel, &self.group, ms);
                 let back_to = Names::group_queue(&self.channel, &self.group);
                 self.link
-                    .ensure_delay_queue(&queue, Duration::from_millis(ms), "", &back_to)
+                    .publish_to_delay_queue(
+                        &queue,
+                        Duration::from_millis(ms),
+                        "",
+                        &back_to,
+                        &envelope,
+                    )
                     .await?;
-                self.link.publish_to_queue(&queue, &envelope).await?;
             }
             Settlement::DeadLetter(dead) => {
                 let envelope = f.envelope.into_dead_letter(&dead);
