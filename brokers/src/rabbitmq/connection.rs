@@ -409,7 +409,7 @@ impl Link {
         let forget = || rpc.pending.lock().unwrap().remove(&*correlation);
         if let Err(e) = sent {
             forget();
-            if e.message().starts_with("unroutable") {
+            if is_unroutable(&e) {
                 return Err(
                     Error::new(ErrorKind::NoResponder, "nobody serves this channel")
                         .with_operation("request"),
