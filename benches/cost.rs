@@ -22,6 +22,9 @@
 //! last message) is not spread over the messages. `cold` is one message's run taken
 //! whole: a router's start, one publish, its handling.
 
+#[path = "shared/callgrind.rs"]
+mod callgrind;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -296,27 +299,11 @@ type Counts = [f64; 3];
 
 /// Runs scenario `name` over `n` messages in a child under callgrind.
 fn counted_run(name: &str, n: usize) -> Counts {
-    let me = std::env::current_exe().expect("current exe");
-    let out = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            "--toggle-collect=*measured_phase*",
-        ])
-        .arg(&me)
-        .args(["--child", name, "--messages", &n.to_string()])
-        .output()
-        .unwrap_or_else(|e| panic!("running valgrind (is it installed?): {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scenario {name} ({n} messages) failed:\n{stderr}"
+    let (out, instructions) = callgrind::run_counted(
+        &["--child", name, "--messages", &n.to_string()],
+        Some("*measured_phase*"),
+        &format!("scenario {name} ({n} messages)"),
     );
-    let instructions: f64 = stderr
-        .lines()
-        .find_map(|l| l.split("Collected : ").nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no instruction count from callgrind:\n{stderr}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let a: Vec<f64> = stdout
         .split_whitespace()

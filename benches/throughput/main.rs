@@ -14,6 +14,8 @@
 //! and a ratio is the median of the per-round pairs' ratios (with their range).
 
 mod anybroker_runs;
+#[path = "../shared/callgrind.rs"]
+mod callgrind;
 #[cfg(feature = "kafka")]
 mod raw_kafka;
 #[cfg(feature = "nats")]
@@ -78,29 +80,20 @@ const BUILT_ROWS: [(&str, Option<&str>, bool); 6] = [
 /// Instructions of one round of `row` by `client` over `n` messages, counted by
 /// callgrind in a child process (the whole process; the server is another process).
 fn instructions_of(args: &Args, row: &str, client: &str, n: usize) -> f64 {
-    let me = std::env::current_exe().expect("current exe");
-    let out = std::process::Command::new("valgrind")
-        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-        .arg(me)
-        .args(["--only", row, "--client", client, "--rounds", "1"])
-        .args([
-            "--messages",
-            &n.to_string(),
-            "--window",
-            &args.window.to_string(),
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("running valgrind (is it installed?): {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{row} {client} ({n}) failed:\n{stderr}"
-    );
-    stderr
-        .lines()
-        .find_map(|l| l.split("Collected : ").nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no instruction count from callgrind:\n{stderr}"))
+    let (n_text, window) = (n.to_string(), args.window.to_string());
+    let child = [
+        "--only",
+        row,
+        "--client",
+        client,
+        "--rounds",
+        "1",
+        "--messages",
+        &n_text,
+        "--window",
+        &window,
+    ];
+    callgrind::run_counted(&child, None, &format!("{row} {client} ({n})")).1
 }
 
 /// `--instructions`: per message, anybroker next to the raw client, from the difference
