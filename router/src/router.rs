@@ -1213,6 +1213,10 @@ fn check_message_id(id: &str, channel: &str) -> Result<()> {
 /// How often a moving channel's old broker is asked whether it is drained.
 const MOVE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Reads in a row that must find the old broker drained before the router says so
+/// (and, with `moving_keeps_order`, starts the members on the new broker).
+const MOVE_DRAINED_READS: u32 = 5;
+
 /// The members a handler registration starts on one broker.
 struct Members {
     group: String,
@@ -1236,11 +1240,22 @@ async fn watch_move(
     pending: Option<PendingMembers>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Drained on several reads in a row, not one: between two messages an instance
+    // still publishing on the old broker can leave it empty for a moment.
+    let mut drained_reads = 0;
     loop {
         match old.backlog(&group).await {
-            Ok(b) if b.waiting == 0 && b.in_flight.unwrap_or(0) == 0 => break,
-            Ok(_) => {}
-            Err(e) => old.status.failed(&e),
+            Ok(b) if b.waiting == 0 && b.in_flight.unwrap_or(0) == 0 => {
+                drained_reads += 1;
+                if drained_reads >= MOVE_DRAINED_READS {
+                    break;
+                }
+            }
+            Ok(_) => drained_reads = 0,
+            Err(e) => {
+                drained_reads = 0;
+                old.status.failed(&e);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(MOVE_CHECK_EVERY) => {}
