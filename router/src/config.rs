@@ -83,7 +83,8 @@ pub struct ChannelConfig {
     pub moving_from: Option<String>,
     /// While moving: handle what is published on the new broker only once the old one
     /// is drained for the group, so every key's messages are handled in order across
-    /// the move (new messages wait meanwhile). Default false: both at once.
+    /// the move (new messages wait meanwhile). Instances still publishing on the old
+    /// broker must be gone by then. Default false: both at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub moving_keeps_order: bool,
     /// While moving: how many of the ids a group handled last this process remembers,
