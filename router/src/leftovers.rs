@@ -25,7 +25,7 @@ pub struct Leftover {
 impl Leftover {
     /// The messages it holds: waiting, plus in flight where the broker tells.
     pub fn count(&self) -> u64 {
-        self.held.waiting + self.held.in_flight.unwrap_or(0)
+        self.held.total()
     }
 }
 

@@ -26,7 +26,7 @@ impl MoveStatus {
             from: from.to_string(),
             to: to.to_string(),
             group: group.to_string(),
-            drained: old.waiting == 0 && old.in_flight.unwrap_or(0) == 0,
+            drained: old.is_empty(),
             old,
         }
     }

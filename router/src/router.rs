@@ -1245,7 +1245,7 @@ async fn watch_move(
     let mut drained_reads = 0;
     loop {
         match old.backlog(&group).await {
-            Ok(b) if b.waiting == 0 && b.in_flight.unwrap_or(0) == 0 => {
+            Ok(b) if b.is_empty() => {
                 drained_reads += 1;
                 if drained_reads >= MOVE_DRAINED_READS {
                     break;

@@ -21,4 +21,14 @@ impl Backlog {
     pub fn new(waiting: u64, in_flight: Option<u64>) -> Self {
         Backlog { waiting, in_flight }
     }
+
+    /// Every message it counts: waiting, plus in flight where the broker tells.
+    pub fn total(&self) -> u64 {
+        self.waiting + self.in_flight.unwrap_or(0)
+    }
+
+    /// Nothing left: none waiting and none in flight.
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
 }

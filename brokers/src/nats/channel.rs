@@ -135,7 +135,7 @@ impl BackendChannel for JetStreamChannel {
                 .ensure_stream(&self.name, DELAYED, &self.delayed_subject)
                 .await?;
             let waiting = consumer_backlog(&mut stream, DELAY_MOVER).await?;
-            backlog.waiting += waiting.waiting + waiting.in_flight.unwrap_or(0);
+            backlog.waiting += waiting.total();
         }
         Ok(backlog)
     }

@@ -38,8 +38,6 @@ pub(crate) struct Session {
     pub(crate) connection: Connection,
     /// Confirm mode; shared by every publish, which pipeline on it.
     publish: Channel,
-    /// Delay queues declared on this connection.
-    declared: Mutex<HashSet<String>>,
     rpc: tokio::sync::OnceCell<Rpc>,
 }
 
@@ -82,7 +80,6 @@ impl Session {
         Ok(Session {
             connection,
             publish,
-            declared: Mutex::new(HashSet::new()),
             rpc: tokio::sync::OnceCell::new(),
         })
     }
@@ -100,28 +97,18 @@ impl Session {
             .map_err(|e| from_lapin(e, "open channel"))
     }
 
-    /// Declares the delay queue `queue` unless this connection already did.
-    pub(crate) async fn ensure_delay_queue(
+    /// Declares the delay queue `queue` (idempotent: the same arguments each time).
+    async fn declare_delay_queue(
         &self,
         queue: &str,
         delay: Duration,
         exchange: &str,
         routing_key: &str,
     ) -> Result<()> {
-        if self.declared.lock().unwrap().contains(queue) {
-            return Ok(());
-        }
         let ch = self.declaring_channel().await?;
         let result = topology::declare_delay_queue(&ch, queue, delay, exchange, routing_key).await;
         let _ = ch.close(200, "declared".into()).await;
-        result?;
-        self.declared.lock().unwrap().insert(queue.to_string());
-        Ok(())
-    }
-
-    /// Forgets that this connection declared `queue` (the server removed it).
-    fn forget_delay_queue(&self, queue: &str) {
-        self.declared.lock().unwrap().remove(queue);
+        result
     }
 
     /// The request side of direct reply-to, set up on first use.
@@ -189,8 +176,9 @@ pub(crate) struct Link {
     current: RwLock<Arc<Session>>,
     reconnecting: tokio::sync::Mutex<()>,
     closed: ShutdownFlag,
-    /// The delay and retry queues this process declared, across reconnects: AMQP cannot
-    /// list queues, so a backlog counts what waits in these.
+    /// The delay and retry queues this process declared, across reconnects: publishes
+    /// into them declare none again, and (AMQP cannot list queues) a backlog counts what
+    /// waits in these.
     delay_queues: Mutex<HashSet<String>>,
 }
 
@@ -208,9 +196,10 @@ impl Link {
     }
 
     /// Publishes `envelope` into the delay queue `queue` (whence it leaves after `delay`
-    /// for `exchange` with `routing_key`), declared first unless this connection did,
-    /// and remembered. A queue the server removed since (idle past its `x-expires`)
-    /// makes the publish unroutable: it is declared again and the publish made again.
+    /// for `exchange` with `routing_key`), declared first unless this process did.
+    /// Queues outlive connections, so a reconnect declares none again; a queue the
+    /// server removed since (idle past its `x-expires`) makes the publish unroutable,
+    /// and is declared again and the publish made again.
     pub(crate) async fn publish_to_delay_queue(
         &self,
         queue: &str,
@@ -219,21 +208,19 @@ impl Link {
         routing_key: &str,
         envelope: &Envelope,
     ) -> Result<()> {
-        let session = self.session().await?;
-        session
-            .ensure_delay_queue(queue, delay, exchange, routing_key)
-            .await?;
-        {
-            let mut known = self.delay_queues.lock().unwrap();
-            if !known.contains(queue) {
-                known.insert(queue.to_string());
-            }
+        let known = self.delay_queues.lock().unwrap().contains(queue);
+        if !known {
+            let session = self.session().await?;
+            session
+                .declare_delay_queue(queue, delay, exchange, routing_key)
+                .await?;
+            self.delay_queues.lock().unwrap().insert(queue.to_string());
         }
         match self.publish_to_queue(queue, envelope).await {
             Err(e) if is_unroutable(&e) => {
-                session.forget_delay_queue(queue);
+                let session = self.session().await?;
                 session
-                    .ensure_delay_queue(queue, delay, exchange, routing_key)
+                    .declare_delay_queue(queue, delay, exchange, routing_key)
                     .await?;
                 self.publish_to_queue(queue, envelope).await
             }
