@@ -299,10 +299,10 @@ mod counters {
         for i in 0..N {
             router.publish(ch, &TestMessage::new(i)).await.unwrap();
         }
-        wait_until("all handled and counted", LONG, || {
-            rec.len() as u64 == N && value(&read(ch.name()), metric_names::HANDLED) == N as f64
-        })
-        .await;
+        // Metrics are read once, after the draining shutdown finished every call: a
+        // snapshot drains the histograms, and one taken while a call records its duration
+        // can lose that value (metrics-util's bucket), so none is taken while calls run.
+        wait_until("all handled", LONG, || rec.len() as u64 == N).await;
         router.shutdown().await.unwrap();
         let m = read(ch.name());
         let n = N as f64;
@@ -356,16 +356,8 @@ mod counters {
         }
         let calls = 10 + 4 * 2 + 3 + 2 * 3;
         wait_for_dead_letters(&router, ch, 5, "five dead-lettered").await;
-        wait_until("every call counted", LONG, || {
-            rec.len() == calls && value(&read(ch.name()), metric_names::DELIVERED) == calls as f64
-        })
-        .await;
-        wait_until("every outcome counted", LONG, || {
-            let m = read(ch.name());
-            value(&m, metric_names::HANDLED) + value(&m, metric_names::RETRIED) + 5.0
-                >= calls as f64
-        })
-        .await;
+        // Read once after the draining shutdown, as above.
+        wait_until("every call made", LONG, || rec.len() == calls).await;
         router.shutdown().await.unwrap();
         let m = read(ch.name());
         assert_eq!(value(&m, metric_names::PUBLISHED), 19.0, "{m:?}");
