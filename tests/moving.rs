@@ -30,11 +30,14 @@ const LONG: Duration = Duration::from_secs(180);
 /// Per message seq, each successful handling: the broker it came from, its attempt.
 type HandlingsBySeq = HashMap<u64, Vec<(String, u32)>>;
 
-/// Each successful handling.
+/// Each successful handling, by seq and in the order they happened.
 #[derive(Clone, Default)]
-struct Handled(Arc<Mutex<HandlingsBySeq>>);
+struct Handled(Arc<Mutex<HandlingsBySeq>>, Arc<Mutex<Vec<(u64, String)>>>);
 
 impl Handled {
+    fn in_order(&self) -> Vec<(u64, String)> {
+        self.1.lock().unwrap().clone()
+    }
     fn distinct(&self) -> usize {
         self.0.lock().unwrap().len()
     }
@@ -59,6 +62,11 @@ fn handler(handled: &Handled) -> impl anybroker::MessageHandler<Numbered> {
                 .entry(m.seq)
                 .or_default()
                 .push((cx.broker().to_string(), cx.attempt()));
+            handled
+                .1
+                .lock()
+                .unwrap()
+                .push((m.seq, cx.broker().to_string()));
             Ok(())
         }
     })
@@ -100,9 +108,47 @@ fn sharing(builder: RouterBuilder, memory: &Option<MemoryBroker>, name: &str) ->
 /// 10,000 messages with 20 keys, published by both routers; the old-config router
 /// stops (draining) once half are published.
 async fn rolling_move(old_table: &str, new_table: &str, memory: Option<(&str, MemoryBroker)>) {
+    rolling_move_with(old_table, new_table, memory, false).await
+}
+
+/// Keys the rolling moves publish with.
+const KEYS: u64 = 20;
+
+/// Asserts that for every key, each handling of a message from the old broker came
+/// before any of a message from the new broker.
+fn assert_old_before_new(order: &[(u64, String)]) {
+    for key in 0..KEYS {
+        let of_key: Vec<&(u64, String)> =
+            order.iter().filter(|(seq, _)| seq % KEYS == key).collect();
+        let last_old = of_key.iter().rposition(|(_, b)| b == "old");
+        let first_new = of_key.iter().position(|(_, b)| b == "new");
+        if let (Some(last_old), Some(first_new)) = (last_old, first_new) {
+            assert!(
+                last_old < first_new,
+                "key k{key}: a message on the new broker handled before one on the old: {:?}",
+                &of_key[first_new..=last_old]
+            );
+        }
+    }
+}
+
+/// `rolling_move`, with `moving_keeps_order` when `keeps_order`: then every key's
+/// messages on the old broker are all handled before any of its messages on the new,
+/// though the old-config router publishes on the old broker until it stops.
+async fn rolling_move_with(
+    old_table: &str,
+    new_table: &str,
+    memory: Option<(&str, MemoryBroker)>,
+    keeps_order: bool,
+) {
     const N: u64 = 10_000;
     let ch = unique_channel::<Numbered>("move");
-    let (old_config, moving_config) = configs(ch.name(), old_table, new_table);
+    let moving = if keeps_order {
+        "moving_keeps_order = true\n"
+    } else {
+        ""
+    };
+    let (old_config, moving_config) = configs_with(ch.name(), old_table, new_table, moving);
     let (memory_side, memory) = match memory {
         Some((side, broker)) => (side, Some(broker)),
         None => ("", None),
@@ -119,7 +165,7 @@ async fn rolling_move(old_table: &str, new_table: &str, memory: Option<(&str, Me
         .start()
         .await
         .unwrap();
-    let keyed = |seq: u64| PublishOptions::new().key(format!("k{}", seq % 20));
+    let keyed = |seq: u64| PublishOptions::new().key(format!("k{}", seq % KEYS));
     // Both publish, alternating, until half are out; then the old router stops.
     for seq in 0..N / 2 {
         let router = if seq % 2 == 0 {
@@ -156,6 +202,9 @@ async fn rolling_move(old_table: &str, new_table: &str, memory: Option<(&str, Me
     }
     let from_old = all.values().filter(|h| h[0].0 == "old").count();
     assert!(from_old > 0, "the old broker's messages were handled");
+    if keeps_order {
+        assert_old_before_new(&handled.in_order());
+    }
     let status = moving_router.move_status(ch, GROUP).await.unwrap();
     assert_eq!((status.from.as_str(), status.to.as_str()), ("old", "new"));
     moving_router.shutdown().await.unwrap();
@@ -235,6 +284,113 @@ async fn rabbitmq_to_kafka_rolling_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_to_redis_rolling_move() {
     rolling_move(common::KAFKA_TANSU_TABLE, REDIS, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_to_redis_rolling_move_keeping_order() {
+    rolling_move_with(
+        "kind = \"memory\"",
+        REDIS,
+        Some(("old", MemoryBroker::default())),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_nats_rolling_move_keeping_order() {
+    rolling_move_with(REDIS, NATS, None, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_to_rabbitmq_rolling_move_keeping_order() {
+    rolling_move_with(NATS, RABBITMQ, None, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_to_redis_rolling_move_keeping_order() {
+    rolling_move_with(RABBITMQ, REDIS, None, true).await;
+}
+
+/// With `moving_keeps_order`, an instance still on the old config that goes quiet
+/// (the old broker drained, read so for longer than the router's drained reads take)
+/// and then publishes again: the moving router has not started handling the new
+/// broker's messages meanwhile, because the old instance still announces the channel on
+/// the old broker, so each key's messages on the old broker are still handled first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_nats_move_keeps_order_across_a_quiet_old_instance() {
+    const PER_BATCH: u64 = 100;
+    let ch = unique_channel::<Numbered>("move-quiet");
+    let (old_config, moving_config) =
+        configs_with(ch.name(), REDIS, NATS, "moving_keeps_order = true\n");
+    let handled = Handled::default();
+    let options = || HandlerOptions::new().group(GROUP);
+    let old_router = MessageRouter::builder(old_config)
+        .handle_with(ch, handler(&handled), options())
+        .start()
+        .await
+        .unwrap();
+    let moving_router = MessageRouter::builder(moving_config)
+        .handle_with(ch, handler(&handled), options())
+        .start()
+        .await
+        .unwrap();
+    let keyed = |seq: u64| PublishOptions::new().key(format!("k{}", seq % KEYS));
+    let publish = |router: &MessageRouter, seqs: std::ops::Range<u64>| {
+        let router = router.clone();
+        async move {
+            for seq in seqs {
+                router
+                    .publish_with(ch, &Numbered { seq }, keyed(seq))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(&old_router, 0..PER_BATCH).await;
+    publish(&moving_router, PER_BATCH..2 * PER_BATCH).await;
+    wait_until("the old broker's first batch handled", LONG, || {
+        (0..PER_BATCH).all(|seq| handled.0.lock().unwrap().contains_key(&seq))
+    })
+    .await;
+    wait_until_async(
+        "the old broker read drained, the old router present",
+        LONG,
+        || {
+            let router = moving_router.clone();
+            async move {
+                let status = router.move_status(ch, GROUP).await.unwrap();
+                status.drained && status.old_config_routers == Some(1)
+            }
+        },
+    )
+    .await;
+    // The old instance stays quiet for longer than five drained reads take: a router
+    // that looked at the backlog alone would start the new broker's members now.
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < quiet {
+        let new_handled = handled
+            .in_order()
+            .iter()
+            .filter(|(_, broker)| broker == "new")
+            .count();
+        assert_eq!(
+            new_handled, 0,
+            "the new broker's messages handled while the old instance runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publish(&old_router, 2 * PER_BATCH..3 * PER_BATCH).await;
+    old_router.shutdown().await.unwrap();
+    wait_until("every message handled", LONG, || {
+        handled.distinct() as u64 == 3 * PER_BATCH
+    })
+    .await;
+    assert_old_before_new(&handled.in_order());
+    let status = moving_router.move_status(ch, GROUP).await.unwrap();
+    assert!(status.drained, "{status:?}");
+    assert_eq!(status.old_config_routers, Some(0), "{status:?}");
+    moving_router.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

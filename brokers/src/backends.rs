@@ -211,6 +211,28 @@ macro_rules! backends {
                 }
             }
 
+            /// Says this process uses a channel here (see
+            /// [`Backend::announce`](crate::Backend::announce)).
+            pub async fn announce(&self, spec: &$crate::ChannelSpec, instance: &str) -> Result<$crate::Presence> {
+                if self.is_closed() {
+                    return Err(Error::closed("the broker was shut down"));
+                }
+                match self {
+                    $( #[cfg($($built)*)] Broker::$variant(b) => $crate::Backend::announce(b, spec, instance).await, )+
+                }
+            }
+
+            /// How many routers announced a channel here (see
+            /// [`Backend::announced`](crate::Backend::announced)).
+            pub async fn announced(&self, spec: &$crate::ChannelSpec) -> Result<u64> {
+                if self.is_closed() {
+                    return Err(Error::closed("the broker was shut down"));
+                }
+                match self {
+                    $( #[cfg($($built)*)] Broker::$variant(b) => $crate::Backend::announced(b, spec).await, )+
+                }
+            }
+
             pub(crate) async fn open_any(&self, spec: &$crate::ChannelSpec) -> Result<AnyChannel> {
                 match self {
                     $(

@@ -20,6 +20,7 @@ mod health;
 mod leftovers;
 mod message_metrics;
 mod moving;
+mod presence;
 mod router;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -30,9 +31,9 @@ mod trace_context;
 /// [`RouterBuilder::with_broker`].
 pub use anybroker_brokers::memory::MemoryBroker;
 pub use anybroker_brokers::{
-    header, Backlog, Broker, BrokerConfig, BrokerKind, Capabilities, DeadLetterReason,
+    header, Backlog, Broker, BrokerConfig, BrokerKind, Capabilities, ChannelSpec, DeadLetterReason,
     DeadLetterSelector, Envelope, Error, ErrorKind, Headers, Jitter, NewGroupStart, OpenChannel,
-    Result, RetryPolicy,
+    Presence, Result, RetryPolicy, PRESENCE_TTL,
 };
 /// Each backend's config (`RedisConfig`, `KafkaConfig`, …), to build a config in code,
 /// and its broker type.

@@ -29,6 +29,7 @@ use crate::health::{BrokerHealth, BrokerStatus, ConnectionState, Health};
 use crate::leftovers::{self, Leftover};
 use crate::message_metrics::PublishMetrics;
 use crate::moving::MoveStatus;
+use crate::presence::Presences;
 
 /// Longest a health check waits for one broker.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -386,6 +387,7 @@ impl RouterBuilder {
             consumers: Mutex::new(Vec::new()),
             observers: self.observers,
             stop,
+            presences: Presences::default(),
         });
         let router = MessageRouter { inner };
 
@@ -509,6 +511,8 @@ struct RouterInner {
     consumers: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     observers: Option<Observers>,
+    /// Its announcements of the channels it opened on their configured broker.
+    presences: Presences,
 }
 
 #[cold]
@@ -576,6 +580,17 @@ impl RouterInner {
             })
     }
 
+    /// How many routers announced `channel` on the broker `name` (instances using it
+    /// there); `None` where that broker cannot tell.
+    async fn announced_on(&self, name: &str, channel: &str) -> Result<Option<u64>> {
+        let spec = ChannelSpec::new(channel, self.config.group_for(channel));
+        match self.broker(name).await?.announced(&spec).await {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == ErrorKind::Unsupported => Ok(None),
+            Err(e) => Err(e.with_broker(name).with_channel(channel)),
+        }
+    }
+
     async fn broker(&self, name: &str) -> Result<&Broker> {
         let slot = self
             .slots
@@ -611,10 +626,24 @@ impl RouterInner {
             self.open(name, channel).await?,
             self.slots[name].status.clone(),
         ));
-        self.routes
+        let known = self
+            .routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(route.name().clone(), route.clone());
+        // The broker is connected: the route was just opened on it.
+        if let (None, Some(broker)) = (known, self.slots[name].cell.get()) {
+            // In the background, unless the broker answers at once (the embedded one):
+            // the first publish does not wait for a round trip.
+            if let Some(announcing) = self.presences.announce_now(broker, route.name()) {
+                let announcing = announcing.announce(
+                    broker.clone(),
+                    ChannelSpec::new(channel, self.config.group_for(channel)),
+                    self.stop.subscribe(),
+                );
+                self.keep(tokio::spawn(announcing));
+            }
+        }
         Ok(route)
     }
 
@@ -932,7 +961,8 @@ impl MessageRouter {
             .await?
             .backlog(group)
             .await?;
-        Ok(MoveStatus::new(old, new, group, backlog))
+        let routers = self.inner.announced_on(old, channel.name()).await?;
+        Ok(MoveStatus::new(old, new, group, backlog, routers))
     }
 
     /// Reads up to `limit` dead letters of `channel`, oldest first, as typed records
@@ -1023,6 +1053,9 @@ impl MessageRouter {
                 tracing::error!(error = %e, "consumer task failed");
             }
         }
+        // Once nothing is handled any more: a router moving a channel away waits for
+        // this one to be gone before it handles what is published on the new broker.
+        self.inner.presences.withdraw_all().await;
         for (name, slot) in &self.inner.slots {
             if let (true, Some(b)) = (slot.owned, slot.cell.get()) {
                 b.shutdown().await.map_err(|e| e.with_broker(name))?;
@@ -1090,7 +1123,18 @@ impl MessageRouter {
         let old_route = self.inner.route_via(old, r.channel).await?;
         self.start_members(&r, &old_route, &members).await?;
         let keeps_order = config.moving_keeps_order_for(r.channel);
-        if !keeps_order {
+        if keeps_order {
+            // The members on the new broker start later: what is published there
+            // meanwhile must wait for their group (a broker with a queue per group
+            // keeps nothing for a group that does not exist yet).
+            let options = SubscribeOptions::new(members.group.clone())
+                .retry(members.policy)
+                .prefetch(members.prefetch);
+            match route.provision(&options).await {
+                Err(e) if e.kind() != ErrorKind::Unsupported => return Err(e),
+                _ => {}
+            }
+        } else {
             self.start_members(&r, &route, &members).await?;
         }
         // Says when the old broker is drained for the group; with `moving_keeps_order`,
@@ -1241,22 +1285,45 @@ async fn watch_move(
     mut stop: watch::Receiver<bool>,
 ) {
     // Drained on several reads in a row, not one: between two messages an instance
-    // still publishing on the old broker can leave it empty for a moment.
+    // still publishing on the old broker can leave it empty for a moment. Where the old
+    // broker keeps presence, no router may still announce the channel there either:
+    // an instance on the old config can publish again after any number of empty reads.
     let mut drained_reads = 0;
+    let mut waiting_for = 0;
     loop {
-        match old.backlog(&group).await {
-            Ok(b) if b.is_empty() => {
+        let Some(inner) = router.upgrade() else {
+            return;
+        };
+        let read = async {
+            let backlog = old.backlog(&group).await?;
+            let routers = inner.announced_on(old.broker_name(), old.name()).await?;
+            Ok::<_, Error>((backlog, routers.unwrap_or(0)))
+        };
+        match read.await {
+            Ok((b, 0)) if b.is_empty() => {
                 drained_reads += 1;
                 if drained_reads >= MOVE_DRAINED_READS {
                     break;
                 }
             }
-            Ok(_) => drained_reads = 0,
+            Ok((_, routers)) => {
+                drained_reads = 0;
+                if routers > 0 && routers != waiting_for {
+                    tracing::info!(
+                        messaging.destination.name = &**old.name(),
+                        anybroker.moving_from = &**old.broker_name(),
+                        routers,
+                        "moving channel: routers still on the old config use the old broker"
+                    );
+                }
+                waiting_for = routers;
+            }
             Err(e) => {
                 drained_reads = 0;
                 old.status.failed(&e);
             }
         }
+        drop(inner);
         tokio::select! {
             _ = tokio::time::sleep(MOVE_CHECK_EVERY) => {}
             _ = stop.wait_for(|stopping| *stopping) => return,

@@ -160,6 +160,48 @@ async fn backlog_settles_at(
     .await;
 }
 
+/// Each router that publishes or handles a channel is counted on its broker as using
+/// it, from its first use of the channel until its shutdown.
+pub async fn routers_using_a_channel_are_announced(t: &Target) {
+    require!(t, presence);
+    let ch = unique_channel::<TestMessage>("presence");
+    let broker = t.connect().await;
+    let spec = anybroker::ChannelSpec::new(ch.name(), "default");
+    let announced = |n: u64| {
+        let (broker, spec) = (broker.clone(), spec.clone());
+        move || {
+            let (broker, spec) = (broker.clone(), spec.clone());
+            async move { broker.announced(&spec).await.unwrap() == n }
+        }
+    };
+    assert_eq!(broker.announced(&spec).await.unwrap(), 0, "none before use");
+    let publishing = t.router("").start().await.unwrap();
+    publishing.publish(ch, &TestMessage::new(1)).await.unwrap();
+    wait_until_async("the publishing router announced", LONG, announced(1)).await;
+    let rec = Recorder::default();
+    let handling = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
+    wait_until_async("the handling router announced too", LONG, announced(2)).await;
+    // Withdrawn by the time shutdown returns.
+    publishing.shutdown().await.unwrap();
+    assert_eq!(broker.announced(&spec).await.unwrap(), 1);
+    handling.shutdown().await.unwrap();
+    assert_eq!(broker.announced(&spec).await.unwrap(), 0);
+    let other = anybroker::ChannelSpec::new(
+        unique_channel::<TestMessage>("presence-other").name(),
+        "default",
+    );
+    assert_eq!(
+        broker.announced(&other).await.unwrap(),
+        0,
+        "another channel"
+    );
+}
+
 /// A message waiting for its retry is in the group's backlog until it is handled.
 pub async fn backlog_counts_a_waiting_retry(t: &Target) {
     require!(t, retry);
@@ -1349,6 +1391,15 @@ pub async fn missing_capabilities_are_unsupported(t: &Target) {
         assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
         checked += 1;
     }
+    if !caps.presence {
+        let broker = t.connect().await;
+        let spec = anybroker::ChannelSpec::new(ch.name(), "default");
+        let err = broker.announce(&spec, "caps").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let err = broker.announced(&spec).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        checked += 1;
+    }
     if !caps.retry {
         let ch2 = unique_channel::<TestMessage>("caps_retry");
         let err = t
@@ -1733,7 +1784,7 @@ pub async fn capabilities_match_the_readme_table(t: &Target) {
         other => panic!("{other}: which column of the README's capability table is it?"),
     };
     // Each flag's row, by how its label starts.
-    const ROWS: [(&str, &str); 10] = [
+    const ROWS: [(&str, &str); 11] = [
         ("persistent", "persistent"),
         ("survives broker restart", "survives-broker-restart"),
         ("groups", "groups"),
@@ -1744,6 +1795,7 @@ pub async fn capabilities_match_the_readme_table(t: &Target) {
         ("delay", "delay"),
         ("broker counts redeliveries", "native-redelivery-count"),
         ("request/reply", "request-reply"),
+        ("tells which routers use a channel", "presence"),
     ];
     const NEW_GROUP_ROW: &str = "a group that was not provisioned receives";
     let readme = include_str!("../../README.md");
@@ -1867,6 +1919,7 @@ macro_rules! conformance_cases {
         case!([] backlog_counts_what_a_group_has_not_handled);
         case!([retry] backlog_counts_a_waiting_retry);
         case!([delay] backlog_counts_a_delayed_message);
+        case!([presence] routers_using_a_channel_are_announced);
         #[cfg(feature = "opentelemetry")]
         case!([] handling_span_is_child_of_publish_span);
         #[cfg(feature = "opentelemetry")]

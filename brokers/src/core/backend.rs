@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Backlog, Capabilities, DeadLetterAction, DeadLetterSelector, Envelope, Error, Result,
+    Backlog, Capabilities, DeadLetterAction, DeadLetterSelector, Envelope, Error, Presence, Result,
     SubscribeOptions, Subscription,
 };
 pub use crate::BrokerKind;
@@ -86,6 +86,33 @@ pub trait Backend: Clone + Send + Sync + 'static {
         let _ = (spec, group);
         ready(Err(Error::unsupported(
             "leftover: this broker cannot tell what it holds of a channel without opening it",
+        )))
+    }
+
+    /// Says that this process (one router of it, `instance`) uses channel `spec.name`
+    /// on this broker, until the returned [`Presence`] is withdrawn or dropped. A
+    /// router announces the channels it publishes or handles on their configured
+    /// broker, so that one moving a channel away can tell, with
+    /// [`announced`](Backend::announced), when no instance on an older config uses it
+    /// there any more. Default: `Unsupported`.
+    fn announce(
+        &self,
+        spec: &ChannelSpec,
+        instance: &str,
+    ) -> impl Future<Output = Result<Presence>> + Send {
+        let _ = (spec, instance);
+        ready(Err(Error::unsupported(
+            "announce: this broker cannot tell other routers which channels it is used for",
+        )))
+    }
+
+    /// How many routers have announced channel `spec.name` on this broker and not
+    /// withdrawn (those that died without withdrawing are counted until their
+    /// presence expires). Default: `Unsupported`.
+    fn announced(&self, spec: &ChannelSpec) -> impl Future<Output = Result<u64>> + Send {
+        let _ = spec;
+        ready(Err(Error::unsupported(
+            "announced: this broker cannot tell which routers use a channel",
         )))
     }
 }

@@ -27,6 +27,10 @@ pub struct Capabilities {
     pub native_redelivery_count: bool,
     /// Request/reply.
     pub request_reply: bool,
+    /// The broker tells which routers use the channel (see
+    /// [`Backend::announced`](crate::Backend::announced)): a router moving the channel
+    /// away with `moving_keeps_order` waits for those on the old config to be gone.
+    pub presence: bool,
     /// What a group receives that was published before the group existed.
     pub new_group_start: NewGroupStart,
 }
@@ -79,11 +83,12 @@ impl Capabilities {
         delay: false,
         native_redelivery_count: false,
         request_reply: false,
+        presence: false,
         new_group_start: NewGroupStart::Live,
     };
 
     /// Named list of the flags, for tables and messages.
-    pub fn flags(&self) -> [(&'static str, bool); 10] {
+    pub fn flags(&self) -> [(&'static str, bool); 11] {
         [
             ("persistent", self.persistent),
             ("survives-broker-restart", self.survives_broker_restart),
@@ -95,6 +100,7 @@ impl Capabilities {
             ("delay", self.delay),
             ("native-redelivery-count", self.native_redelivery_count),
             ("request-reply", self.request_reply),
+            ("presence", self.presence),
         ]
     }
 }

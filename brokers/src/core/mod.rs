@@ -22,6 +22,7 @@ mod foreign;
 #[allow(dead_code)]
 mod in_flight;
 mod message_id;
+mod presence;
 mod retry;
 mod shutdown;
 mod subscription;
@@ -43,6 +44,7 @@ pub(crate) use in_flight::InFlightTable;
 pub use message_id::{
     message_id_at, message_id_carries, message_id_time, new_message_id, MESSAGE_ID_LEN,
 };
+pub use presence::{Presence, RouterCount, PRESENCE_TTL};
 pub use retry::{Jitter, RetryPolicy};
 pub(crate) use shutdown::ShutdownFlag;
 #[allow(unused_imports)]

@@ -1,12 +1,13 @@
 //! The embedded broker: opening its channels.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::channel::MemoryChannel;
 use super::connection::Connection;
 use super::topic::Work;
 use super::config::MemoryConfig;
-use crate::core::{Backend, ChannelSpec, Result};
+use crate::core::{Backend, ChannelSpec, Presence, Result};
 
 /// The embedded broker. Cloning gives another handle to the same broker, so several
 /// routers in one process can share it.
@@ -114,4 +115,19 @@ impl Backend for MemoryBroker {
         self.connection.close();
         Ok(())
     }
+
+    async fn announce(&self, spec: &ChannelSpec, _instance: &str) -> Result<Presence> {
+        let topic = self.connection.topic(&spec.name);
+        topic.announced.fetch_add(1, Ordering::SeqCst);
+        Ok(Presence::counted(topic))
+    }
+
+    async fn announced(&self, spec: &ChannelSpec) -> Result<u64> {
+        Ok(self
+            .connection
+            .topic(&spec.name)
+            .announced
+            .load(Ordering::SeqCst))
+    }
 }
+

@@ -27,6 +27,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: true,
     request_reply: false,
+    presence: true,
     new_group_start: NewGroupStart::Unconsumed,
 };
 

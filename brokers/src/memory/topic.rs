@@ -17,6 +17,14 @@ pub(crate) struct Topic {
     pub(crate) notify: Notify,
     /// Woken when groups took messages from the log: a publisher waiting for room.
     pub(crate) room: Notify,
+    /// Routers that announced they use the channel, and have not withdrawn.
+    pub(crate) announced: std::sync::atomic::AtomicU64,
+}
+
+impl crate::core::RouterCount for Topic {
+    fn routers(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.announced
+    }
 }
 
 impl Topic {
@@ -25,6 +33,7 @@ impl Topic {
             state: Mutex::new(TopicState::default()),
             notify: Notify::new(),
             room: Notify::new(),
+            announced: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -7,7 +7,9 @@ use super::connection::Connection;
 use super::core_mode::CoreChannel;
 use super::error::from_nats;
 use super::config::{NatsConfig, NatsMode};
-use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Error, ErrorKind, Result};
+use crate::core::{
+    Backend, BackendChannel, Backlog, ChannelSpec, Error, ErrorKind, Presence, Result,
+};
 
 /// A connection to a NATS server, in the configured mode. Cloning shares it.
 #[derive(Clone)]
@@ -70,6 +72,22 @@ impl Backend for NatsBroker {
         }
         let channel = JetStreamChannel::open(self.connection.clone(), &spec.name).await?;
         BackendChannel::backlog(&channel, group).await.map(Some)
+    }
+
+    async fn announce(&self, spec: &ChannelSpec, instance: &str) -> Result<Presence> {
+        if self.connection.config.mode != NatsMode::Jetstream {
+            return Err(Error::unsupported("announce: core NATS keeps nothing to move"));
+        }
+        Connection::validate_subject(&spec.name)?;
+        super::presence::announce(&self.connection, &spec.name, instance).await
+    }
+
+    async fn announced(&self, spec: &ChannelSpec) -> Result<u64> {
+        if self.connection.config.mode != NatsMode::Jetstream {
+            return Err(Error::unsupported("announced: core NATS keeps nothing to move"));
+        }
+        Connection::validate_subject(&spec.name)?;
+        super::presence::announced(&self.connection, &spec.name).await
     }
 
     async fn shutdown(&self) -> Result<()> {

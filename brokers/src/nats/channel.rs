@@ -38,6 +38,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: true,
     request_reply: true,
+    presence: true,
     new_group_start: NewGroupStart::Retained,
 };
 

@@ -50,6 +50,8 @@ mod error;
 #[cfg(feature = "nats")]
 mod puller;
 #[cfg(feature = "nats")]
+mod presence;
+#[cfg(feature = "nats")]
 mod subscription;
 
 #[cfg(feature = "nats")]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::channel::RabbitMqChannel;
 use super::connection::Link;
 use super::config::RabbitMqConfig;
-use crate::core::{Backend, Backlog, ChannelSpec, Result};
+use crate::core::{Backend, Backlog, ChannelSpec, Presence, Result};
 
 /// A connection to RabbitMQ. Cloning shares it.
 #[derive(Clone)]
@@ -57,5 +57,13 @@ impl Backend for RabbitMqBroker {
             .ready_messages(&queue)
             .await?
             .map(|ready| Backlog::new(ready, None)))
+    }
+
+    async fn announce(&self, spec: &ChannelSpec, instance: &str) -> Result<Presence> {
+        super::presence::announce(&self.link, &spec.name, instance).await
+    }
+
+    async fn announced(&self, spec: &ChannelSpec) -> Result<u64> {
+        super::presence::announced(&self.link, &spec.name).await
     }
 }

@@ -32,6 +32,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: false,
     request_reply: true,
+    presence: true,
     new_group_start: NewGroupStart::Provisioned,
 };
 

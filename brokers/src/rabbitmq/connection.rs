@@ -230,6 +230,15 @@ impl Link {
 
     /// The ready messages of `queue`; none for a queue that does not exist (any more).
     pub(crate) async fn ready_messages(&self, queue: &str) -> Result<Option<u64>> {
+        Ok(self
+            .queue_counts(queue)
+            .await?
+            .map(|q| u64::from(q.message_count())))
+    }
+
+    /// `queue`'s counts of ready messages and consumers, declared passively (nothing is
+    /// created); none for a queue that does not exist (any more).
+    pub(crate) async fn queue_counts(&self, queue: &str) -> Result<Option<lapin::Queue>> {
         let session = self.session().await?;
         let ch = session.declaring_channel().await?;
         let declared = ch
@@ -245,7 +254,7 @@ impl Link {
         // A failed passive declare closes the channel itself.
         let _ = ch.close(200, "counted".into()).await;
         match declared {
-            Ok(q) => Ok(Some(u64::from(q.message_count()))),
+            Ok(q) => Ok(Some(q)),
             Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),
             Err(e) => Err(from_lapin(e, "count messages")),
         }

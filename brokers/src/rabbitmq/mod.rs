@@ -39,6 +39,8 @@ mod error;
 #[cfg(feature = "rabbitmq")]
 mod names;
 #[cfg(feature = "rabbitmq")]
+mod presence;
+#[cfg(feature = "rabbitmq")]
 mod subscription;
 #[cfg(feature = "rabbitmq")]
 mod topology;

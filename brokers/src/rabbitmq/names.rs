@@ -22,6 +22,9 @@ impl Names {
     pub(crate) fn delay_queue_prefix(channel: &str) -> String {
         format!("{channel}.delay.")
     }
+    pub(crate) fn presence(channel: &str) -> String {
+        format!("{channel}.presence")
+    }
     pub(crate) fn rpc(channel: &str) -> String {
         format!("{channel}.rpc")
     }

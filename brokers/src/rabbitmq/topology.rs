@@ -16,6 +16,8 @@ use crate::core::Result;
 const DELAY_QUEUE_IDLE: Duration = Duration::from_secs(600);
 /// How long an unserved request queue lives after its last use.
 const RPC_QUEUE_IDLE: Duration = Duration::from_secs(3600);
+/// How long a presence queue no router consumes is kept.
+const PRESENCE_QUEUE_IDLE: Duration = Duration::from_secs(60);
 
 fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -194,6 +196,19 @@ pub(crate) async fn declare_delay_queue(
         .await
         .map_err(|e| from_lapin(e, "declare delay queue"))?;
     Ok(())
+}
+
+/// The channel's presence queue `C.presence`: bound to nothing, so it never holds a
+/// message; each router using the channel consumes from it, and its consumer count
+/// is how many do. It goes once no one has consumed it for a minute.
+pub(crate) async fn declare_presence(ch: &Channel, channel: &str) -> Result<String> {
+    let queue = Names::presence(channel);
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), millis(PRESENCE_QUEUE_IDLE));
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .map_err(|e| from_lapin(e, "declare presence queue"))?;
+    Ok(queue)
 }
 
 /// The channel's request queue `C.rpc`, shared by its serving members, bound to the

@@ -6,7 +6,7 @@ use super::channel::{RedisChannel, StreamChannel};
 use super::connection::Connection;
 use super::pubsub::PubSubChannel;
 use super::config::{RedisConfig, RedisMode};
-use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Error, Result};
+use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Error, Presence, Result};
 
 /// A connection to one Redis server, in the configured mode. Cloning shares it.
 #[derive(Clone)]
@@ -74,5 +74,19 @@ impl Backend for RedisBroker {
         }
         let channel = StreamChannel::new(self.connection.clone(), &spec.name);
         BackendChannel::backlog(&channel, group).await.map(Some)
+    }
+
+    async fn announce(&self, spec: &ChannelSpec, instance: &str) -> Result<Presence> {
+        if self.connection.config.mode != RedisMode::Streams {
+            return Err(Error::unsupported("announce: pub/sub keeps nothing to move"));
+        }
+        super::presence::announce(&self.connection, &spec.name, instance).await
+    }
+
+    async fn announced(&self, spec: &ChannelSpec) -> Result<u64> {
+        if self.connection.config.mode != RedisMode::Streams {
+            return Err(Error::unsupported("announced: pub/sub keeps nothing to move"));
+        }
+        super::presence::announced(&self.connection, &spec.name).await
     }
 }

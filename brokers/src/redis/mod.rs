@@ -38,6 +38,8 @@ mod names;
 #[cfg(feature = "redis")]
 mod pubsub;
 #[cfg(feature = "redis")]
+mod presence;
+#[cfg(feature = "redis")]
 mod subscription;
 
 #[cfg(feature = "redis")]

@@ -22,4 +22,9 @@ impl Keys {
     pub(crate) fn retry_stream(channel: &str, group: &str) -> String {
         format!("{channel}:retry:{group}:s")
     }
+    /// A sorted set of the routers using the channel: member a router's instance id,
+    /// score when its presence expires (Unix milliseconds).
+    pub(crate) fn presence(channel: &str) -> String {
+        format!("{channel}:presence")
+    }
 }
