@@ -140,8 +140,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let status = moving.move_status(CHANNEL, GROUP).await?;
+    let routers = match status.old_config_routers {
+        Some(n) => n.to_string(),
+        None => "unknown".to_string(),
+    };
     println!(
-        "  move_status: {} -> {}, group {:?}: {} waiting, drained = {}",
+        "  move_status: {} -> {}, group {:?}: {} waiting, drained = {}, routers on the old config: {routers}",
         status.from, status.to, status.group, status.old.waiting, status.drained
     );
     moving.shutdown().await?;
