@@ -73,7 +73,20 @@ async fn publish_all(
     channel: Channel<AlarmToLog>,
     messages: &[AlarmToLog],
     window: usize,
+    batch: bool,
 ) {
+    if batch && window > 1 {
+        for chunk in messages.chunks(window) {
+            for r in router
+                .publish_batch(channel, chunk)
+                .await
+                .expect("publish_batch")
+            {
+                r.expect("publish");
+            }
+        }
+        return;
+    }
     if window <= 1 {
         for m in messages {
             router.publish(channel, m).await.expect("publish");
@@ -105,7 +118,7 @@ pub async fn round(broker_table: &str, args: &Args, publish_window: usize) -> Fi
     // One message first, untimed: the raw rounds create their stream before timing too.
     router.publish(channel, &messages[0]).await.unwrap();
     let start = Instant::now();
-    publish_all(&router, channel, &messages, publish_window).await;
+    publish_all(&router, channel, &messages, publish_window, args.batch).await;
     let publish = n as f64 / start.elapsed().as_secs_f64();
     router.shutdown().await.unwrap();
 
@@ -132,7 +145,7 @@ pub async fn round(broker_table: &str, args: &Args, publish_window: usize) -> Fi
         .await
         .unwrap();
     let start = Instant::now();
-    publish_all(&router, channel, &messages, publish_window).await;
+    publish_all(&router, channel, &messages, publish_window, args.batch).await;
     let delivered = wait_for_all(&handled, &done, n).await;
     let end_to_end = delivered as f64 / start.elapsed().as_secs_f64();
     router.shutdown().await.unwrap();

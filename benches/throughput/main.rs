@@ -62,6 +62,10 @@ pub struct Args {
     /// divided by the difference in messages), e.g. `--instructions 2000,4000`.
     #[arg(long, value_delimiter = ',')]
     pub instructions: Vec<usize>,
+    /// Publish in batches of `window`: anybroker with `publish_batch`, raw Redis one
+    /// pipeline of XADDs per batch (the other raw clients keep `window` in flight).
+    #[arg(long)]
+    pub batch: bool,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     pub bench: bool,

@@ -20,33 +20,48 @@ fn micros_now() -> u64 {
         .as_micros() as u64
 }
 
+fn xadd(key: &str, m: &AlarmToLog) -> redis::Cmd {
+    let payload = serde_json::to_vec(m).unwrap();
+    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(1_000_000)
+        .arg("*")
+        .arg("id")
+        .arg(id)
+        .arg("ts")
+        .arg(micros_now())
+        .arg("p")
+        .arg(payload);
+    cmd
+}
+
 async fn publish_all(
     conn: &MultiplexedConnection,
     key: &str,
     messages: &[AlarmToLog],
     window: usize,
+    batch: bool,
 ) {
+    if batch {
+        let mut conn = conn.clone();
+        for chunk in messages.chunks(window) {
+            let mut pipe = redis::pipe();
+            for m in chunk {
+                pipe.add_command(xadd(key, m));
+            }
+            pipe.query_async::<Vec<Value>>(&mut conn)
+                .await
+                .expect("XADD");
+        }
+        return;
+    }
     futures::stream::iter(messages)
         .map(|m| {
             let mut conn = conn.clone();
-            async move {
-                let payload = serde_json::to_vec(m).unwrap();
-                let id = uuid::Uuid::new_v4().hyphenated().to_string();
-                redis::cmd("XADD")
-                    .arg(key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(1_000_000)
-                    .arg("*")
-                    .arg("id")
-                    .arg(id)
-                    .arg("ts")
-                    .arg(micros_now())
-                    .arg("p")
-                    .arg(payload)
-                    .query_async::<Value>(&mut conn)
-                    .await
-            }
+            async move { xadd(key, m).query_async::<Value>(&mut conn).await }
         })
         .buffer_unordered(window)
         .for_each(|r| {
@@ -109,7 +124,7 @@ pub async fn round(url: &str, args: &Args) -> Figures {
 
     let key = format!("bench.raw.{}", uuid::Uuid::new_v4().simple());
     let start = Instant::now();
-    publish_all(&conn, &key, &messages, args.window).await;
+    publish_all(&conn, &key, &messages, args.window, args.batch).await;
     let publish = n as f64 / start.elapsed().as_secs_f64();
     let _: () = redis::cmd("DEL")
         .arg(&key)
@@ -182,7 +197,7 @@ pub async fn round(url: &str, args: &Args) -> Figures {
         })
     };
     let start = Instant::now();
-    publish_all(&conn, &key, &messages, args.window).await;
+    publish_all(&conn, &key, &messages, args.window, args.batch).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while handled.load(Ordering::Relaxed) < n {
         assert!(Instant::now() < deadline, "raw consumer did not finish");

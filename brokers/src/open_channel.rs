@@ -120,6 +120,20 @@ impl OpenChannel {
         self.call("publish", self.channel.publish(envelope))
     }
 
+    /// Publishes `envelopes`, one result per envelope in their order (see
+    /// [`BackendChannel::publish_batch`](crate::BackendChannel::publish_batch)).
+    pub async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<()>> {
+        if self.broker.is_closed() {
+            let closed = self.place.closed("publish_batch");
+            return envelopes.iter().map(|_| Err(closed.repeated())).collect();
+        }
+        let results = self.channel.publish_batch(envelopes).await;
+        results
+            .into_iter()
+            .map(|r| r.map_err(|e| self.place.context(e, "publish_batch")))
+            .collect()
+    }
+
     /// Publishes so the message is delivered no earlier than `delay` from now.
     pub fn publish_delayed(
         &self,

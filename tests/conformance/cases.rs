@@ -324,6 +324,36 @@ pub async fn publish_then_subscribe_delivers_all(t: &Target) {
     assert_eq!(ids.len() as u64, N, "every message has its own id");
 }
 
+/// A batch publish answers once per message, in order, and every message of it is
+/// handled once; an empty batch publishes nothing.
+pub async fn batch_publish_answers_each_and_delivers_each_once(t: &Target) {
+    const N: u64 = 500;
+    let ch = unique_channel::<TestMessage>("batch");
+    let rec = Recorder::default();
+    let router = t
+        .router("")
+        .handle(ch, recording(&rec, 0))
+        .start()
+        .await
+        .unwrap();
+    assert!(router.publish_batch(ch, &[]).await.unwrap().is_empty());
+    let messages: Vec<TestMessage> = (0..N).map(TestMessage::new).collect();
+    for batch in messages.chunks(100) {
+        let results = router.publish_batch(ch, batch).await.unwrap();
+        assert_eq!(results.len(), batch.len(), "one answer per message");
+        for (m, r) in batch.iter().zip(&results) {
+            assert!(r.is_ok(), "message {}: {r:?}", m.seq);
+        }
+    }
+    wait_until("all delivered", LONG, || rec.distinct() as u64 == N).await;
+    router.shutdown().await.unwrap();
+    let counts = rec.counts();
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "each handled once: {counts:?}"
+    );
+}
+
 /// Many concurrent publishers and several members of one group: every message is
 /// handled (at least once).
 pub async fn many_publishers_and_subscribers_all_delivered(t: &Target) {
@@ -1883,6 +1913,7 @@ macro_rules! conformance_cases {
         }
         case!([] publish_then_subscribe_delivers_all);
         case!([] many_publishers_and_subscribers_all_delivered);
+        case!([] batch_publish_answers_each_and_delivers_each_once);
         case!([] channels_are_isolated);
         case!([retry] failed_handler_retried_with_backoff);
         case!([retry] handler_requested_delay_overrides_backoff);

@@ -128,6 +128,17 @@ pub trait BackendChannel: Send + Sync + 'static {
     /// Publishes and returns once the broker accepted the message.
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send;
 
+    /// Publishes `envelopes` and returns once the broker answered for each, with one
+    /// result per envelope in their order. A backend whose broker takes many messages
+    /// in one request does so (Redis: one pipeline). Default: every publish at once,
+    /// the client pipelining them on its connection.
+    fn publish_batch(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> impl Future<Output = Vec<Result<()>>> + Send {
+        futures::future::join_all(envelopes.into_iter().map(|e| self.publish(e)))
+    }
+
     /// Starts one member of `options.group`.
     fn subscribe(
         &self,
@@ -298,6 +309,13 @@ macro_rules! channel_enum {
                 envelope: $crate::Envelope,
             ) -> impl std::future::Future<Output = $crate::Result<()>> + Send {
                 match self { $( $name::$variant(c) => $future::$variant(c.publish(envelope)), )+ }
+            }
+
+            fn publish_batch(
+                &self,
+                envelopes: Vec<$crate::Envelope>,
+            ) -> impl std::future::Future<Output = Vec<$crate::Result<()>>> + Send {
+                match self { $( $name::$variant(c) => $future::$variant(c.publish_batch(envelopes)), )+ }
             }
 
             fn subscribe(

@@ -99,6 +99,26 @@ impl Error {
         Error::new(ErrorKind::Closed, message)
     }
 
+    /// The same error again, for each of several operations one failure ended (the
+    /// messages of a batch): kind, retryability, message and context; the source's text
+    /// is added to the message, as a source is not copied.
+    pub fn repeated(&self) -> Error {
+        let message = match &self.source {
+            Some(source) => format!("{}: {source}", self.message),
+            None => self.message.clone(),
+        };
+        Error {
+            kind: self.kind,
+            retryable: self.retryable,
+            message,
+            broker: self.broker.clone(),
+            broker_kind: self.broker_kind,
+            operation: self.operation,
+            channel: self.channel.clone(),
+            source: None,
+        }
+    }
+
     /// Marks whether retrying the same operation may succeed.
     pub fn set_retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;

@@ -122,6 +122,32 @@ impl BackendChannel for StreamChannel {
             .send(self.connection.xadd(&self.name, &envelope), "publish")
     }
 
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<()>> {
+        // One pipeline of XADDs: one write, one round trip, an answer per entry.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for envelope in &envelopes {
+            pipe.add_command(self.connection.xadd(&self.name, envelope));
+        }
+        let answered: redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> =
+            pipe.query_async(&mut self.connection.conn()).await;
+        match answered {
+            Ok(answers) => answers
+                .into_iter()
+                .map(|a| a.map(drop).map_err(|e| from_redis(e, "publish_batch")))
+                .collect(),
+            // The connection failed: none is known written (some may be; publishing
+            // them again keeps at-least-once).
+            Err(e) => {
+                let error = from_redis(e, "publish_batch");
+                envelopes
+                    .iter()
+                    .map(|_| Err(error.repeated()))
+                    .collect()
+            }
+        }
+    }
+
     async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
         super::subscription::create_group(&self.connection, &self.name, &options.group, "provision")
             .await
