@@ -49,6 +49,40 @@ async fn nats_same_id_twice_is_stored_once() {
     assert_eq!(info.state.messages, 2, "the repeated id was stored once");
 }
 
+/// With `deduplicate = false` the id travels without `Nats-Msg-Id`: the same envelope
+/// published twice is stored twice, and each copy is handled with its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_without_deduplication_stores_a_repeated_id_twice() {
+    let ch = unique_channel::<Numbered>("no-dedupe");
+    let mut config = router_config("nats://127.0.0.1:4222");
+    let anybroker::BrokerConfig::Nats(nats) = config.brokers.get_mut("nats").unwrap() else {
+        panic!("a NATS broker");
+    };
+    nats.deduplicate = false;
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let ids = ids.clone();
+        handler_fn(move |_: Numbered, cx: MessageContext| {
+            ids.lock().unwrap().push(cx.id().to_string());
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    let envelope = Envelope::new(ch.name(), serde_json::to_vec(&Numbered { seq: 1 }).unwrap());
+    router.publish_envelope(envelope.clone()).await.unwrap();
+    router.publish_envelope(envelope.clone()).await.unwrap();
+    wait_until("both copies handled", Duration::from_secs(30), || {
+        ids.lock().unwrap().len() == 2
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    assert_eq!(*ids.lock().unwrap(), vec![envelope.id.to_string(); 2]);
+}
+
 /// With `url = "tls://…"` and `tls_ca` naming a private CA, messages travel over TLS to a
 /// server that requires it; without the CA the server is not trusted and start fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

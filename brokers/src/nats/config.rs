@@ -40,6 +40,7 @@ impl NatsMode {
 /// max_age = "7d"                  # stream retention; 0 = unlimited
 /// max_bytes = -1                  # stream size limit; -1 = unlimited
 /// duplicate_window = "2m"         # publishes with the same message id within it are stored once
+/// deduplicate = true              # false: no Nats-Msg-Id, the server keeps no ids (faster publishes)
 /// ack_wait = "30s"                # unacknowledged deliveries come back after this
 /// content_type_header = true      # the standard content-type header on every publish
 /// token = "..."                   # optional; never printed
@@ -68,6 +69,14 @@ pub struct NatsConfig {
     /// Deduplication window of `Nats-Msg-Id`. Default 2 min.
     #[serde(default = "default_duplicate_window", with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// Whether JetStream publishes carry the message id as `Nats-Msg-Id`, so the
+    /// server stores a publish repeated within `duplicate_window` once (a publish made
+    /// again after a lost acknowledgement, a replay cut short). Default true. With
+    /// false the id travels in `Anybroker-Message-Id` and the server tracks no ids:
+    /// publishing costs it less, and a repeated publish is stored twice (handled twice,
+    /// as at-least-once allows).
+    #[serde(default = "default_deduplicate")]
+    pub deduplicate: bool,
     /// Redelivery of unacknowledged deliveries after this. Default 30 s.
     #[serde(default = "default_ack_wait", with = "humantime_serde")]
     pub ack_wait: Duration,
@@ -107,6 +116,9 @@ fn default_duplicate_window() -> Duration {
 fn default_content_type_header() -> bool {
     true
 }
+fn default_deduplicate() -> bool {
+    true
+}
 fn default_ack_wait() -> Duration {
     Duration::from_secs(30)
 }
@@ -121,6 +133,7 @@ impl NatsConfig {
             max_age: default_max_age(),
             max_bytes: default_max_bytes(),
             duplicate_window: default_duplicate_window(),
+            deduplicate: default_deduplicate(),
             ack_wait: default_ack_wait(),
             content_type_header: default_content_type_header(),
             token: None,

@@ -193,7 +193,12 @@ impl Connection {
         envelope: Envelope,
         extra: &[(&'static str, String)],
     ) -> impl Future<Output = Result<()>> + Send + '_ {
-        let headers = to_headers(&envelope, IdHeaders::JetStream, self.config.content_type_header).map(|mut headers| {
+        let ids = if self.config.deduplicate {
+            IdHeaders::JetStream
+        } else {
+            IdHeaders::Core
+        };
+        let headers = to_headers(&envelope, ids, self.config.content_type_header).map(|mut headers| {
             for (name, value) in extra {
                 headers.insert(*name, &*one_line(value));
             }
