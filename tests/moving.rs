@@ -393,6 +393,66 @@ async fn redis_to_nats_move_keeps_order_across_a_quiet_old_instance() {
     moving_router.shutdown().await.unwrap();
 }
 
+/// With `moving_keeps_order`, a message of the old broker still being handled (handed
+/// out, not acknowledged: RabbitMQ's backlog does not count it) holds back the new
+/// broker's messages, however long the handling takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_to_redis_move_keeps_order_behind_a_long_handling() {
+    let ch = unique_channel::<Numbered>("move-long");
+    let (old_config, moving_config) =
+        configs_with(ch.name(), RABBITMQ, REDIS, "moving_keeps_order = true\n");
+    let old_router = MessageRouter::builder(old_config).start().await.unwrap();
+    old_router.publish(ch, &Numbered { seq: 0 }).await.unwrap();
+    old_router.shutdown().await.unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let (release, events) = (release.clone(), events.clone());
+        handler_fn(move |m: Numbered, _: MessageContext| {
+            let (release, events) = (release.clone(), events.clone());
+            async move {
+                events.lock().unwrap().push(format!("start {}", m.seq));
+                if m.seq == 0 {
+                    release.notified().await;
+                }
+                events.lock().unwrap().push(format!("end {}", m.seq));
+                Ok(())
+            }
+        })
+    };
+    // The default group: the one RabbitMQ kept the message for, before any member.
+    let moving_router = MessageRouter::builder(moving_config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    moving_router
+        .publish(ch, &Numbered { seq: 1 })
+        .await
+        .unwrap();
+    wait_until("the old broker's message in its handler", LONG, || {
+        events.lock().unwrap().first().map(String::as_str) == Some("start 0")
+    })
+    .await;
+    // Longer than five drained reads take: the old broker's queue reads empty meanwhile.
+    let long = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < long {
+        assert_eq!(
+            *events.lock().unwrap(),
+            vec!["start 0"],
+            "the new broker's message handled while the old one's runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    release.notify_one();
+    wait_until("both handled", LONG, || events.lock().unwrap().len() == 4).await;
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec!["start 0", "end 0", "start 1", "end 1"]
+    );
+    moving_router.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dead_letter_replays_onto_nats() {
     dead_letter_replays_onto_the_new_broker(REDIS, NATS).await;

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anybroker_brokers::{
@@ -61,6 +62,30 @@ pub(crate) struct Site {
     /// A moving channel's window of handled ids, shared by the group's members on both
     /// brokers.
     pub(crate) handled: Option<Arc<HandledIds>>,
+    /// Handler calls running on a moving channel's old broker, for the move watcher
+    /// (a broker that does not count unacknowledged messages does not tell them).
+    pub(crate) busy: Option<Arc<AtomicUsize>>,
+}
+
+/// Counts a handler call in `busy` while it runs.
+struct Busy<'a>(Option<&'a AtomicUsize>);
+
+impl<'a> Busy<'a> {
+    fn start(busy: &'a Option<Arc<AtomicUsize>>) -> Self {
+        let busy = busy.as_deref();
+        if let Some(b) = busy {
+            b.fetch_add(1, Ordering::SeqCst);
+        }
+        Busy(busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            b.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Site {
@@ -173,6 +198,7 @@ impl<M: Message, H: MessageHandler<M>> TypedHandler<M, H> {
 
 impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
     async fn run(&self, delivery: Delivery, site: &Site) -> Finished {
+        let _busy = Busy::start(&site.busy);
         let tag = delivery.tag;
         let key = delivery.envelope.key.clone();
         let attempt = delivery.envelope.attempt;
@@ -308,6 +334,8 @@ pub(crate) struct ConsumerSpec {
     pub(crate) observer: Option<Arc<CallObserver>>,
     /// A moving channel's window of handled ids for the group, if it is moving.
     pub(crate) handled: Option<Arc<HandledIds>>,
+    /// Counts the calls running, on a moving channel's old broker.
+    pub(crate) busy: Option<Arc<AtomicUsize>>,
 }
 
 /// One handler call as a test's recorder sees it: the message as delivered, when the
@@ -453,6 +481,7 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
         policy: spec.policy,
         metrics: HandlingMetrics::new(&spec.channel, &spec.broker, &spec.group),
         handled: spec.handled.clone(),
+        busy: spec.busy.clone(),
     };
     let observer = spec.observer.clone();
     let handle = |delivery: Delivery| {

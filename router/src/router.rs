@@ -1157,6 +1157,7 @@ impl MessageRouter {
             prefetch,
             consumers,
             handled: None,
+            busy: None,
         };
         let Some(old) = config.moving_from_for(r.channel) else {
             return self.start_members(&r, &route, &members).await;
@@ -1164,12 +1165,15 @@ impl MessageRouter {
         // One window of handled ids for the group's members on both brokers: a copy of
         // a message on both is handled once.
         let window = config.moving_dedup_window_for(r.channel);
-        let members = Members {
+        let busy_on_old = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut members = Members {
             handled: (window > 0 && !r.serves_requests).then(|| Arc::new(HandledIds::new(window))),
+            busy: Some(busy_on_old.clone()),
             ..members
         };
         let old_route = self.inner.route_via(old, r.channel).await?;
         self.start_members(&r, &old_route, &members).await?;
+        members.busy = None;
         let keeps_order = config.moving_keeps_order_for(r.channel);
         if keeps_order {
             // The members on the new broker start later: what is published there
@@ -1190,6 +1194,7 @@ impl MessageRouter {
         let watch = watch_move(
             Arc::downgrade(&self.inner),
             old_route,
+            busy_on_old,
             members.group.clone(),
             keeps_order.then_some((r, route, members)),
             self.inner.stop.subscribe(),
@@ -1212,6 +1217,7 @@ impl MessageRouter {
             prefetch,
             consumers,
             handled,
+            busy,
         } = members;
         let (policy, prefetch) = (*policy, *prefetch);
         for _ in 0..*consumers {
@@ -1240,6 +1246,7 @@ impl MessageRouter {
                     ))
                 }),
                 handled: handled.clone(),
+                busy: busy.clone(),
             };
             let handle = r
                 .handler
@@ -1317,6 +1324,8 @@ struct Members {
     consumers: usize,
     /// A moving channel's window of handled ids, shared by its members on both brokers.
     handled: Option<Arc<HandledIds>>,
+    /// Handler calls running on the old broker (members there count them).
+    busy: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// The members a moving channel starts on its new broker once the old one is drained.
@@ -1328,6 +1337,7 @@ type PendingMembers = (Registration, Arc<Route>, Members);
 async fn watch_move(
     router: std::sync::Weak<RouterInner>,
     old: Arc<Route>,
+    busy_on_old: Arc<std::sync::atomic::AtomicUsize>,
     group: String,
     pending: Option<PendingMembers>,
     mut stop: watch::Receiver<bool>,
@@ -1347,8 +1357,11 @@ async fn watch_move(
             let routers = inner.announced_on(old.broker_name(), old.name()).await?;
             Ok::<_, Error>((backlog, routers.unwrap_or(0)))
         };
+        // This router's own calls on the old broker count too: RabbitMQ's backlog does
+        // not tell the messages handed out and not yet acknowledged.
+        let idle = busy_on_old.load(std::sync::atomic::Ordering::SeqCst) == 0;
         match read.await {
-            Ok((b, 0)) if b.is_empty() => {
+            Ok((b, 0)) if b.is_empty() && idle => {
                 drained_reads += 1;
                 if drained_reads >= MOVE_DRAINED_READS {
                     break;
