@@ -195,6 +195,7 @@ async fn kafka_many_attempts_take_one_retry_topic() {
             c.to_string(),
             format!("{c}-delay"),
             format!("{c}-dlt"),
+            format!("{c}-presence"),
             format!("{c}-retry-0")
         ]
     );
@@ -344,4 +345,33 @@ async fn kafka_latest_provisioned_group_starts_at_provisioning() {
     publisher.shutdown().await.unwrap();
     assert!(has(&provisioned, 1), "the provisioned group got the first");
     assert!(!has(&other, 1), "the other group started after the first");
+}
+
+/// A router that announced before many others came and went is still counted: its
+/// record lies further back than the first stretch read from the end of the presence
+/// topic (64 records per partition), so counting has to read further back to find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_presence_counts_a_router_behind_many_records() {
+    let ch = unique_channel::<Numbered>("presence-deep");
+    let config = router_config();
+    let broker = anybroker::Broker::connect("kafka", &config.brokers["kafka"])
+        .await
+        .unwrap();
+    let spec = anybroker::ChannelSpec::new(ch.name(), "default");
+    let kept = broker.announce(&spec, "kept").await.unwrap();
+    // 2 partitions: 300 records put at least 150 after `kept`'s in its partition.
+    for i in 0..150 {
+        let passing = broker
+            .announce(&spec, &format!("passing-{i}"))
+            .await
+            .unwrap();
+        passing.withdraw().await.unwrap();
+    }
+    assert_eq!(broker.announced(&spec).await.unwrap(), 1, "only `kept`");
+    let again = broker.announce(&spec, "passing-7").await.unwrap();
+    assert_eq!(broker.announced(&spec).await.unwrap(), 2, "one came back");
+    again.withdraw().await.unwrap();
+    kept.withdraw().await.unwrap();
+    assert_eq!(broker.announced(&spec).await.unwrap(), 0, "all withdrawn");
+    broker.shutdown().await.unwrap();
 }

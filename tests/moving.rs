@@ -315,17 +315,30 @@ async fn rabbitmq_to_redis_rolling_move_keeping_order() {
     rolling_move_with(RABBITMQ, REDIS, None, true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_to_kafka_rolling_move_keeping_order() {
+    rolling_move_with(RABBITMQ, common::KAFKA_TANSU_TABLE, None, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_redis_rolling_move_keeping_order() {
+    rolling_move_with(common::KAFKA_TANSU_TABLE, REDIS, None, true).await;
+}
+
 /// With `moving_keeps_order`, an instance still on the old config that goes quiet
 /// (the old broker drained, read so for longer than the router's drained reads take)
 /// and then publishes again: the moving router has not started handling the new
 /// broker's messages meanwhile, because the old instance still announces the channel on
 /// the old broker, so each key's messages on the old broker are still handled first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_to_nats_move_keeps_order_across_a_quiet_old_instance() {
+async fn move_keeps_order_across_a_quiet_old_instance(old_table: &str, new_table: &str) {
     const PER_BATCH: u64 = 100;
     let ch = unique_channel::<Numbered>("move-quiet");
-    let (old_config, moving_config) =
-        configs_with(ch.name(), REDIS, NATS, "moving_keeps_order = true\n");
+    let (old_config, moving_config) = configs_with(
+        ch.name(),
+        old_table,
+        new_table,
+        "moving_keeps_order = true\n",
+    );
     let handled = Handled::default();
     let options = || HandlerOptions::new().group(GROUP);
     let old_router = MessageRouter::builder(old_config)
@@ -386,6 +399,16 @@ async fn redis_to_nats_move_keeps_order_across_a_quiet_old_instance() {
     assert!(status.drained, "{status:?}");
     assert_eq!(status.old_config_routers, Some(0), "{status:?}");
     moving_router.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_nats_move_keeps_order_across_a_quiet_old_instance() {
+    move_keeps_order_across_a_quiet_old_instance(REDIS, NATS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_redis_move_keeps_order_across_a_quiet_old_instance() {
+    move_keeps_order_across_a_quiet_old_instance(common::KAFKA_TANSU_TABLE, REDIS).await;
 }
 
 /// With `moving_keeps_order`, a message of the old broker still being handled (handed

@@ -84,9 +84,9 @@ pub struct ChannelConfig {
     /// While moving: handle what is published on the new broker only once the old one
     /// is drained for the group and no router on the old config announces the channel
     /// there, so every key's messages are handled in order across the move (new
-    /// messages wait meanwhile). Where the old broker cannot tell presence (Kafka), the
-    /// instances on the old config must be gone before it reads drained. Default false:
-    /// both at once.
+    /// messages wait meanwhile). Where the old broker cannot tell presence (Redis
+    /// pub/sub, core NATS keep nothing to move anyway), the instances on the old config
+    /// must be gone before it reads drained. Default false: both at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub moving_keeps_order: bool,
     /// While moving: how many of the ids a group handled last this process remembers,

@@ -112,7 +112,7 @@ mod kafka {
         crate::support::Target::server("kafka", crate::common::KAFKA_TANSU_TABLE)
             .with_raw_publish(crate::raw::kafka("127.0.0.1:9092".into())),
         // tansu is shared by every case of the run: it is not restarted.
-        lacks [native_redelivery_count, ordering_across_members, presence, request_reply, outage]
+        lacks [native_redelivery_count, ordering_across_members, request_reply, outage]
     );
 }
 
@@ -121,6 +121,6 @@ mod kafka {
 mod kafka_mock {
     conformance_cases!(
         crate::support::Target::kafka_mock().with_outage(crate::outage::kafka_mock()),
-        lacks [native_redelivery_count, ordering_across_members, presence, request_reply]
+        lacks [native_redelivery_count, ordering_across_members, request_reply]
     );
 }

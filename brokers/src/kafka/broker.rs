@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::channel::KafkaChannel;
 use super::connection::Connection;
 use super::config::KafkaConfig;
-use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Result};
+use crate::core::{Backend, BackendChannel, Backlog, ChannelSpec, Presence, Result};
 
 /// A connection to a Kafka cluster. Cloning shares it.
 #[derive(Clone)]
@@ -45,6 +45,14 @@ impl Backend for KafkaBroker {
 
     async fn shutdown(&self) -> Result<()> {
         self.connection.close().await
+    }
+
+    async fn announce(&self, spec: &ChannelSpec, instance: &str) -> Result<Presence> {
+        super::presence::announce(&self.connection, &spec.name, instance).await
+    }
+
+    async fn announced(&self, spec: &ChannelSpec) -> Result<u64> {
+        super::presence::announced(&self.connection, &spec.name).await
     }
 
     async fn leftover(&self, spec: &ChannelSpec, group: &str) -> Result<Option<Backlog>> {

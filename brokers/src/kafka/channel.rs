@@ -31,7 +31,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     delay: true,
     native_redelivery_count: false,
     request_reply: false,
-    presence: false,
+    presence: true,
     new_group_start: NewGroupStart::Retained,
 };
 

@@ -323,6 +323,12 @@ impl Connection {
         self.send(record).await
     }
 
+    /// Produces a record of `payload` with `key` and no headers to `topic` and waits for
+    /// its delivery report.
+    pub(crate) async fn produce_keyed(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+        self.send(FutureRecord::to(topic).key(key).payload(payload)).await
+    }
+
     /// Writes to `partition` of the dead-letter topic `topic` a marker saying the
     /// record at `offset` there is settled (see `dead_letters`).
     pub(crate) async fn produce_marker(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {

@@ -11,7 +11,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,7 +19,8 @@ use super::codec::{from_record, SETTLES};
 use super::connection::{client_config, committed_offsets, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
 use super::names::Topics;
-use crate::core::{DeadLetterAction, DeadLetterSelector, Envelope, Error, ErrorKind, Result};
+use super::reading::{read_ranges, Ranges};
+use crate::core::{DeadLetterAction, DeadLetterSelector, Envelope, Result};
 
 /// One dead letter not settled yet, where it is.
 struct Unsettled {
@@ -57,13 +57,14 @@ pub(crate) async fn with_dead_letters(
         .create()
         .map_err(|e| from_kafka(e, operation))?,
     );
-    let ranges = assign_from_cursor(&consumer, &topic, operation).await?;
-    let records = read_to_end(&consumer, ranges.clone(), channel, operation).await?;
+    let ranges = ranges_from_cursor(&consumer, &topic, operation).await?;
+    let what = format!("dead letters of {channel:?}");
+    let messages = read_ranges(&consumer, &topic, &ranges, &what, operation).await?;
 
     // What the markers read settle, then what is left, in the order read.
     let mut settled: HashSet<(i32, i64)> = HashSet::new();
     let mut unsettled = Vec::new();
-    for record in records {
+    for record in records(channel, messages) {
         match record {
             Record::Marker { partition, settles } => {
                 settled.insert((partition, settles));
@@ -122,25 +123,21 @@ enum Record {
     Marker { partition: i32, settles: i64 },
 }
 
-/// Assigns every partition of `topic` from the cursor (the committed offset, else the
-/// oldest retained record); returns, per partition, where reading starts and where the
-/// partition ends now (reading stops there).
-async fn assign_from_cursor(
+/// Per partition of `topic`, where reading starts (the cursor: the committed offset,
+/// else the oldest retained record) and where the partition ends now (reading stops
+/// there).
+async fn ranges_from_cursor(
     consumer: &Arc<StreamConsumer>,
     topic: &str,
     operation: &'static str,
-) -> Result<HashMap<i32, (i64, i64)>> {
+) -> Result<Ranges> {
     let (consumer, topic) = (consumer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<_> {
-        let mut ranges = HashMap::new();
-        let mut assignment = TopicPartitionList::new();
+        let mut ranges = Ranges::new();
         for (_, p, committed) in committed_offsets(&*consumer, &[&topic])? {
             let (low, high) = consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?;
-            let start = committed.map_or(low, |o| o.max(low));
-            assignment.add_partition_offset(&topic, p, Offset::Offset(start))?;
-            ranges.insert(p, (start, high));
+            ranges.insert(p, (committed.map_or(low, |o| o.max(low)), high));
         }
-        consumer.assign(&assignment)?;
         Ok(ranges)
     })
     .await
@@ -148,57 +145,27 @@ async fn assign_from_cursor(
     .map_err(|e| from_kafka(e, operation))
 }
 
-/// Every record from each partition's start to its end as of the call.
-async fn read_to_end(
-    consumer: &Arc<StreamConsumer>,
-    ranges: HashMap<i32, (i64, i64)>,
-    channel: &Arc<str>,
-    operation: &'static str,
-) -> Result<Vec<Record>> {
-    let mut remaining: HashMap<i32, i64> = ranges
+/// The dead letters and markers of `messages`, in their order.
+fn records(channel: &Arc<str>, messages: Vec<OwnedMessage>) -> Vec<Record> {
+    messages
         .into_iter()
-        .filter(|(_, (start, end))| start < end)
-        .map(|(p, (_, end))| (p, end))
-        .collect();
-    let mut records = Vec::new();
-    let mut messages = consumer.stream();
-    while !remaining.is_empty() {
-        let m: OwnedMessage = match tokio::time::timeout(CALL_TIMEOUT, messages.next()).await {
-            Ok(Some(Ok(m))) => m.detach(),
-            Ok(Some(Err(e))) => return Err(from_kafka(e, operation)),
-            Ok(None) => break,
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("dead letters of {channel:?} did not arrive within {CALL_TIMEOUT:?}"),
-                ))
+        .map(|m| {
+            let settles = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == SETTLES)
+                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+            });
+            match settles {
+                Some(settles) => Record::Marker {
+                    partition: m.partition(),
+                    settles,
+                },
+                None => Record::DeadLetter(Unsettled {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    envelope: from_record(channel, &m).0,
+                }),
             }
-        };
-        let Some(&end) = remaining.get(&m.partition()) else {
-            continue;
-        };
-        if m.offset() + 1 >= end {
-            remaining.remove(&m.partition());
-        }
-        if m.offset() >= end {
-            continue;
-        }
-        let settles = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == SETTLES)
-                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-        });
-        records.push(match settles {
-            Some(settles) => Record::Marker {
-                partition: m.partition(),
-                settles,
-            },
-            None => Record::DeadLetter(Unsettled {
-                partition: m.partition(),
-                offset: m.offset(),
-                envelope: from_record(channel, &m).0,
-            }),
-        });
-    }
-    Ok(records)
+        })
+        .collect()
 }

@@ -23,7 +23,9 @@
 //!   `anybroker-dlt-<C>`): replay produces what is past it to `C` and moves it; one
 //!   taken out of order (by id or reason) is marked settled by a marker record after
 //!   it, which readers skip (`dead_letters.rs`);
-//! - delay: `C-delay`, read by every group with the same due-time pause.
+//! - delay: `C-delay`, read by every group with the same due-time pause;
+//! - presence: `C-presence`, a record per router keyed by its instance saying until
+//!   when it uses the channel, renewed before then (`presence.rs`).
 //!
 //! The config is always compiled; the client only with the `kafka` feature.
 
@@ -45,6 +47,10 @@ mod error;
 mod names;
 #[cfg(feature = "kafka")]
 mod offsets;
+#[cfg(feature = "kafka")]
+mod presence;
+#[cfg(feature = "kafka")]
+mod reading;
 #[cfg(feature = "kafka")]
 mod retry_topics;
 #[cfg(feature = "kafka")]

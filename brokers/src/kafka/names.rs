@@ -17,6 +17,10 @@ impl Topics {
     pub(crate) fn dead_letters(channel: &str) -> String {
         format!("{channel}-dlt")
     }
+    /// Where routers say they use the channel (`presence`).
+    pub(crate) fn presence(channel: &str) -> String {
+        format!("{channel}-presence")
+    }
     pub(crate) fn delay(channel: &str) -> String {
         format!("{channel}-delay")
     }
