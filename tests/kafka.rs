@@ -375,3 +375,72 @@ async fn kafka_presence_counts_a_router_behind_many_records() {
     assert_eq!(broker.announced(&spec).await.unwrap(), 0, "all withdrawn");
     broker.shutdown().await.unwrap();
 }
+
+/// Retries waiting in a retry topic when one of the group's two members stops are all
+/// handled by the member left once due, those it had paused a partition for included
+/// (librdkafka kept such a partition paused through the rebalance that gave it back, and
+/// its records were never read again). Eight keys spread the retries over both
+/// partitions, so each member holds some whichever stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_waiting_retries_are_handled_by_the_member_left() {
+    const WAIT: Duration = Duration::from_secs(10);
+    const N: u64 = 8;
+    let ch = unique_channel::<Numbered>("retry-left");
+    let calls: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let handler = || {
+        let calls = calls.clone();
+        handler_fn(move |m: Numbered, cx: MessageContext| {
+            let calls = calls.clone();
+            async move {
+                calls.lock().unwrap().push((m.seq, cx.attempt()));
+                if cx.attempt() == 1 {
+                    return Err(anybroker::HandlerError::retryable("later").retry_after(WAIT));
+                }
+                Ok(())
+            }
+        })
+    };
+    let options = || HandlerOptions::new().group("g");
+    let first = MessageRouter::builder(router_config())
+        .handle_with(ch, handler(), options())
+        .start()
+        .await
+        .unwrap();
+    let second = MessageRouter::builder(router_config())
+        .handle_with(ch, handler(), options())
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        let keyed = anybroker::PublishOptions::new().key(format!("k{seq}"));
+        first
+            .publish_with(ch, &Numbered { seq }, keyed)
+            .await
+            .unwrap();
+    }
+    wait_until("each failed once", Duration::from_secs(60), || {
+        calls.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    first.shutdown().await.unwrap();
+    wait_until("each retry handled", Duration::from_secs(90), || {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, a)| *a == 2)
+            .count() as u64
+            == N
+    })
+    .await;
+    second.shutdown().await.unwrap();
+    let mut retried: Vec<u64> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, a)| *a == 2)
+        .map(|(s, _)| *s)
+        .collect();
+    retried.sort();
+    assert_eq!(retried, (0..N).collect::<Vec<_>>(), "each retried once");
+}

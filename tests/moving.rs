@@ -255,6 +255,103 @@ async fn dead_letter_replays_onto_the_new_broker(old_table: &str, new_table: &st
     moving_router.shutdown().await.unwrap();
 }
 
+/// What waits on the old broker when the last old-config router stops, a retry not yet
+/// due and a delayed message not yet due, is handled by the moving router when due,
+/// and the move does not read drained before.
+async fn waiting_messages_on_the_old_broker_are_handled(old_table: &str, new_table: &str) {
+    const WAIT: Duration = Duration::from_secs(10);
+    let ch = unique_channel::<Numbered>("move-waiting");
+    let (old_config, moving_config) = configs(ch.name(), old_table, new_table);
+    let handled = Handled::default();
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = || {
+        let (handled, failed_once) = (handled.clone(), failed_once.clone());
+        handler_fn(move |m: Numbered, cx: MessageContext| {
+            let (handled, failed_once) = (handled.clone(), failed_once.clone());
+            async move {
+                if m.seq == 1 && cx.attempt() == 1 {
+                    failed_once.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(HandlerError::retryable("later").retry_after(WAIT));
+                }
+                handled
+                    .0
+                    .lock()
+                    .unwrap()
+                    .entry(m.seq)
+                    .or_default()
+                    .push((cx.broker().to_string(), cx.attempt()));
+                Ok(())
+            }
+        })
+    };
+    let options = || HandlerOptions::new().group(GROUP);
+    let old_router = MessageRouter::builder(old_config)
+        .handle_with(ch, handler(), options())
+        .start()
+        .await
+        .unwrap();
+    let moving_router = MessageRouter::builder(moving_config)
+        .handle_with(ch, handler(), options())
+        .start()
+        .await
+        .unwrap();
+    old_router.publish(ch, &Numbered { seq: 0 }).await.unwrap();
+    old_router.publish(ch, &Numbered { seq: 1 }).await.unwrap();
+    old_router
+        .publish_with(ch, &Numbered { seq: 2 }, PublishOptions::new().delay(WAIT))
+        .await
+        .unwrap();
+    wait_until("0 handled and 1 failed once", LONG, || {
+        handled.distinct() == 1 && failed_once.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    old_router.shutdown().await.unwrap();
+    let status = moving_router.move_status(ch, GROUP).await.unwrap();
+    assert!(
+        !status.drained && handled.distinct() == 1,
+        "drained while a retry and a delayed message wait: {status:?}"
+    );
+    wait_until("the retry handled", LONG, || {
+        handled.0.lock().unwrap().contains_key(&1)
+    })
+    .await;
+    wait_until("the delayed message handled", LONG, || {
+        handled.0.lock().unwrap().contains_key(&2)
+    })
+    .await;
+    let all = handled.all();
+    assert_eq!(all[&0], vec![("old".to_string(), 1)]);
+    assert_eq!(all[&1].len(), 1, "{:?}", all[&1]);
+    assert_eq!(all[&1][0].1, 2, "1 handled on its retry");
+    assert_eq!(all[&2], vec![("old".to_string(), 1)]);
+    wait_until_async("the old broker drained", LONG, || {
+        let router = moving_router.clone();
+        async move { router.move_status(ch, GROUP).await.unwrap().drained }
+    })
+    .await;
+    moving_router.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_waiting_messages_are_handled_after_the_move() {
+    waiting_messages_on_the_old_broker_are_handled(REDIS, NATS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_waiting_messages_are_handled_after_the_move() {
+    waiting_messages_on_the_old_broker_are_handled(NATS, RABBITMQ).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_waiting_messages_are_handled_after_the_move() {
+    waiting_messages_on_the_old_broker_are_handled(RABBITMQ, common::KAFKA_TANSU_TABLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_waiting_messages_are_handled_after_the_move() {
+    waiting_messages_on_the_old_broker_are_handled(common::KAFKA_TANSU_TABLE, REDIS).await;
+}
+
 const REDIS: &str = "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_idle = \"5s\"";
 const NATS: &str = "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\"";
 const RABBITMQ: &str = "kind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"";

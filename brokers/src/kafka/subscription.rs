@@ -52,9 +52,16 @@ struct Rebalancing {
 impl ClientContext for Rebalancing {}
 
 impl ConsumerContext for Rebalancing {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(added) = rebalance {
             self.state.lock().unwrap().assigned += added.count();
+            // librdkafka keeps a partition this member paused (for a record not yet
+            // due) paused when the group takes it away and gives it back, and nothing
+            // held here resumes it any more (revoking forgot the held records): fetch
+            // it again, from the committed offset, where the held record is read again.
+            if let Err(e) = consumer.resume(added) {
+                tracing::warn!(broker = "kafka", error = %e, "cannot resume the partitions assigned");
+            }
         }
     }
 
