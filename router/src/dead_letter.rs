@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anybroker_brokers::{header, DeadLetterReason, Envelope, Error, ErrorKind, Result};
+use anybroker_brokers::{header, DeadLetterReason, Envelope, Error, ErrorKind, MessageId, Result};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 #[non_exhaustive]
 pub struct DeadLetterRecord<M> {
     /// The message id: the same as when it was published, and when it is replayed.
-    pub id: Arc<str>,
+    pub id: MessageId,
     /// The channel the message was published on.
     pub channel: Arc<str>,
     /// Why it was dead-lettered; `None` for a dead letter that does not say (written

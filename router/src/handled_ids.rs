@@ -4,8 +4,9 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use anybroker_brokers::MessageId;
 use rustc_hash::FxHashMap;
 
 /// The last `capacity` ids claimed, oldest forgotten first. Memory is bounded by the
@@ -19,10 +20,10 @@ pub(crate) struct HandledIds {
 #[derive(Default)]
 struct Window {
     /// Each id in the window with the number of the claim that put it there.
-    ids: FxHashMap<Arc<str>, u64>,
+    ids: FxHashMap<MessageId, u64>,
     /// Claims in order; an entry whose number no longer matches `ids` was released or
     /// claimed again, and forgetting it forgets nothing.
-    order: VecDeque<(u64, Arc<str>)>,
+    order: VecDeque<(u64, MessageId)>,
     claims: u64,
 }
 
@@ -36,7 +37,7 @@ impl HandledIds {
 
     /// Claims `id` for a handling: false when it is in the window already (handled, or
     /// being handled by another member), so this delivery is a copy.
-    pub(crate) fn claim(&self, id: &Arc<str>) -> bool {
+    pub(crate) fn claim(&self, id: &MessageId) -> bool {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let w = &mut *guard;
         let claim = w.claims + 1;
@@ -71,8 +72,8 @@ impl HandledIds {
 mod tests {
     use super::*;
 
-    fn id(s: &str) -> Arc<str> {
-        Arc::from(s)
+    fn id(s: &str) -> MessageId {
+        MessageId::from(s)
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub use anybroker_brokers::{
 /// Each backend's config (`RedisConfig`, `KafkaConfig`, …), to build a config in code,
 /// and its broker type.
 pub use anybroker_brokers::{kafka, memory, nats, rabbitmq, redis};
-pub use anybroker_brokers::{message_id_time, new_message_id, MESSAGE_ID_LEN};
+pub use anybroker_brokers::{message_id_time, new_message_id, MessageId, MESSAGE_ID_LEN};
 pub use anybroker_brokers::{Secret, SecretUrl};
 pub use channel::{Channel, ChannelSet, Message};
 pub use config::{ChannelConfig, ChannelDefaults, RouterConfig};

@@ -20,7 +20,7 @@ pub(crate) struct Presences(Arc<Held>);
 #[derive(Default)]
 pub(crate) struct Held {
     presences: Mutex<Vec<Presence>>,
-    instance: std::sync::OnceLock<Arc<str>>,
+    instance: std::sync::OnceLock<anybroker_brokers::MessageId>,
 }
 
 impl Presences {

@@ -864,7 +864,7 @@ impl MessageRouter {
         let mut envelope = build_envelope(route.name(), message, options.key, options.headers)?;
         if let Some(id) = options.id {
             check_message_id(&id, channel.name())?;
-            envelope.id = id;
+            envelope.id = id.into();
         }
         self.observe_publish(&envelope);
         send(&route, envelope, options.delay).await
@@ -1485,7 +1485,7 @@ async fn settle_moving_dead_letters(
         0
     } else {
         old.settle_dead_letters(
-            &DeadLetterSelector::Ids(published),
+            &DeadLetterSelector::Ids(published.into_iter().map(Arc::from).collect()),
             DeadLetterAction::Discard,
             count,
         )

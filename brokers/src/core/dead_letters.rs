@@ -31,7 +31,7 @@ impl DeadLetterSelector {
     pub fn matches(&self, envelope: &Envelope) -> bool {
         match self {
             DeadLetterSelector::All => true,
-            DeadLetterSelector::Ids(ids) => ids.contains(&envelope.id),
+            DeadLetterSelector::Ids(ids) => ids.iter().any(|id| **id == *envelope.id),
             DeadLetterSelector::Reason(reason) => {
                 envelope
                     .headers

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{message_id_at, message_id_carries};
+use super::{message_id_at, message_id_carries, MessageId};
 
 /// String headers carried with a message.
 pub type Headers = BTreeMap<String, String>;
@@ -15,7 +15,6 @@ pub type Headers = BTreeMap<String, String>;
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
 static JSON: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(CONTENT_TYPE_JSON));
-static NO_ID: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 /// Header names anybroker sets. All start with `x-anybroker-` so they never clash
 /// with an application's own headers.
@@ -42,7 +41,7 @@ pub mod header {
 #[non_exhaustive]
 pub struct Envelope {
     /// Unique id, set at publish.
-    pub id: Arc<str>,
+    pub id: MessageId,
     /// The channel's wire name, e.g. `alarm.to.bot`.
     pub channel: Arc<str>,
     /// Messages with the same key are handled in publish order within a group.
@@ -78,9 +77,9 @@ impl Envelope {
 
     /// An envelope being rebuilt from the wire: the given id, empty payload, no key or
     /// headers, attempt 1; the backend fills in the rest.
-    pub fn received(channel: Arc<str>, id: Arc<str>) -> Self {
+    pub fn received(channel: Arc<str>, id: impl Into<MessageId>) -> Self {
         Envelope {
-            id,
+            id: id.into(),
             channel,
             key: None,
             headers: Headers::new(),
@@ -92,10 +91,9 @@ impl Envelope {
     }
 
     /// An envelope a backend is about to read from the wire, id included: like
-    /// [`received`](Self::received) with an empty id, shared, so starting costs no
-    /// allocation.
+    /// [`received`](Self::received) with an empty id.
     pub fn reading(channel: Arc<str>) -> Self {
-        Self::received(channel, NO_ID.clone())
+        Self::received(channel, MessageId::default())
     }
 
     /// Sets the ordering key.
@@ -124,7 +122,7 @@ impl Envelope {
     }
 
     /// Sets the id (e.g. to re-publish a message idempotently).
-    pub fn with_id(mut self, id: impl Into<Arc<str>>) -> Self {
+    pub fn with_id(mut self, id: impl Into<MessageId>) -> Self {
         self.id = id.into();
         self
     }

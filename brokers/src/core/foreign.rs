@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Envelope, Headers, CONTENT_TYPE_JSON};
+use super::{Envelope, Headers, MessageId, CONTENT_TYPE_JSON};
 
 /// Application headers, in order of preference, that carry the id another framework's
 /// publisher gave a message when the broker has no message-id field of its own
@@ -41,12 +41,12 @@ pub fn is_content_type_header(name: &str) -> bool {
 
 /// The id another framework's publisher put in the application headers, if any.
 #[allow(dead_code)] // called by the server backends only
-pub(crate) fn publisher_id(headers: &Headers) -> Option<Arc<str>> {
+pub(crate) fn publisher_id(headers: &Headers) -> Option<MessageId> {
     PUBLISHER_ID_HEADERS.iter().find_map(|wanted| {
         headers
             .iter()
             .find(|(name, value)| name.eq_ignore_ascii_case(wanted) && !value.is_empty())
-            .map(|(_, value)| Arc::from(value.as_str()))
+            .map(|(_, value)| MessageId::from(value.as_str()))
     })
 }
 

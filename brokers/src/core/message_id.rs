@@ -53,13 +53,190 @@ pub(crate) fn random_pair() -> (u64, u64) {
     (first, hasher.finish())
 }
 
+/// A message's id: its text, kept inline when it is no longer than the ids this crate
+/// makes ([`MESSAGE_ID_LEN`] bytes), so making one allocates nothing; a longer one (a
+/// foreign publisher's UUID, a caller's own) is shared. Reads as a `str`.
+#[derive(Clone)]
+pub struct MessageId(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, text: [u8; MESSAGE_ID_LEN] },
+    Shared(Arc<str>),
+}
+
+impl MessageId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // SAFETY: `text[..len]` was copied from a `str` (see `From<&str>`), or is
+            // ASCII written by `message_id_at`.
+            Repr::Inline { len, text } => unsafe {
+                std::str::from_utf8_unchecked(&text[..*len as usize])
+            },
+            Repr::Shared(text) => text,
+        }
+    }
+
+    fn inline(text: [u8; MESSAGE_ID_LEN]) -> Self {
+        MessageId(Repr::Inline {
+            len: MESSAGE_ID_LEN as u8,
+            text,
+        })
+    }
+}
+
+impl Default for MessageId {
+    /// The empty id.
+    fn default() -> Self {
+        MessageId(Repr::Inline {
+            len: 0,
+            text: [0; MESSAGE_ID_LEN],
+        })
+    }
+}
+
+impl std::ops::Deref for MessageId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for MessageId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for MessageId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl PartialEq<str> for MessageId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for MessageId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(id: &str) -> Self {
+        if id.len() > MESSAGE_ID_LEN {
+            return MessageId(Repr::Shared(Arc::from(id)));
+        }
+        let mut text = [0; MESSAGE_ID_LEN];
+        text[..id.len()].copy_from_slice(id.as_bytes());
+        MessageId(Repr::Inline {
+            len: id.len() as u8,
+            text,
+        })
+    }
+}
+
+impl From<&String> for MessageId {
+    fn from(id: &String) -> Self {
+        MessageId::from(id.as_str())
+    }
+}
+
+impl From<String> for MessageId {
+    fn from(id: String) -> Self {
+        if id.len() > MESSAGE_ID_LEN {
+            return MessageId(Repr::Shared(Arc::from(id)));
+        }
+        MessageId::from(id.as_str())
+    }
+}
+
+impl From<Arc<str>> for MessageId {
+    fn from(id: Arc<str>) -> Self {
+        if id.len() > MESSAGE_ID_LEN {
+            return MessageId(Repr::Shared(id));
+        }
+        MessageId::from(&*id)
+    }
+}
+
+impl From<&Arc<str>> for MessageId {
+    fn from(id: &Arc<str>) -> Self {
+        MessageId::from(id.clone())
+    }
+}
+
+impl From<MessageId> for Arc<str> {
+    fn from(id: MessageId) -> Self {
+        match id.0 {
+            Repr::Shared(text) => text,
+            Repr::Inline { .. } => Arc::from(id.as_str()),
+        }
+    }
+}
+
+impl From<&MessageId> for Arc<str> {
+    fn from(id: &MessageId) -> Self {
+        Arc::from(id.clone())
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> Self {
+        id.as_str().to_string()
+    }
+}
+
 /// A new unique message id, made now.
-pub fn new_message_id() -> Arc<str> {
+pub fn new_message_id() -> MessageId {
     message_id_at(SystemTime::now())
 }
 
 /// A new unique message id carrying `time` (to the microsecond).
-pub fn message_id_at(time: SystemTime) -> Arc<str> {
+pub fn message_id_at(time: SystemTime) -> MessageId {
     let (prefix, counter) = SOURCE.with(|source| {
         let (prefix, last) = source.get();
         let counter = (last + 1) & ((1 << COUNTER_BITS) - 1);
@@ -73,8 +250,8 @@ pub fn message_id_at(time: SystemTime) -> Arc<str> {
     render(time_part, unix_micros(time));
     render(prefix_part, prefix);
     render(counter_part, counter);
-    // SAFETY: `render` writes only ALPHABET's symbols, which are ASCII, into every byte.
-    Arc::from(unsafe { std::str::from_utf8_unchecked(&text) })
+    // `render` writes only ALPHABET's symbols, which are ASCII, into every byte.
+    MessageId::inline(text)
 }
 
 /// Writes the low `6 * out.len()` bits of `bits` as symbols, most significant first.
@@ -155,7 +332,7 @@ mod tests {
     #[test]
     fn ids_have_the_documented_shape_carry_their_time_and_sort_in_making_order() {
         let start = SystemTime::now();
-        let ids: Vec<Arc<str>> = (0..1_000).map(|_| new_message_id()).collect();
+        let ids: Vec<MessageId> = (0..1_000).map(|_| new_message_id()).collect();
         let end = SystemTime::now();
         for id in &ids {
             assert_eq!(id.len(), MESSAGE_ID_LEN, "{id}");
@@ -222,5 +399,28 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 8 * per_thread);
+    }
+
+    #[test]
+    fn an_id_reads_the_same_whether_inline_or_shared() {
+        let made = new_message_id();
+        assert!(matches!(made.0, Repr::Inline { .. }), "a made id is inline");
+        assert_eq!(made.len(), MESSAGE_ID_LEN);
+        let uuid = "0b4f6f8e-8c1a-4b8e-9a4e-3c2d1e0f9a8b";
+        let long = MessageId::from(uuid);
+        assert!(matches!(long.0, Repr::Shared(_)), "a longer id is shared");
+        assert_eq!(long, uuid);
+        assert_eq!(Arc::<str>::from(long.clone()).as_ref(), uuid);
+        for text in ["", "a", "exactly-22-characters!", uuid] {
+            let (from_str, from_arc) = (MessageId::from(text), MessageId::from(Arc::from(text)));
+            assert_eq!(from_str, from_arc);
+            assert_eq!(from_str.as_str(), text);
+            assert_eq!(format!("{from_str}"), text);
+            assert_eq!(format!("{from_str:?}"), format!("{text:?}"));
+            // Hashes as its text, so a map of ids is looked up by `&str`.
+            let set: HashSet<MessageId> = [from_arc].into_iter().collect();
+            assert!(set.contains(text));
+        }
+        assert_eq!(MessageId::default(), "");
     }
 }

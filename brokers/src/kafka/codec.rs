@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
-use crate::core::{message_id_time, Envelope};
+use crate::core::{message_id_time, Envelope, MessageId};
 
 const ID: &str = "anybroker-id";
 /// Microseconds since the Unix epoch; sent only when the id does not carry the
@@ -84,9 +84,9 @@ pub(crate) struct Routing {
 /// `topic/partition/offset@timestamp` (milliseconds), which a topic deleted and created
 /// again under the same name does not repeat (its offsets start again at 0, its
 /// timestamps do not); `topic/partition/offset` for a record without a timestamp.
-fn record_id(message: &OwnedMessage) -> Arc<str> {
+fn record_id(message: &OwnedMessage) -> MessageId {
     let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-    Arc::from(match message.timestamp().to_millis() {
+    MessageId::from(match message.timestamp().to_millis() {
         Some(ms) => format!("{topic}/{partition}/{offset}@{ms}"),
         None => format!("{topic}/{partition}/{offset}"),
     })
@@ -103,7 +103,7 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
         due: None,
         group: None,
     };
-    let mut id: Option<Arc<str>> = None;
+    let mut id: Option<MessageId> = None;
     let mut e = Envelope::reading(channel.clone());
     e.payload = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
     e.key = message
@@ -114,7 +114,7 @@ pub(crate) fn from_record(channel: &Arc<str>, message: &OwnedMessage) -> (Envelo
         for h in headers.iter() {
             let value = String::from_utf8_lossy(h.value.unwrap_or_default());
             match h.key {
-                ID => id = Some(Arc::from(value.as_ref())),
+                ID => id = Some(MessageId::from(value.as_ref())),
                 PUBLISHED_AT => {
                     published_at = value
                         .parse::<u64>()

@@ -224,7 +224,7 @@ pub(crate) fn from_message(
         }
     }
     let id = id
-        .map(Arc::from)
+        .map(crate::MessageId::from)
         .or_else(|| crate::core::publisher_id(&application));
     // Without a time header the id carries it (a foreign id of the same shape reads as
     // some time too); else the time the stream stored the message; else now.
@@ -234,7 +234,7 @@ pub(crate) fn from_message(
         (id, time) => {
             let origin = origin();
             (
-                id.unwrap_or_else(|| Arc::from(origin.id)),
+                id.unwrap_or_else(|| crate::MessageId::from(origin.id)),
                 time.or(origin.time).unwrap_or_else(SystemTime::now),
             )
         }

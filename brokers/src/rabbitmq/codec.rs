@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::core::{message_id_time, publisher_id, Envelope};
+use crate::core::{message_id_time, publisher_id, Envelope, MessageId};
 
 const KEY: &str = "x-anybroker-key";
 /// Microseconds since the Unix epoch; sent only when the message id does not carry
@@ -202,7 +202,7 @@ pub(crate) fn from_delivery(
         for (name, value) in headers.inner() {
             match name.as_str() {
                 KEY => e.key = Some(Arc::from(value_text(value))),
-                LONG_ID => e.id = Arc::from(value_text(value)),
+                LONG_ID => e.id = MessageId::from(value_text(value)),
                 LONG_CONTENT_TYPE => e.set_content_type_from_wire(&value_text(value)),
                 PUBLISHED_AT => {
                     if let Some(us) = as_u64(value) {
@@ -223,7 +223,7 @@ pub(crate) fn from_delivery(
     }
     if e.id.is_empty() {
         e.id = match properties.message_id() {
-            Some(id) => Arc::from(id.as_str()),
+            Some(id) => MessageId::from(id.as_str()),
             None => publisher_id(&e.headers).unwrap_or_else(crate::new_message_id),
         };
     }

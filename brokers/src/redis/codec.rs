@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::Value;
 
-use crate::core::{message_id_time, Envelope, Error, ErrorKind, Result};
+use crate::core::{message_id_time, Envelope, Error, ErrorKind, MessageId, Result};
 
 const ID: &str = "id";
 const KEY: &str = "k";
@@ -129,7 +129,7 @@ pub(crate) fn from_fields(
     let mut foreign = Vec::new();
     for (name, value) in fields {
         match name.as_slice() {
-            b"id" => id = Some(Arc::from(String::from_utf8_lossy(&value))),
+            b"id" => id = Some(MessageId::from(String::from_utf8_lossy(&value).as_ref())),
             b"k" => envelope.key = Some(Arc::from(String::from_utf8_lossy(&value))),
             b"ct" => envelope.content_type = Arc::from(String::from_utf8_lossy(&value)),
             b"ts" => {
@@ -158,7 +158,7 @@ pub(crate) fn from_fields(
     }
     envelope.id = id
         .or_else(|| crate::core::publisher_id(&envelope.headers))
-        .unwrap_or_else(|| Arc::from(entry_id));
+        .unwrap_or_else(|| MessageId::from(entry_id));
     envelope.published_at = published_at
         .or_else(|| message_id_time(&envelope.id))
         .or_else(|| entry_time(entry_id))
