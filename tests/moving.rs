@@ -47,6 +47,16 @@ impl Handled {
     fn all(&self) -> HandlingsBySeq {
         self.0.lock().unwrap().clone()
     }
+    /// Records a successful handling of message `seq`.
+    fn record(&self, seq: u64, cx: &MessageContext) {
+        let broker = cx.broker().to_string();
+        let mut by_seq = self.0.lock().unwrap();
+        by_seq
+            .entry(seq)
+            .or_default()
+            .push((broker.clone(), cx.attempt()));
+        self.1.lock().unwrap().push((seq, broker));
+    }
 }
 
 /// Fails the first attempt of every 50th message (retryable); records the others.
@@ -58,18 +68,7 @@ fn handler(handled: &Handled) -> impl anybroker::MessageHandler<Numbered> {
             if m.seq.is_multiple_of(50) && cx.attempt() == 1 {
                 return Err(HandlerError::retryable("not yet"));
             }
-            handled
-                .0
-                .lock()
-                .unwrap()
-                .entry(m.seq)
-                .or_default()
-                .push((cx.broker().to_string(), cx.attempt()));
-            handled
-                .1
-                .lock()
-                .unwrap()
-                .push((m.seq, cx.broker().to_string()));
+            handled.record(m.seq, &cx);
             Ok(())
         }
     })
@@ -273,13 +272,7 @@ async fn waiting_messages_on_the_old_broker_are_handled(old_table: &str, new_tab
                     failed_once.store(true, std::sync::atomic::Ordering::SeqCst);
                     return Err(HandlerError::retryable("later").retry_after(WAIT));
                 }
-                handled
-                    .0
-                    .lock()
-                    .unwrap()
-                    .entry(m.seq)
-                    .or_default()
-                    .push((cx.broker().to_string(), cx.attempt()));
+                handled.record(m.seq, &cx);
                 Ok(())
             }
         })

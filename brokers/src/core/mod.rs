@@ -44,6 +44,8 @@ pub(crate) use in_flight::InFlightTable;
 pub use message_id::{
     message_id_at, message_id_carries, message_id_time, new_message_id, MessageId, MESSAGE_ID_LEN,
 };
+#[allow(unused_imports)]
+pub(crate) use presence::presence_clock;
 pub use presence::{Presence, RouterCount, PRESENCE_TTL};
 pub use retry::{Jitter, RetryPolicy};
 pub(crate) use shutdown::ShutdownFlag;

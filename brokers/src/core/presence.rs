@@ -13,6 +13,13 @@ use std::time::Duration;
 /// without withdrawing is forgotten after this.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 
+/// Now, in unix milliseconds: the clock presences' expiry times are written and read
+/// by, where a broker keeps them as values (each router's own clock).
+#[allow(dead_code)] // the server backends' only
+pub(crate) fn presence_clock() -> u64 {
+    super::unix_millis(std::time::SystemTime::now())
+}
+
 /// How often a presence kept by a key with a time to live is renewed.
 pub(crate) const PRESENCE_RENEW_EVERY: Duration = Duration::from_secs(10);
 

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -19,15 +18,11 @@ use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
 use super::names::Topics;
 use super::reading::{read_ranges, Ranges};
-use crate::core::{unix_millis, Presence, Result, PRESENCE_TTL};
+use crate::core::{presence_clock as now, Presence, Result, PRESENCE_TTL};
 
 /// How many records of a partition the first read takes from its end: a router writes
 /// about three within `PRESENCE_TTL`.
 const FIRST_STRETCH: i64 = 64;
-
-fn now() -> u64 {
-    unix_millis(SystemTime::now())
-}
 
 /// Writes `instance`'s presence on `channel`, renewed until withdrawn.
 pub(crate) async fn announce(

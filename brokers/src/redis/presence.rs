@@ -2,16 +2,11 @@
 //! with when it expires and renewed before that, so one that died stops counting.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::connection::Connection;
 use super::error::from_redis;
 use super::names::Keys;
-use crate::core::{unix_millis, Presence, Result, PRESENCE_TTL};
-
-fn now() -> u64 {
-    unix_millis(SystemTime::now())
-}
+use crate::core::{presence_clock as now, Presence, Result, PRESENCE_TTL};
 
 /// Adds `instance` to `channel`'s presence set, renewed until withdrawn.
 pub(crate) async fn announce(
