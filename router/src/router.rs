@@ -1485,7 +1485,7 @@ async fn settle_moving_dead_letters(
         0
     } else {
         old.settle_dead_letters(
-            &DeadLetterSelector::Ids(published.into_iter().map(Arc::from).collect()),
+            &DeadLetterSelector::Ids(published),
             DeadLetterAction::Discard,
             count,
         )

@@ -1,8 +1,6 @@
 //! Choosing dead letters to replay or discard.
 
-use std::sync::Arc;
-
-use super::{header, DeadLetterReason, Envelope};
+use super::{header, DeadLetterReason, Envelope, MessageId};
 
 /// Which of a channel's dead letters an operation takes, oldest first.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -12,7 +10,7 @@ pub enum DeadLetterSelector {
     #[default]
     All,
     /// The dead letters of these message ids.
-    Ids(Vec<Arc<str>>),
+    Ids(Vec<MessageId>),
     /// The dead letters of this reason.
     Reason(DeadLetterReason),
 }
@@ -22,7 +20,7 @@ impl DeadLetterSelector {
     pub fn ids<I, S>(ids: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<Arc<str>>,
+        S: Into<MessageId>,
     {
         DeadLetterSelector::Ids(ids.into_iter().map(Into::into).collect())
     }
@@ -31,7 +29,7 @@ impl DeadLetterSelector {
     pub fn matches(&self, envelope: &Envelope) -> bool {
         match self {
             DeadLetterSelector::All => true,
-            DeadLetterSelector::Ids(ids) => ids.iter().any(|id| **id == *envelope.id),
+            DeadLetterSelector::Ids(ids) => ids.contains(&envelope.id),
             DeadLetterSelector::Reason(reason) => {
                 envelope
                     .headers

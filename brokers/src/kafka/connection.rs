@@ -72,11 +72,8 @@ pub(crate) fn committed_offsets(
 ) -> KafkaResult<Vec<(String, i32, Option<i64>)>> {
     let mut all = TopicPartitionList::new();
     for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
-        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
-            for p in t.partitions() {
-                all.add_partition(topic, p.id());
-            }
+        for p in partitions(consumer, topic)? {
+            all.add_partition(topic, p);
         }
     }
     let committed = consumer.committed_offsets(all, CALL_TIMEOUT)?;
@@ -90,6 +87,17 @@ pub(crate) fn committed_offsets(
             };
             (e.topic().to_string(), e.partition(), offset)
         })
+        .collect())
+}
+
+/// The partitions of `topic`, from its metadata. Blocking, up to `CALL_TIMEOUT`.
+pub(crate) fn partitions(consumer: &impl Consumer, topic: &str) -> KafkaResult<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect())
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
-use super::connection::{client_config, Client, Connection, CALL_TIMEOUT};
+use super::connection::{client_config, partitions, Client, Connection, CALL_TIMEOUT};
 use super::error::from_kafka;
 use super::names::Topics;
 use super::reading::{read_ranges, Ranges};
@@ -168,12 +168,9 @@ fn read_further(oldest_written: Option<u64>, now: u64) -> bool {
 async fn watermarks(consumer: &Arc<StreamConsumer>, topic: &str) -> Result<Ranges> {
     let (consumer, topic) = (consumer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<_> {
-        let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
         let mut ranges = Ranges::new();
-        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-            for p in t.partitions() {
-                ranges.insert(p.id(), consumer.fetch_watermarks(&topic, p.id(), CALL_TIMEOUT)?);
-            }
+        for p in partitions(&*consumer, &topic)? {
+            ranges.insert(p, consumer.fetch_watermarks(&topic, p, CALL_TIMEOUT)?);
         }
         Ok(ranges)
     })
