@@ -96,3 +96,208 @@ async fn retry_after_its_retry_queue_expired_is_retried() {
     router.shutdown().await.unwrap();
     let _ = raw.close(200, "done".into()).await;
 }
+
+/// Publishes to a channel some queue takes and to one no queue takes
+/// (`park_unroutable = false`), all in flight together, one at a time and in batches:
+/// every publish hears of its own route. RabbitMQ sends a `basic.return` ahead of its publish's ack without naming the
+/// publish, so on one AMQP channel a return can be read as another publish's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_each_hear_of_their_own_route() {
+    use common::{counting_handler, HandledCounts, Numbered};
+    use futures::StreamExt;
+    const TOTAL: u64 = 6_000;
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let taken = common::unique_channel::<Numbered>("rabbit-taken");
+    let untaken = common::unique_channel::<Numbered>("rabbit-untaken");
+    let exchange = format!("{}.x", taken.name());
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"rabbitmq\"\n[brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\n\
+         exchange = \"{exchange}\"\npark_unroutable = false\n\
+         [channels.\"{}\"]\ngroup = \"u\"\n",
+        untaken.name()
+    ))
+    .unwrap();
+    let seen = HandledCounts::default();
+    let router = anybroker::MessageRouter::builder(config)
+        .handle_with(
+            taken,
+            counting_handler(&seen, std::time::Duration::ZERO),
+            anybroker::HandlerOptions::new().group("g"),
+        )
+        .start()
+        .await
+        .unwrap();
+    // Opening `untaken` declares its group's queue; without it, no queue takes it.
+    router.publish(untaken, &Numbered { seq: 0 }).await.unwrap();
+    let raw = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let raw_channel = raw.create_channel().await.unwrap();
+    raw_channel
+        .queue_delete(
+            format!("{}:u", untaken.name()).as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let (mut wrongly_refused, mut wrongly_taken) = (Vec::new(), Vec::new());
+    // A steady stream, so the confirms of persisted messages keep arriving while the
+    // unroutable ones come back.
+    let results: Vec<_> = futures::stream::iter(1..=TOTAL)
+        .map(|seq| {
+            let (channel, routable) = if seq % 10 == 0 {
+                (untaken, false)
+            } else {
+                (taken, true)
+            };
+            let router = &router;
+            async move {
+                (
+                    seq,
+                    routable,
+                    router.publish(channel, &Numbered { seq }).await,
+                )
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (seq, routable, result) in results {
+        match (routable, result) {
+            (true, Err(e)) => wrongly_refused.push(format!("{seq}: {e}")),
+            (false, Ok(())) => wrongly_taken.push(seq),
+            (false, Err(e)) => assert!(
+                e.to_string().contains("unroutable"),
+                "{seq} refused for another reason: {e}"
+            ),
+            (true, Ok(())) => {}
+        }
+    }
+    assert!(
+        wrongly_refused.is_empty() && wrongly_taken.is_empty(),
+        "routable publishes refused: {wrongly_refused:?}; unroutable ones reported taken: {wrongly_taken:?}"
+    );
+    // Batches, each of one channel, in flight together: each message of a batch to
+    // `untaken` comes back, none of a batch to `taken` does.
+    let mut batched = 0;
+    for round in 0..20u64 {
+        let first = TOTAL + 1 + round * 100;
+        let to_taken: Vec<_> = (first..first + 90).map(|seq| Numbered { seq }).collect();
+        let to_untaken: Vec<_> = (first + 90..first + 100)
+            .map(|seq| Numbered { seq })
+            .collect();
+        let (taken_results, untaken_results) = futures::join!(
+            router.publish_batch(taken, &to_taken),
+            router.publish_batch(untaken, &to_untaken)
+        );
+        for (m, result) in to_taken.iter().zip(taken_results.unwrap()) {
+            if let Err(e) = result {
+                wrongly_refused.push(format!("{}: {e}", m.seq));
+            }
+        }
+        for (m, result) in to_untaken.iter().zip(untaken_results.unwrap()) {
+            match result {
+                Ok(()) => wrongly_taken.push(m.seq),
+                Err(e) => assert!(e.to_string().contains("unroutable"), "{}: {e}", m.seq),
+            }
+        }
+        batched += to_taken.len();
+    }
+    assert!(
+        wrongly_refused.is_empty() && wrongly_taken.is_empty(),
+        "batched messages refused: {wrongly_refused:?}; unroutable ones reported taken: {wrongly_taken:?}"
+    );
+    common::wait_until(
+        "every routable message handled",
+        std::time::Duration::from_secs(30),
+        || seen.lock().unwrap().len() == (TOTAL - TOTAL / 10) as usize + batched,
+    )
+    .await;
+    router.shutdown().await.unwrap();
+    let _ = raw_channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    let _ = raw.close(200, "done".into()).await;
+}
+
+/// Delayed messages whose delay queue the server removed (as when idle past its
+/// `x-expires`), published while other publishes are in flight on the same
+/// connection: each delayed message is delivered, and no other publish is refused
+/// because of the delay queue's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_into_a_removed_queue_among_other_publishes_is_delivered() {
+    use common::{counting_handler, HandledCounts, Numbered};
+    use futures::StreamExt;
+    const ROUNDS: u64 = 40;
+    const PER_ROUND: u64 = 200;
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let ch = common::unique_channel::<Numbered>("rabbit-delay-gone");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"rabbitmq\"\n[brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\n"
+    ))
+    .unwrap();
+    let seen = HandledCounts::default();
+    let router = anybroker::MessageRouter::builder(config)
+        .handle_with(
+            ch,
+            counting_handler(&seen, std::time::Duration::ZERO),
+            anybroker::HandlerOptions::new().group("g"),
+        )
+        .start()
+        .await
+        .unwrap();
+    let raw = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let raw_channel = raw.create_channel().await.unwrap();
+    let delay = std::time::Duration::from_millis(100);
+    let delay_queue = format!("{}.delay.100", ch.name());
+    let long = std::time::Duration::from_secs(30);
+    let mut refused = Vec::new();
+    let mut seq = 0;
+    for round in 0..ROUNDS {
+        if round > 0 {
+            // Empty by now (its message was handled): removing it loses nothing.
+            raw_channel
+                .queue_delete(delay_queue.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        }
+        // The delayed message amid a steady stream of others.
+        let delayed = 1_000_000 + round;
+        let router = &router;
+        let results: Vec<_> = futures::stream::iter(0..PER_ROUND)
+            .map(|i| {
+                seq += 1;
+                let seq = if i == PER_ROUND / 2 { delayed } else { seq };
+                async move {
+                    let message = Numbered { seq };
+                    let result = if seq == delayed {
+                        router.publish_delayed(ch, &message, delay).await
+                    } else {
+                        router.publish(ch, &message).await
+                    };
+                    (seq, result)
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        for (seq, result) in results {
+            if let Err(e) = result {
+                refused.push(format!("{seq}: {e}"));
+            }
+        }
+        assert!(refused.is_empty(), "publishes refused: {refused:?}");
+        common::wait_until(&format!("delayed message {delayed} handled"), long, || {
+            seen.lock().unwrap().contains_key(&delayed)
+        })
+        .await;
+    }
+    common::wait_until("every message handled", long, || {
+        seen.lock().unwrap().len() == (ROUNDS * PER_ROUND) as usize
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let _ = raw.close(200, "done".into()).await;
+}

@@ -165,6 +165,28 @@ impl BackendChannel for RabbitMqChannel {
         })
     }
 
+    fn publish_batch(&self, envelopes: Vec<Envelope>) -> impl Future<Output = Vec<Result<()>>> + Send {
+        // Boxed whole, as `publish` is.
+        Box::pin(async move {
+            // A header name AMQP cannot carry fails its message alone.
+            let mut results: Vec<Result<()>> = envelopes.iter().map(check_header_names).collect();
+            let properties: Vec<_> = envelopes
+                .iter()
+                .zip(&results)
+                .filter(|(_, checked)| checked.is_ok())
+                .map(|(envelope, _)| (&envelope.payload[..], to_properties(envelope)))
+                .collect();
+            let messages: Vec<_> = properties.iter().map(|(payload, p)| (*payload, p)).collect();
+            let mut published = self.link.publish_batch(&self.route(), &messages).await.into_iter();
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                if let Some(answer) = published.next() {
+                    *result = answer;
+                }
+            }
+            results
+        })
+    }
+
     async fn provision(&self, options: &SubscribeOptions) -> Result<()> {
         declare_group(&self.link, &self.name, &options.group).await
     }

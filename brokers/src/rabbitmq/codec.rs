@@ -169,6 +169,16 @@ fn as_u64(value: &AMQPValue) -> Option<u64> {
     }
 }
 
+/// The id a message was published with by [`to_properties`]: its `message_id`
+/// property, or the header carrying an id too long for it.
+pub(crate) fn sent_id(properties: &BasicProperties) -> Option<String> {
+    if let Some(id) = properties.message_id() {
+        return Some(id.to_string());
+    }
+    let headers = properties.headers().as_ref()?;
+    headers.inner().get(LONG_ID).map(value_text)
+}
+
 /// Rebuilds an envelope of `channel` from a delivery's properties and body. Every header
 /// is kept (as text where it is not text); the properties `correlation_id`, `reply_to`,
 /// `type` and `app_id` become headers of those names. A message published around the

@@ -1,5 +1,5 @@
 //! The connection to RabbitMQ, re-established with backoff when it drops: a `Session`
-//! is one live connection with its confirm-mode publishing channel; the `Link` hands
+//! is one live connection with its confirm-mode publishing channels; the `Link` hands
 //! out the current one and replaces it when it died.
 
 use std::collections::HashSet;
@@ -7,18 +7,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::message::BasicReturnMessage;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::codec::to_properties;
+use super::codec::{sent_id, to_properties};
 use super::error::from_lapin;
 use super::config::RabbitMqConfig;
+use super::publishers::{open_confirming, Publishers};
 use super::topology;
 use crate::core::{Envelope, Error, ErrorKind, Result, ShutdownFlag};
 
@@ -36,8 +36,7 @@ pub(crate) struct Route<'a> {
 /// One live connection.
 pub(crate) struct Session {
     pub(crate) connection: Connection,
-    /// Confirm mode; shared by every publish, which pipeline on it.
-    publish: Channel,
+    publishers: Publishers,
     rpc: tokio::sync::OnceCell<Rpc>,
 }
 
@@ -69,27 +68,20 @@ impl Session {
         .map_err(|_| unreachable(None))?
         .map_err(|e| unreachable(Some(e)))?;
         topology::declare_exchanges(&connection, &config.exchange, config.park_unroutable).await?;
-        let publish = connection
-            .create_channel()
-            .await
-            .map_err(|e| from_lapin(e, "open channel"))?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| from_lapin(e, "confirm select"))?;
+        let first = open_confirming(&connection).await?;
         Ok(Session {
+            publishers: Publishers::new(first),
             connection,
-            publish,
             rpc: tokio::sync::OnceCell::new(),
         })
     }
 
     fn is_alive(&self) -> bool {
-        self.connection.status().connected() && self.publish.status().connected()
+        self.connection.status().connected()
     }
 
     /// A fresh channel for declarations: a declaration the server refuses closes the
-    /// channel it was made on, so it must not be the shared publishing one.
+    /// channel it was made on, so it must not be a publishing one.
     pub(crate) async fn declaring_channel(&self) -> Result<Channel> {
         self.connection
             .create_channel()
@@ -127,14 +119,15 @@ fn is_unroutable(e: &Error) -> bool {
     e.kind() == ErrorKind::Broker && e.message().starts_with(UNROUTABLE)
 }
 
-/// Publishes on `channel` and waits for the broker's confirm.
-pub(crate) async fn publish_confirmed(
+/// Sends a publish on `channel`; the confirm is awaited apart, so several can be in
+/// flight.
+async fn send(
     channel: &Channel,
     route: &Route<'_>,
     payload: &[u8],
     properties: BasicProperties,
-) -> Result<()> {
-    let confirm = channel
+) -> Result<lapin::PublisherConfirm> {
+    channel
         .basic_publish(
             route.exchange.into(),
             route.routing_key.into(),
@@ -146,27 +139,97 @@ pub(crate) async fn publish_confirmed(
             properties,
         )
         .await
-        .map_err(|e| from_lapin(e, "publish"))?
+        .map_err(|e| from_lapin(e, "publish"))
+}
+
+/// Publishes on `channel`, the only publish in flight there (a channel lent to the
+/// caller, see `publishers`), and waits for the broker's confirm: a message that came
+/// back unroutable is this one.
+pub(crate) async fn publish_confirmed(
+    channel: &Channel,
+    route: &Route<'_>,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<()> {
+    let confirmation = send(channel, route, payload, properties)
+        .await?
         .await
         .map_err(|e| from_lapin(e, "publish"))?;
-    match confirm {
+    match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(Error::new(
-            ErrorKind::Broker,
-            format!(
-                "{UNROUTABLE}: no queue is bound to routing key {:?} on exchange {:?} ({}); \
-                 a channel has queues once a group has subscribed to it",
-                route.routing_key, route.exchange, returned.reply_text
-            ),
-        )
-        .with_operation("publish")),
-        Confirmation::Nack(_) => Err(Error::new(
-            ErrorKind::Broker,
-            "the broker refused the message (negative publisher confirm)",
-        )
-        .set_retryable(true)
-        .with_operation("publish")),
+        Confirmation::Ack(Some(returned)) => Err(unroutable(route, &returned.reply_text)),
+        Confirmation::Nack(_) => Err(refused()),
     }
+}
+
+/// Publishes `messages` on `channel` (lent to the caller), all in flight at once, and
+/// waits for every confirm: one result per message, in their order. A message that
+/// came back may ride on any confirm of the batch, so returns are matched to messages
+/// by id once all are in.
+async fn publish_all_confirmed(
+    channel: &Channel,
+    route: &Route<'_>,
+    messages: &[(&[u8], &BasicProperties)],
+) -> Vec<Result<()>> {
+    let mut confirms = Vec::with_capacity(messages.len());
+    for (payload, properties) in messages {
+        confirms.push(send(channel, route, payload, (*properties).clone()).await);
+    }
+    let answers = futures::future::join_all(confirms.into_iter().map(|sent| async move {
+        sent?.await.map_err(|e| from_lapin(e, "publish"))
+    }))
+    .await;
+    let mut came_back: Vec<(Option<String>, ShortString)> = answers
+        .iter()
+        .filter_map(|answer| match answer {
+            Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))) => Some(returned_id(r)),
+            _ => None,
+        })
+        .collect();
+    let results = answers
+        .into_iter()
+        .zip(messages)
+        .map(|(answer, (_, properties))| match answer? {
+            Confirmation::Nack(_) => Err(refused()),
+            Confirmation::Ack(_) | Confirmation::NotRequested => {
+                let id = sent_id(properties);
+                match came_back.iter().position(|(returned, _)| *returned == id) {
+                    Some(i) => Err(unroutable(route, &came_back.swap_remove(i).1)),
+                    None => Ok(()),
+                }
+            }
+        })
+        .collect();
+    for (id, _) in came_back {
+        tracing::warn!(broker = "rabbitmq", id = ?id, "a message of no publish in the batch came back");
+    }
+    results
+}
+
+/// The id a returned message was sent with, and why it came back.
+fn returned_id(returned: &BasicReturnMessage) -> (Option<String>, ShortString) {
+    (sent_id(&returned.properties), returned.reply_text.clone())
+}
+
+fn unroutable(route: &Route<'_>, reply_text: &ShortString) -> Error {
+    Error::new(
+        ErrorKind::Broker,
+        format!(
+            "{UNROUTABLE}: no queue is bound to routing key {:?} on exchange {:?} ({reply_text}); \
+             a channel has queues once a group has subscribed to it",
+            route.routing_key, route.exchange
+        ),
+    )
+    .with_operation("publish")
+}
+
+fn refused() -> Error {
+    Error::new(
+        ErrorKind::Broker,
+        "the broker refused the message (negative publisher confirm)",
+    )
+    .set_retryable(true)
+    .with_operation("publish")
 }
 
 /// Hands out the live session, reconnecting when the last one died. What the
@@ -371,7 +434,16 @@ impl Link {
         let deadline = Instant::now() + self.config.reconnect_timeout;
         loop {
             let session = self.session().await?;
-            match publish_confirmed(&session.publish, route, payload, properties.clone()).await {
+            let published = match session.publishers.lend(&session.connection).await {
+                Ok(lent) => {
+                    let published =
+                        publish_confirmed(lent.channel(), route, payload, properties.clone()).await;
+                    lent.give_back();
+                    published
+                }
+                Err(e) => Err(e),
+            };
+            match published {
                 Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {
                     tracing::debug!(broker = "rabbitmq", error = %e, "publish interrupted; sending again after reconnect");
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -379,6 +451,54 @@ impl Link {
                 other => return other,
             }
         }
+    }
+
+    /// Publishes `messages` all in flight at once on one channel, with a confirm each:
+    /// one result per message, in their order. Those the connection dropped under are
+    /// sent again on the next connection, as [`publish`](Self::publish) does.
+    pub(crate) async fn publish_batch(
+        &self,
+        route: &Route<'_>,
+        messages: &[(&[u8], &BasicProperties)],
+    ) -> Vec<Result<()>> {
+        let deadline = Instant::now() + self.config.reconnect_timeout;
+        let mut results: Vec<Result<()>> = messages.iter().map(|_| Ok(())).collect();
+        let mut unsent: Vec<usize> = (0..messages.len()).collect();
+        while !unsent.is_empty() {
+            let session = match self.session().await {
+                Ok(session) => session,
+                Err(e) => {
+                    for i in unsent {
+                        results[i] = Err(e.repeated());
+                    }
+                    break;
+                }
+            };
+            let published = match session.publishers.lend(&session.connection).await {
+                Ok(lent) => {
+                    let these: Vec<_> = unsent.iter().map(|&i| messages[i]).collect();
+                    let published = publish_all_confirmed(lent.channel(), route, &these).await;
+                    lent.give_back();
+                    published
+                }
+                Err(e) => unsent.iter().map(|_| Err(e.repeated())).collect(),
+            };
+            let mut again = Vec::new();
+            for (i, result) in unsent.into_iter().zip(published) {
+                match result {
+                    Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {
+                        again.push(i)
+                    }
+                    result => results[i] = result,
+                }
+            }
+            if !again.is_empty() {
+                tracing::debug!(broker = "rabbitmq", messages = again.len(), "batch interrupted; sending the rest again after reconnect");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            unsent = again;
+        }
+        results
     }
 
     /// Sends a request to `route` and waits up to `timeout` for its reply.
@@ -401,20 +521,43 @@ impl Link {
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(ShortString::from(&*correlation))
             .with_expiration(timeout.as_millis().max(1).to_string().into());
-        let sent = publish_confirmed(&rpc.channel, route, payload, properties).await;
         let forget = || rpc.pending.lock().unwrap().remove(&*correlation);
-        if let Err(e) = sent {
-            forget();
-            if is_unroutable(&e) {
-                return Err(
-                    Error::new(ErrorKind::NoResponder, "nobody serves this channel")
-                        .with_operation("request"),
-                );
+        let confirmation = match send(&rpc.channel, route, payload, properties).await {
+            Ok(confirm) => confirm.await.map_err(|e| from_lapin(e, "publish")),
+            Err(e) => Err(e),
+        };
+        let confirmation = match confirmation {
+            Ok(confirmation) => confirmation,
+            Err(e) => {
+                forget();
+                return Err(e.with_operation("request"));
             }
-            return Err(e.with_operation("request"));
+        };
+        // Requests are in flight together on the reply channel, so a request that came
+        // back may ride on another's confirm: the one whose correlation id it carries
+        // is told, whichever that is.
+        let (refused_here, returned) = match confirmation {
+            Confirmation::Ack(returned) => (false, returned),
+            Confirmation::Nack(returned) => (true, returned),
+            Confirmation::NotRequested => (false, None),
+        };
+        if let Some(returned) = returned {
+            if let Some(theirs) = returned.properties.correlation_id() {
+                if let Some(tx) = rpc.pending.lock().unwrap().remove(theirs.as_str()) {
+                    let _ = tx.send(None);
+                }
+            }
+        }
+        if refused_here {
+            forget();
+            return Err(refused().with_operation("request"));
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) => Err(
+                Error::new(ErrorKind::NoResponder, "nobody serves this channel")
+                    .with_operation("request"),
+            ),
             Ok(Err(_)) => Err(Error::new(
                 ErrorKind::Unreachable,
                 "connection lost while waiting for the reply",
@@ -446,7 +589,11 @@ impl Link {
     }
 }
 
-type Pending = Arc<Mutex<FxHashMap<String, oneshot::Sender<(BasicProperties, Vec<u8>)>>>>;
+/// A request's answer: the reply, or `None` when the request came back unroutable
+/// (nobody serves the channel).
+type Answer = Option<(BasicProperties, Vec<u8>)>;
+
+type Pending = Arc<Mutex<FxHashMap<String, oneshot::Sender<Answer>>>>;
 
 /// A channel consuming direct reply-to (it must also be the one requests are published
 /// on), and the requests waiting for their replies by correlation id.
@@ -457,14 +604,7 @@ struct Rpc {
 
 impl Rpc {
     async fn open(connection: &Connection) -> Result<Rpc> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| from_lapin(e, "open channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| from_lapin(e, "confirm select"))?;
+        let channel = open_confirming(connection).await?;
         let mut replies = channel
             .basic_consume(
                 REPLY_TO.into(),
@@ -485,7 +625,7 @@ impl Rpc {
                     continue;
                 };
                 if let Some(tx) = waiting.lock().unwrap().remove(id.as_str()) {
-                    let _ = tx.send((reply.properties, reply.data));
+                    let _ = tx.send(Some((reply.properties, reply.data)));
                 }
             }
             // The connection is gone: wake every waiter with an error.
