@@ -1,6 +1,14 @@
 //! The connection to RabbitMQ, re-established with backoff when it drops: a `Session`
 //! is one live connection with its confirm-mode publishing channels; the `Link` hands
 //! out the current one and replaces it when it died.
+//!
+//! RabbitMQ sends the `basic.return` of a mandatory publish no queue took just ahead
+//! of that publish's ack, and the return names no delivery tag: lapin hands it to
+//! whichever confirm it resolves next on the channel. So publishes that can come back
+//! (into a queue by name, or to an exchange without an alternate exchange) each get a
+//! channel of their own while they wait (`publishers`); the others (to the channels'
+//! exchange, which parks what no queue takes, and replies) are all in flight together
+//! on one channel.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,6 +44,10 @@ pub(crate) struct Route<'a> {
 /// One live connection.
 pub(crate) struct Session {
     pub(crate) connection: Connection,
+    /// Confirm mode, shared by the publishes that cannot come back, which pipeline on it.
+    pipelined: Channel,
+    /// Whether the channels' exchange surely parks what no queue takes.
+    exchange_parks: bool,
     publishers: Publishers,
     rpc: tokio::sync::OnceCell<Rpc>,
 }
@@ -67,17 +79,27 @@ impl Session {
         .await
         .map_err(|_| unreachable(None))?
         .map_err(|e| unreachable(Some(e)))?;
-        topology::declare_exchanges(&connection, &config.exchange, config.park_unroutable).await?;
-        let first = open_confirming(&connection).await?;
+        let exchange_parks =
+            topology::declare_exchanges(&connection, &config.exchange, config.park_unroutable)
+                .await?;
+        let pipelined = open_confirming(&connection).await?;
         Ok(Session {
-            publishers: Publishers::new(first),
+            publishers: Publishers::default(),
+            pipelined,
+            exchange_parks,
             connection,
             rpc: tokio::sync::OnceCell::new(),
         })
     }
 
     fn is_alive(&self) -> bool {
-        self.connection.status().connected()
+        self.connection.status().connected() && self.pipelined.status().connected()
+    }
+
+    /// Whether a publish on `route` can never come back unroutable, so it may be in
+    /// flight with others on the shared channel.
+    fn cannot_come_back(&self, route: &Route<'_>, exchange: &str) -> bool {
+        !route.mandatory || (self.exchange_parks && route.exchange == exchange)
     }
 
     /// A fresh channel for declarations: a declaration the server refuses closes the
@@ -142,9 +164,9 @@ async fn send(
         .map_err(|e| from_lapin(e, "publish"))
 }
 
-/// Publishes on `channel`, the only publish in flight there (a channel lent to the
-/// caller, see `publishers`), and waits for the broker's confirm: a message that came
-/// back unroutable is this one.
+/// Publishes on `channel` and waits for the broker's confirm. A message that came back
+/// unroutable is taken for this one: `channel` is lent to this publish alone, or
+/// carries only publishes that cannot come back.
 pub(crate) async fn publish_confirmed(
     channel: &Channel,
     route: &Route<'_>,
@@ -434,7 +456,10 @@ impl Link {
         let deadline = Instant::now() + self.config.reconnect_timeout;
         loop {
             let session = self.session().await?;
-            let published = match session.publishers.lend(&session.connection).await {
+            let published = if session.cannot_come_back(route, &self.config.exchange) {
+                publish_confirmed(&session.pipelined, route, payload, properties.clone()).await
+            } else {
+                match session.publishers.lend(&session.connection).await {
                 Ok(lent) => {
                     let published =
                         publish_confirmed(lent.channel(), route, payload, properties.clone()).await;
@@ -442,6 +467,7 @@ impl Link {
                     published
                 }
                 Err(e) => Err(e),
+                }
             };
             match published {
                 Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {

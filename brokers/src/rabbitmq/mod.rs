@@ -4,10 +4,10 @@
 //! - queue `C:G` (durable, one per group; the group's members share it), bound to `X`
 //!   with routing key `C`, and to `X.delayed` likewise;
 //! - publish: to `X` with routing key `C`, persistent, `mandatory`, publisher confirms
-//!   on; returns after the confirm, on an AMQP channel lent to that publish alone
-//!   (`publishers`), so a message that comes back is known for whose it is. A channel
-//!   no group has subscribed to yet has no queue: such a publish is refused as
-//!   unroutable, never silently dropped;
+//!   on; returns after the confirm. A publish that can come back unroutable waits on
+//!   an AMQP channel lent to it alone (`publishers`), so a return is known for whose it
+//!   is (see `connection`). A channel no group has subscribed to yet has no queue:
+//!   such a publish is refused as unroutable, never silently dropped;
 //! - retry: the failed message is published (attempt + 1, error headers) to the delay
 //!   queue `C:G:retry:<ms>`, whose every message has the same TTL, so expiry at the head
 //!   of the queue is expiry in order; on expiry RabbitMQ dead-letters it back to `C:G`

@@ -1,13 +1,11 @@
-//! The confirm-mode channels publishes are made on, each lent to one caller at a time.
+//! Confirm-mode channels lent to one caller at a time, for publishes that can come back
+//! unroutable (see `connection`).
 //!
-//! RabbitMQ sends the `basic.return` of a mandatory publish no queue took just ahead of
-//! that publish's ack, and the return names no delivery tag: lapin hands it to
-//! whichever confirm it resolves next on the channel. With several callers' publishes
-//! in flight on one channel, one caller could be told that another's message came
-//! back (a false "unroutable") and the other that its message was taken (a retry into
-//! an expired queue, lost). A channel lent to one caller carries only that caller's
-//! publishes; a caller with several in flight at once (a batch) tells their returns
-//! apart by message id once every one is confirmed.
+//! With several callers' publishes in flight on one channel, one caller could be told
+//! that another's message came back (a false "unroutable") and the other that its
+//! message was taken (a retry into an expired queue, lost). A channel lent to one
+//! caller carries only that caller's publishes; a caller with several in flight at
+//! once (a batch) tells their returns apart by message id once every one is confirmed.
 
 use std::sync::Mutex;
 
@@ -18,9 +16,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::error::from_lapin;
 use crate::core::Result;
 
-/// How many publishing channels a connection opens at most: as many publishes (or
-/// batches) are in flight at once; more wait for a channel to come back. Far below
-/// RabbitMQ's default `channel_max` (2,047), which subscriptions share.
+/// How many channels a connection lends at most: as many publishes (or batches) that
+/// can come back are in flight at once; more wait for a channel to come back. Far
+/// below RabbitMQ's default `channel_max` (2,047), which subscriptions share.
 pub(crate) const MAX_PUBLISHING_CHANNELS: usize = 64;
 
 /// The idle publishing channels of one connection, and the right to open more.
@@ -29,16 +27,16 @@ pub(crate) struct Publishers {
     lending: Semaphore,
 }
 
-impl Publishers {
-    /// Starts with `first`, opened with the connection (so a broker refusing confirm
-    /// mode fails at start).
-    pub(crate) fn new(first: Channel) -> Publishers {
+impl Default for Publishers {
+    fn default() -> Publishers {
         Publishers {
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(Vec::new()),
             lending: Semaphore::new(MAX_PUBLISHING_CHANNELS),
         }
     }
+}
 
+impl Publishers {
     /// A channel for the caller alone until it gives it back: an idle one that is
     /// still open, else a new one on `connection`.
     pub(crate) async fn lend<'a>(&'a self, connection: &Connection) -> Result<Lent<'a>> {

@@ -37,12 +37,13 @@ fn millis(d: Duration) -> AMQPValue {
 /// The channels' exchange `X`, the exchange delayed messages expire into (`X.delayed`),
 /// and the alternate exchange of both with its queue (`X.unroutable`), which parks what
 /// no queue takes. Declared on a channel of their own: a refused declaration closes
-/// the channel it was made on.
+/// the channel it was made on. True when `X` surely has that alternate exchange (it
+/// was declared with it), so a message published to `X` never comes back unroutable.
 pub(crate) async fn declare_exchanges(
     connection: &Connection,
     exchange: &str,
     park_unroutable: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let ch = connection
         .create_channel()
         .await
@@ -52,7 +53,7 @@ pub(crate) async fn declare_exchanges(
     declared
 }
 
-async fn declare_exchanges_on(ch: &Channel, exchange: &str, park_unroutable: bool) -> Result<()> {
+async fn declare_exchanges_on(ch: &Channel, exchange: &str, park_unroutable: bool) -> Result<bool> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -105,8 +106,8 @@ async fn declare_exchanges_on(ch: &Channel, exchange: &str, park_unroutable: boo
         .exchange_declare(exchange.into(), ExchangeKind::Direct, durable, arguments)
         .await
     {
-        Ok(()) => Ok(()),
-        Err(e) if is_precondition_failed(&e) && !park_unroutable => Ok(()),
+        Ok(()) => Ok(park_unroutable),
+        Err(e) if is_precondition_failed(&e) && !park_unroutable => Ok(false),
         Err(e) if is_precondition_failed(&e) => {
             tracing::warn!(
                 broker = "rabbitmq",
@@ -117,7 +118,7 @@ async fn declare_exchanges_on(ch: &Channel, exchange: &str, park_unroutable: boo
                  set_policy {exchange}-unroutable '^{exchange}$' \
                  '{{\"alternate-exchange\":\"{unroutable}\"}}' --apply-to exchanges"
             );
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(from_lapin(e, op)),
     }
