@@ -301,3 +301,52 @@ async fn delayed_into_a_removed_queue_among_other_publishes_is_delivered() {
     router.shutdown().await.unwrap();
     let _ = raw.close(200, "done".into()).await;
 }
+
+/// Requests to a channel somebody serves and to one nobody serves, in flight together
+/// (they share the reply channel): each unserved one hears `NoResponder` at once, each
+/// served one its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_hear_whether_they_are_served() {
+    use common::Numbered;
+    use futures::StreamExt;
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    const TOTAL: u64 = 2_000;
+    let served = common::unique_channel::<Numbered>("rabbit-served");
+    let unserved = common::unique_channel::<Numbered>("rabbit-unserved");
+    let config = RouterConfig::from_toml_str(&format!(
+        "default_broker = \"rabbitmq\"\n[brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\n"
+    ))
+    .unwrap();
+    let router = anybroker::MessageRouter::builder(config)
+        .serve(served, |m: Numbered, _cx| async move {
+            Ok::<_, anybroker::HandlerError>(Numbered { seq: m.seq * 2 })
+        })
+        .start()
+        .await
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(20);
+    let answers: Vec<_> = futures::stream::iter(1..=TOTAL)
+        .map(|seq| {
+            let channel = if seq % 10 == 0 { unserved } else { served };
+            let router = &router;
+            async move {
+                let answer = router
+                    .request::<_, Numbered>(channel, &Numbered { seq }, timeout)
+                    .await;
+                (seq, answer)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut wrong = Vec::new();
+    for (seq, answer) in answers {
+        match (seq % 10 == 0, answer) {
+            (false, Ok(reply)) if reply.seq == seq * 2 => {}
+            (true, Err(e)) if e.kind() == anybroker::ErrorKind::NoResponder => {}
+            (_, answer) => wrong.push(format!("{seq}: {answer:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "wrong answers: {wrong:?}");
+    router.shutdown().await.unwrap();
+}
