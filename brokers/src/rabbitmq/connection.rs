@@ -193,12 +193,11 @@ async fn publish_all_confirmed(
     route: &Route<'_>,
     messages: &[(&[u8], &BasicProperties)],
 ) -> Vec<Result<()>> {
-    let mut confirms = Vec::with_capacity(messages.len());
-    for (payload, properties) in messages {
-        confirms.push(send(channel, route, payload, (*properties).clone()).await);
-    }
-    let answers = futures::future::join_all(confirms.into_iter().map(|sent| async move {
-        sent?.await.map_err(|e| from_lapin(e, "publish"))
+    // Polled in order at first, so they are sent in order; none waits for the one
+    // before it to be written.
+    let answers = futures::future::join_all(messages.iter().map(|(payload, properties)| async move {
+        let confirm = send(channel, route, payload, (*properties).clone()).await?;
+        confirm.await.map_err(|e| from_lapin(e, "publish"))
     }))
     .await;
     let mut came_back: Vec<(Option<String>, ShortString)> = answers
