@@ -212,6 +212,7 @@ async fn publish_all_confirmed(
         .zip(messages)
         .map(|(answer, (_, properties))| match answer? {
             Confirmation::Nack(_) => Err(refused()),
+            Confirmation::Ack(_) | Confirmation::NotRequested if came_back.is_empty() => Ok(()),
             Confirmation::Ack(_) | Confirmation::NotRequested => {
                 let id = sent_id(properties);
                 match came_back.iter().position(|(returned, _)| *returned == id) {
