@@ -458,20 +458,15 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
         spec.status.clone(),
     ));
 
-    // Settling runs beside handling, so a broker round trip never holds up the next
-    // batch; what finishes meanwhile is settled together.
-    let (settle_tx, settle_rx) = mpsc::unbounded_channel();
-    let settler = tokio::spawn(settle_loop(
-        Settler {
-            subscription: spec.subscription.clone(),
-            window: window.clone(),
-            channel: spec.channel.clone(),
-            broker: spec.broker.clone(),
-            observer: spec.observer.clone(),
-            status: spec.status.clone(),
-        },
-        settle_rx,
-    ));
+    let settler = Settler {
+        subscription: spec.subscription.clone(),
+        window: window.clone(),
+        channel: spec.channel.clone(),
+        broker: spec.broker.clone(),
+        observer: spec.observer.clone(),
+        status: spec.status.clone(),
+    };
+    let mut settling = Settling::new(&settler);
 
     let site = Site {
         broker: spec.broker.clone(),
@@ -498,13 +493,14 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
     let mut stopping = false;
     while !stopping {
         tokio::select! {
+            () = settling.next_settled(), if settling.is_busy() => {}
             Some(done) = running.waiting.next(), if !running.waiting.is_empty() => {
                 let mut next = Some(done);
                 while let Some(done) = next.take() {
                     finish(done, &mut busy_keys, &mut running, &mut finished, &handle);
                     next = running.waiting.next().now_or_never().flatten();
                 }
-                let _ = settle_tx.send(std::mem::take(&mut finished));
+                settling.add(std::mem::take(&mut finished));
             }
             batch = rx.recv() => match batch {
                 Some(batch) => {
@@ -527,7 +523,7 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
                         }
                     }
                     if !finished.is_empty() {
-                        let _ = settle_tx.send(std::mem::take(&mut finished));
+                        settling.add(std::mem::take(&mut finished));
                     }
                 }
                 None => stopping = true,
@@ -546,17 +542,19 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
         release.extend(queue.into_iter().map(|d| (d.tag, Settlement::Release)));
     }
     if !release.is_empty() {
-        let _ = settle_tx.send(release);
+        settling.add(release);
     }
-    while let Some((tag, _, settlement)) = running.waiting.next().await {
-        finished.push((tag, settlement));
-    }
-    if !finished.is_empty() {
-        let _ = settle_tx.send(finished);
-    }
-    drop(settle_tx);
-    if let Err(e) = settler.await {
-        tracing::error!(channel = %spec.channel, error = %e, "settling task failed");
+    // Settling the released goes on while the handlers in flight finish.
+    loop {
+        tokio::select! {
+            () = settling.next_settled(), if settling.is_busy() => {}
+            done = running.waiting.next(), if !running.waiting.is_empty() => {
+                if let Some((tag, _, settlement)) = done {
+                    settling.add(vec![(tag, settlement)]);
+                }
+            }
+            else => break,
+        }
     }
     if let Err(e) = spec.subscription.close().await {
         tracing::warn!(channel = %spec.channel, broker = %spec.broker, error = %e, "closing subscription failed");
@@ -598,36 +596,87 @@ struct Settler {
     status: Arc<BrokerStatus>,
 }
 
-/// Settles what the runtime sends, batching whatever queued up meanwhile, and gives
-/// the window's permits back once the broker has the settlements.
-async fn settle_loop(
-    settler: Settler,
-    mut rx: mpsc::UnboundedReceiver<Vec<(DeliveryTag, Settlement)>>,
-) {
-    let Settler {
-        subscription,
-        window,
-        channel,
-        broker,
-        observer,
-        status,
-    } = settler;
-    while let Some(mut settlements) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            settlements.extend(more);
+/// One call settling deliveries at the broker.
+type SettleCall<'a> = Pin<Box<dyn Future<Output = anybroker_brokers::Result<()>> + Send + 'a>>;
+
+/// Settling on the consumer's own task, beside handling: one call to the broker at a
+/// time, and what finishes while it is in flight goes with the next one. A task of its
+/// own would add a hand-over (a wake-up) to every delivery's way.
+struct Settling<'a> {
+    settler: &'a Settler,
+    /// The call in flight, and how many deliveries it settles.
+    in_flight: Option<(usize, SettleCall<'a>)>,
+    waiting: Vec<(DeliveryTag, Settlement)>,
+}
+
+impl<'a> Settling<'a> {
+    fn new(settler: &'a Settler) -> Self {
+        Settling {
+            settler,
+            in_flight: None,
+            waiting: Vec::new(),
         }
-        let n = settlements.len();
-        for (tag, s) in &settlements {
-            if let Some(observer) = &observer {
+    }
+
+    fn is_busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Settles `settlements` now, or with the next call if one is in flight.
+    fn add(&mut self, settlements: Vec<(DeliveryTag, Settlement)>) {
+        if self.waiting.is_empty() {
+            self.waiting = settlements;
+        } else {
+            self.waiting.extend(settlements);
+        }
+        self.start();
+    }
+
+    fn start(&mut self) {
+        if self.in_flight.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        let settlements = std::mem::take(&mut self.waiting);
+        if let Some(observer) = &self.settler.observer {
+            for (tag, s) in &settlements {
                 observer.settled(*tag, s);
             }
         }
-        if let Err(e) = subscription.settle(settlements).await {
-            // The broker redelivers what it did not record as settled: at-least-once holds.
-            tracing::error!(%channel, %broker, error = %e, "settling deliveries failed");
-            status.failed(&e);
+        let n = settlements.len();
+        let mut call = self.settler.subscription.settle(settlements);
+        // Polled at once: the broker gets the settlements now, and a backend that
+        // settles without waiting is done here.
+        match call.as_mut().now_or_never() {
+            Some(result) => self.settled(n, result),
+            None => self.in_flight = Some((n, call)),
         }
-        window.add_permits(n);
+    }
+
+    /// Waits for the call in flight (cancel-safe: it stays in flight), then as
+    /// [`settled`](Self::settled).
+    async fn next_settled(&mut self) {
+        let Some((n, call)) = self.in_flight.as_mut() else {
+            return;
+        };
+        let result = call.as_mut().await;
+        let n = *n;
+        self.in_flight = None;
+        self.settled(n, result);
+    }
+
+    /// Gives the window's permits back once the broker has the settlements, and
+    /// starts the next call.
+    fn settled(&mut self, n: usize, result: anybroker_brokers::Result<()>) {
+        if let Err(e) = result {
+            // The broker redelivers what it did not record as settled: at-least-once holds.
+            let Settler {
+                channel, broker, ..
+            } = self.settler;
+            tracing::error!(%channel, %broker, error = %e, "settling deliveries failed");
+            self.settler.status.failed(&e);
+        }
+        self.settler.window.add_permits(n);
+        self.start();
     }
 }
 
