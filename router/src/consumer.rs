@@ -587,6 +587,8 @@ fn finish<F: Future<Output = Finished>>(
     }
 }
 
+/// What settling needs: the subscription, the window its permits go back to, and
+/// where a failure is told.
 struct Settler {
     subscription: Arc<dyn Subscription>,
     window: Arc<Semaphore>,
