@@ -9,6 +9,9 @@ use anybroker::RouterConfig;
 mod common;
 use common::{restart_under_load, OwnRabbitMq};
 
+/// The RabbitMQ the machine runs (the restart test starts a node of its own).
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// 10,000 messages published while consumed; the RabbitMQ node is shut down and
 /// started again twice mid-stream (its durable queues and persistent messages kept on
 /// its disk): every message is handled, the duplicates counted.
@@ -40,7 +43,6 @@ async fn rabbitmq_broker_restarted_under_load_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_its_retry_queue_expired_is_retried() {
     use std::sync::{Arc, Mutex};
-    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
     let ch = common::unique_channel::<common::Numbered>("rabbit-expired");
     let config = RouterConfig::from_toml_str(&format!(
         "default_broker = \"rabbitmq\"\n[brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\n\
@@ -106,7 +108,6 @@ async fn concurrent_publishes_each_hear_of_their_own_route() {
     use common::{counting_handler, HandledCounts, Numbered};
     use futures::StreamExt;
     const TOTAL: u64 = 6_000;
-    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
     let taken = common::unique_channel::<Numbered>("rabbit-taken");
     let untaken = common::unique_channel::<Numbered>("rabbit-untaken");
     let exchange = format!("{}.x", taken.name());
@@ -230,7 +231,6 @@ async fn delayed_into_a_removed_queue_among_other_publishes_is_delivered() {
     use futures::StreamExt;
     const ROUNDS: u64 = 40;
     const PER_ROUND: u64 = 200;
-    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
     let ch = common::unique_channel::<Numbered>("rabbit-delay-gone");
     let config = RouterConfig::from_toml_str(&format!(
         "default_broker = \"rabbitmq\"\n[brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\n"
@@ -309,7 +309,6 @@ async fn delayed_into_a_removed_queue_among_other_publishes_is_delivered() {
 async fn concurrent_requests_each_hear_whether_they_are_served() {
     use common::Numbered;
     use futures::StreamExt;
-    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
     const TOTAL: u64 = 2_000;
     let served = common::unique_channel::<Numbered>("rabbit-served");
     let unserved = common::unique_channel::<Numbered>("rabbit-unserved");

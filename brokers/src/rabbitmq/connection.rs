@@ -96,10 +96,23 @@ impl Session {
         self.connection.status().connected() && self.pipelined.status().connected()
     }
 
-    /// Whether a publish on `route` can never come back unroutable, so it may be in
-    /// flight with others on the shared channel.
-    fn cannot_come_back(&self, route: &Route<'_>, exchange: &str) -> bool {
-        !route.mandatory || (self.exchange_parks && route.exchange == exchange)
+    /// Publishes with a confirm: on the shared channel when the message can never come
+    /// back unroutable (not mandatory, or to the channels' `exchange` while it parks
+    /// what no queue takes), else on a channel lent to this publish alone.
+    async fn publish(
+        &self,
+        route: &Route<'_>,
+        exchange: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        if !route.mandatory || (self.exchange_parks && route.exchange == exchange) {
+            return publish_confirmed(&self.pipelined, route, payload, properties).await;
+        }
+        let lent = self.publishers.lend(&self.connection).await?;
+        let published = publish_confirmed(lent.channel(), route, payload, properties).await;
+        lent.give_back();
+        published
     }
 
     /// A fresh channel for declarations: a declaration the server refuses closes the
@@ -141,14 +154,14 @@ fn is_unroutable(e: &Error) -> bool {
     e.kind() == ErrorKind::Broker && e.message().starts_with(UNROUTABLE)
 }
 
-/// Sends a publish on `channel`; the confirm is awaited apart, so several can be in
-/// flight.
-async fn send(
+/// Publishes on `channel` and waits for the broker's answer, whatever it is. The
+/// message is sent at the first poll, so several polled in turn are in flight together.
+async fn publish_and_confirm(
     channel: &Channel,
     route: &Route<'_>,
     payload: &[u8],
     properties: BasicProperties,
-) -> Result<lapin::PublisherConfirm> {
+) -> Result<Confirmation> {
     channel
         .basic_publish(
             route.exchange.into(),
@@ -160,6 +173,8 @@ async fn send(
             payload,
             properties,
         )
+        .await
+        .map_err(|e| from_lapin(e, "publish"))?
         .await
         .map_err(|e| from_lapin(e, "publish"))
 }
@@ -173,11 +188,7 @@ pub(crate) async fn publish_confirmed(
     payload: &[u8],
     properties: BasicProperties,
 ) -> Result<()> {
-    let confirmation = send(channel, route, payload, properties)
-        .await?
-        .await
-        .map_err(|e| from_lapin(e, "publish"))?;
-    match confirmation {
+    match publish_and_confirm(channel, route, payload, properties).await? {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(returned)) => Err(unroutable(route, &returned.reply_text)),
         Confirmation::Nack(_) => Err(refused()),
@@ -195,9 +206,8 @@ async fn publish_all_confirmed(
 ) -> Vec<Result<()>> {
     // Polled in order at first, so they are sent in order; none waits for the one
     // before it to be written.
-    let answers = futures::future::join_all(messages.iter().map(|(payload, properties)| async move {
-        let confirm = send(channel, route, payload, (*properties).clone()).await?;
-        confirm.await.map_err(|e| from_lapin(e, "publish"))
+    let answers = futures::future::join_all(messages.iter().map(|(payload, properties)| {
+        publish_and_confirm(channel, route, payload, (*properties).clone())
     }))
     .await;
     let mut came_back: Vec<(Option<String>, ShortString)> = answers
@@ -456,19 +466,9 @@ impl Link {
         let deadline = Instant::now() + self.config.reconnect_timeout;
         loop {
             let session = self.session().await?;
-            let published = if session.cannot_come_back(route, &self.config.exchange) {
-                publish_confirmed(&session.pipelined, route, payload, properties.clone()).await
-            } else {
-                match session.publishers.lend(&session.connection).await {
-                Ok(lent) => {
-                    let published =
-                        publish_confirmed(lent.channel(), route, payload, properties.clone()).await;
-                    lent.give_back();
-                    published
-                }
-                Err(e) => Err(e),
-                }
-            };
+            let published = session
+                .publish(route, &self.config.exchange, payload, properties.clone())
+                .await;
             match published {
                 Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {
                     tracing::debug!(broker = "rabbitmq", error = %e, "publish interrupted; sending again after reconnect");
@@ -548,11 +548,7 @@ impl Link {
             .with_correlation_id(ShortString::from(&*correlation))
             .with_expiration(timeout.as_millis().max(1).to_string().into());
         let forget = || rpc.pending.lock().unwrap().remove(&*correlation);
-        let confirmation = match send(&rpc.channel, route, payload, properties).await {
-            Ok(confirm) => confirm.await.map_err(|e| from_lapin(e, "publish")),
-            Err(e) => Err(e),
-        };
-        let confirmation = match confirmation {
+        let confirmation = match publish_and_confirm(&rpc.channel, route, payload, properties).await {
             Ok(confirmation) => confirmation,
             Err(e) => {
                 forget();
