@@ -12,7 +12,9 @@ use std::time::Duration;
 use anybroker::{handler_fn, Envelope, MessageContext, MessageRouter, RouterConfig};
 
 mod common;
-use common::{counting_handler, unique_channel, wait_until, HandledCounts, Numbered};
+use common::{
+    counting_handler, unique_channel, wait_until, wait_until_async, HandledCounts, Numbered,
+};
 
 fn router_config(url: &str) -> RouterConfig {
     RouterConfig::from_toml_str(&format!(
@@ -392,6 +394,70 @@ async fn nats_closing_members_do_not_inflate_attempts() {
         deliveries <= total_calls as u64 + given_back_at_most,
         "{deliveries} deliveries for {total_calls} handler calls and {CLOSES} closes"
     );
+}
+
+/// With a window of 1, the next message is asked for as soon as one arrives, so it is
+/// on its way while that one is handled rather than asked for after its ack: while the
+/// handler holds the first message, the server has sent the second one too (two
+/// unacknowledged). Both are then handled once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_window_of_one_has_the_next_message_on_its_way() {
+    let ch = unique_channel::<Numbered>("one-ahead");
+    let config = RouterConfig::from_toml_str(
+        "default_broker = \"nats\"\n[defaults]\nprefetch = 1\n\
+         [brokers.nats]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmax_age = \"1h\"\n",
+    )
+    .unwrap();
+    let handled: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let router = MessageRouter::builder(config)
+        .handle(ch, {
+            let (handled, gate) = (handled.clone(), gate.clone());
+            handler_fn(move |m: Numbered, _cx: MessageContext| {
+                let (handled, gate) = (handled.clone(), gate.clone());
+                async move {
+                    gate.acquire().await.unwrap().forget();
+                    handled.lock().unwrap().push(m.seq);
+                    Ok(())
+                }
+            })
+        })
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..2 {
+        router.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    let js =
+        async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+    let name = format!("ANYBROKER_{}", ch.name().replace('.', "_"));
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .get_consumer("default")
+        .await
+        .unwrap();
+    wait_until_async(
+        "the second message sent while the first is handled",
+        Duration::from_secs(10),
+        || {
+            let mut consumer = consumer.clone();
+            async move {
+                let info = consumer.info().await;
+                info.map(|i| i.num_ack_pending == 2).unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    assert!(handled.lock().unwrap().is_empty(), "the handler is held");
+    gate.add_permits(2);
+    wait_until("both handled", Duration::from_secs(10), || {
+        handled.lock().unwrap().len() == 2
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    assert_eq!(*handled.lock().unwrap(), vec![0, 1], "each once, in order");
 }
 
 /// Records the attempt number each call sees per message, fails every seventh message

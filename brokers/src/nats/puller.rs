@@ -92,7 +92,7 @@ impl Puller {
     }
 
     /// Asks for the rest of the batch once half of what was asked for has come.
-    async fn ask(&mut self) -> Result<()> {
+    pub(crate) async fn ask(&mut self) -> Result<()> {
         if self.pending > self.batch / 2 {
             return Ok(());
         }

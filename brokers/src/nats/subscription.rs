@@ -269,6 +269,11 @@ impl Subscription for JetStreamSubscription {
                     None => break,
                 }
             }
+            // Asked for again now, not at the next receive: the next messages are on
+            // their way while these are handled (with a window of 1, the next one
+            // arrives during this one's handling rather than after its ack). A failed
+            // ask is asked again, and reported, by the next receive.
+            let _ = puller.ask().await;
         }
         // A message leaves `held` only once it is a delivery in flight: cancelled while
         // attempts are counted, it stays (with its attempt once decided) for the next
