@@ -7,7 +7,10 @@
 //!   on; returns after the confirm. A publish that can come back unroutable waits on
 //!   an AMQP channel lent to it alone (`publishers`), so a return is known for whose it
 //!   is (see `connection`). A channel no group has subscribed to yet has no queue:
-//!   such a publish is refused as unroutable, never silently dropped;
+//!   with `park_unroutable` (the default) `X`'s alternate exchange parks such a
+//!   publish in the queue `X.unroutable`, delivered once a router opens the channel;
+//!   without it (or on an exchange declared earlier without one) the publish is
+//!   refused as unroutable. Never silently dropped either way;
 //! - retry: the failed message is published (attempt + 1, error headers) to the delay
 //!   queue `C:G:retry:<ms>`, whose every message has the same TTL, so expiry at the head
 //!   of the queue is expiry in order; on expiry RabbitMQ dead-letters it back to `C:G`
