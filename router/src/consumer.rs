@@ -177,60 +177,104 @@ pub(crate) struct TypedHandler<M, H> {
     pub(crate) _message: std::marker::PhantomData<fn() -> M>,
 }
 
+/// How a delivery's handling begins, decided before its future is made.
+enum Begun<F> {
+    /// A copy of a message the group already handled (a moving channel): acked.
+    Copy,
+    /// The handler's future, to be polled.
+    Handling(F),
+    /// Over before the handler had a future: undecodable, or a panic.
+    Over(Result<HandleResult, String>),
+}
+
 impl<M: Message, H: MessageHandler<M>> TypedHandler<M, H> {
-    async fn call(&self, envelope: Envelope, broker: Arc<str>) -> HandleResult {
-        let message: M = match crate::codec::decode(&envelope) {
-            Ok(m) => m,
-            Err(e) => {
-                return HandleResult::Undecodable(format!(
-                    "payload is not a valid {}: {e}",
-                    std::any::type_name::<M>()
-                ))
-            }
-        };
-        let context = MessageContext::new(envelope, broker);
-        match self.handler.handle_owned(message, context).await {
-            Ok(()) => HandleResult::Handled,
-            Err(e) => HandleResult::Failed(e),
-        }
+    /// Decodes the payload and calls the handler for its future.
+    fn begin(
+        &self,
+        envelope: Envelope,
+        broker: Arc<str>,
+    ) -> Result<impl Future<Output = Result<(), HandlerError>> + Send + '_, String> {
+        let message: M = crate::codec::decode(&envelope)
+            .map_err(|e| format!("payload is not a valid {}: {e}", std::any::type_name::<M>()))?;
+        Ok(self
+            .handler
+            .handle_owned(message, MessageContext::new(envelope, broker)))
     }
 }
 
 impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
-    async fn run(&self, delivery: Delivery, site: &Site) -> Finished {
-        let _busy = Busy::start(&site.busy);
+    // Not an `async fn`: one keeps its arguments twice in its future, and the envelope
+    // is the largest thing a consumer moves per message. The synchronous part (decoding,
+    // calling the handler for its future) runs here, so the future holds only the
+    // handler's future and what settling needs, and is small to move into its slot.
+    fn run<'a>(
+        &'a self,
+        delivery: Delivery,
+        site: &'a Site,
+    ) -> impl Future<Output = Finished> + Send + 'a {
+        let busy = Busy::start(&site.busy);
         let tag = delivery.tag;
-        let key = delivery.envelope.key.clone();
-        let attempt = delivery.envelope.attempt;
+        let envelope = delivery.envelope;
+        let key = envelope.key.clone();
+        let attempt = envelope.attempt;
         // For the event of a failure, after the handler took the envelope.
-        let id = delivery.envelope.id.clone();
-        if let Some(handled) = &site.handled {
-            if !handled.claim(&id) {
-                site.report_copy(&id);
-                return (tag, key, Settlement::Ack);
-            }
-        }
-        let span = site.handling_span(&delivery.envelope);
-        let started = site.metrics.started();
-        let handling =
-            AssertUnwindSafe(self.call(delivery.envelope, site.broker.clone())).catch_unwind();
-        // Instrumented (boxed, out of the inline future) only when a subscriber wants the
-        // span: otherwise the wrapper's poll and drop are pure cost.
-        let result = if span.is_disabled() {
-            handling.await
+        let id = envelope.id.clone();
+        let copy = site.handled.as_ref().is_some_and(|h| !h.claim(&id));
+        let (span, started, begun) = if copy {
+            site.report_copy(&id);
+            (tracing::Span::none(), None, Begun::Copy)
         } else {
-            Box::pin(handling.instrument(span.clone())).await
-        }
-        .map_err(panic_text);
-        let settlement = settlement_for(result, attempt, &site.policy);
-        site.metrics.finished(started, &settlement);
-        if !matches!(settlement, Settlement::Ack) {
-            site.report(&span, &id, attempt, &settlement);
-            if let Some(handled) = &site.handled {
-                handled.release(&id);
+            let span = site.handling_span(&envelope);
+            let started = site.metrics.started();
+            let begun = {
+                let _entered = span.enter();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.begin(envelope, site.broker.clone())
+                })) {
+                    Ok(Ok(handling)) => Begun::Handling(handling),
+                    Ok(Err(undecodable)) => Begun::Over(Ok(HandleResult::Undecodable(undecodable))),
+                    Err(panic) => Begun::Over(Err(panic_text(panic))),
+                }
+            };
+            (span, Some(started), begun)
+        };
+        async move {
+            let _busy = busy;
+            let result = match begun {
+                Begun::Copy => return (tag, key, Settlement::Ack),
+                Begun::Over(result) => result,
+                Begun::Handling(handling) => {
+                    let mut handling = std::pin::pin!(handling);
+                    // The handler's logs nest in the span; a panic is caught at each poll.
+                    std::future::poll_fn(|cx| {
+                        let _entered = span.enter();
+                        std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx)))
+                            .map_or_else(
+                                |panic| std::task::Poll::Ready(Err(panic_text(panic))),
+                                |poll| {
+                                    poll.map(|r| {
+                                        Ok(r.map_or_else(HandleResult::Failed, |()| {
+                                            HandleResult::Handled
+                                        }))
+                                    })
+                                },
+                            )
+                    })
+                    .await
+                }
+            };
+            let settlement = settlement_for(result, attempt, &site.policy);
+            if let Some(started) = started {
+                site.metrics.finished(started, &settlement);
             }
+            if !matches!(settlement, Settlement::Ack) {
+                site.report(&span, &id, attempt, &settlement);
+                if let Some(handled) = &site.handled {
+                    handled.release(&id);
+                }
+            }
+            (tag, key, settlement)
         }
-        (tag, key, settlement)
     }
 }
 
@@ -504,6 +548,9 @@ pub(crate) async fn run_consumer<H: DeliveryHandler>(
             }
             batch = rx.recv() => match batch {
                 Some(batch) => {
+                    // Sized once: grown push by push, it would copy its settlements
+                    // over several times per batch.
+                    finished.reserve(batch.len());
                     for delivery in batch {
                         let done = match &delivery.envelope.key {
                             Some(key) => match busy_keys.get_mut(key) {

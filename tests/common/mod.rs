@@ -312,20 +312,36 @@ pub async fn restart_under_load(label: &str, config: RouterConfig, mut outage: i
             }
         })
     };
-    for threshold in [N / 4, N * 3 / 5] {
-        wait_until(
-            "progress before the restart",
-            Duration::from_secs(120),
-            || handled.load(Ordering::SeqCst) as u64 >= threshold,
+    // On a timeout, what came through and what did not: a lost message and a stalled
+    // consumer read differently.
+    let report = |what: &str| {
+        let seen = seen.lock().unwrap();
+        let missing: Vec<u64> = (0..N).filter(|s| !seen.contains_key(s)).collect();
+        format!(
+            "{label}: timed out waiting for {what}: {} handled, {} distinct, {} publish errors \
+             retried, publisher finished: {}; {} missing, the first: {:?}",
+            handled.load(Ordering::SeqCst),
+            seen.len(),
+            publish_errors.load(Ordering::SeqCst),
+            publisher.is_finished(),
+            missing.len(),
+            &missing[..missing.len().min(20)],
         )
+    };
+    for threshold in [N / 4, N * 3 / 5] {
+        let progressed = holds_within(Duration::from_secs(120), || {
+            handled.load(Ordering::SeqCst) as u64 >= threshold
+        })
         .await;
+        assert!(progressed, "{}", report("progress before the restart"));
         outage().await;
     }
-    publisher.await.unwrap();
-    wait_until("every message handled", Duration::from_secs(180), || {
-        seen.lock().unwrap().len() as u64 == N
+    let all = holds_within(Duration::from_secs(180), || {
+        publisher.is_finished() && seen.lock().unwrap().len() as u64 == N
     })
     .await;
+    assert!(all, "{}", report("every message handled"));
+    publisher.await.unwrap();
     router.shutdown().await.unwrap();
     let seen = seen.lock().unwrap();
     let duplicates: usize = seen.values().map(|c| c - 1).sum();

@@ -99,17 +99,19 @@ impl Subscription for MemorySubscription {
             let group = state.groups.get_mut(&self.group).expect("group exists");
             for (tag, settlement) in settlements {
                 // The group's deliveries share one table: one another member holds is
-                // as unknown to this one as one settled already.
-                if group
-                    .in_flight
-                    .get(&tag.0)
-                    .is_none_or(|f| f.member != self.member)
-                {
-                    unknown += 1;
-                    continue;
-                }
-                let in_flight = group.in_flight.remove(&tag.0).expect("checked above");
-                let mut envelope = in_flight.envelope;
+                // as unknown to this one as one settled already (and stays its).
+                let mut envelope = match group.in_flight.remove(&tag.0) {
+                    Some(f) if f.member == self.member => f.envelope,
+                    Some(other) => {
+                        group.in_flight.insert(tag.0, other);
+                        unknown += 1;
+                        continue;
+                    }
+                    None => {
+                        unknown += 1;
+                        continue;
+                    }
+                };
                 match settlement {
                     Settlement::Ack => {
                         if let Some(key) = &envelope.key {

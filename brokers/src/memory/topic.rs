@@ -204,7 +204,10 @@ impl TopicState {
             let Reverse(timed) = group.waiting.pop().expect("peeked");
             group.ready.push_back(timed.envelope);
         }
-        let mut out = Vec::with_capacity(max.min(group.ready.len() + 64));
+        // Room for all it can hand out, so the batch never grows (each growth copies
+        // every delivery taken so far).
+        let in_log = (self.base + self.log.len() as u64).saturating_sub(group.cursor) as usize;
+        let mut out = Vec::with_capacity(max.min(group.ready.len() + in_log));
         // Ready messages already hold their key.
         while out.len() < max {
             let Some(envelope) = group.ready.pop_front() else {
