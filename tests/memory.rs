@@ -729,3 +729,59 @@ async fn run_until_settled_drives_retries_on_virtual_time() {
     assert!(err.to_string().contains(ch.name()), "{err}");
     router.shutdown().await.unwrap();
 }
+
+/// A handler that panics before it returns its future (in the closure's own body) is
+/// caught as one that panics while running is: the message is retried, and the retry
+/// carries the panic as its error.
+#[tokio::test]
+async fn handler_panicking_before_its_future_is_retried() {
+    const N: u64 = 3;
+    let ch = unique_channel::<Numbered>("sync-panic");
+    let config = RouterConfig::from_toml_str(
+        "default_broker = \"memory\"\n[defaults]\n\
+         retry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }\n\
+         [brokers.memory]\nkind = \"memory\"\n",
+    )
+    .unwrap();
+    let seen: Arc<Mutex<Vec<(u64, u32, Option<String>)>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |m: Numbered, cx: MessageContext| {
+            if cx.attempt() == 1 {
+                panic!("bug before the future on {}", m.seq);
+            }
+            let error = cx.headers().get(anybroker::header::ERROR).cloned();
+            seen.lock().unwrap().push((m.seq, cx.attempt(), error));
+            async { Ok(()) }
+        })
+    };
+    let router = MessageRouter::builder(config)
+        .handle(ch, handler)
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..N {
+        router.publish(ch, &Numbered { seq }).await.unwrap();
+    }
+    wait_until(
+        "every message handled on its retry",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().len() as u64 == N,
+    )
+    .await;
+    router.shutdown().await.unwrap();
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+    seen.sort();
+    for (i, (seq, attempt, error)) in seen.into_iter().enumerate() {
+        assert_eq!(
+            (seq, attempt),
+            (i as u64, 2),
+            "each message once, on attempt 2"
+        );
+        let error = error.expect("the retry carries its error");
+        assert_eq!(
+            error,
+            format!("handler panicked: bug before the future on {seq}")
+        );
+    }
+}
