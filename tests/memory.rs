@@ -743,7 +743,9 @@ async fn handler_panicking_before_its_future_is_retried() {
          [brokers.memory]\nkind = \"memory\"\n",
     )
     .unwrap();
-    let seen: Arc<Mutex<Vec<(u64, u32, Option<String>)>>> = Arc::default();
+    // Each call's sequence number, attempt and error header.
+    type Call = (u64, u32, Option<String>);
+    let seen: Arc<Mutex<Vec<Call>>> = Arc::default();
     let handler = {
         let seen = seen.clone();
         handler_fn(move |m: Numbered, cx: MessageContext| {
