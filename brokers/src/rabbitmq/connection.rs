@@ -10,6 +10,7 @@
 //! exchange, which parks what no queue takes, and replies) are all in flight together
 //! on one channel.
 
+use std::future::Future;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -99,18 +100,20 @@ impl Session {
     /// Publishes with a confirm: on the shared channel when the message can never come
     /// back unroutable (not mandatory, or to the channels' `exchange` while it parks
     /// what no queue takes), else on a channel lent to this publish alone.
+    /// `properties` makes the message's properties once a channel is chosen, so a
+    /// wait for a lent channel does not hold them.
     async fn publish(
         &self,
         route: &Route<'_>,
         exchange: &str,
         payload: &[u8],
-        properties: BasicProperties,
+        properties: impl FnOnce() -> BasicProperties,
     ) -> Result<()> {
         if !route.mandatory || (self.exchange_parks && route.exchange == exchange) {
-            return publish_confirmed(&self.pipelined, route, payload, properties).await;
+            return publish_confirmed(&self.pipelined, route, payload, properties()).await;
         }
         let lent = self.publishers.lend(&self.connection).await?;
-        let published = publish_confirmed(lent.channel(), route, payload, properties).await;
+        let published = publish_confirmed(lent.channel(), route, payload, properties()).await;
         lent.give_back();
         published
     }
@@ -156,42 +159,52 @@ fn is_unroutable(e: &Error) -> bool {
 
 /// Publishes on `channel` and waits for the broker's answer, whatever it is. The
 /// message is sent at the first poll, so several polled in turn are in flight together.
-async fn publish_and_confirm(
-    channel: &Channel,
+/// Sends a publish and waits for the broker's answer. Not an `async fn`: the
+/// properties go into lapin's publish future as it is made, and that future is boxed
+/// there (~1.5 KB), so the future returned, and every one that awaits it, holds a
+/// pointer rather than the publish.
+fn publish_and_confirm<'a>(
+    channel: &'a Channel,
     route: &Route<'_>,
-    payload: &[u8],
+    payload: &'a [u8],
     properties: BasicProperties,
-) -> Result<Confirmation> {
-    channel
-        .basic_publish(
-            route.exchange.into(),
-            route.routing_key.into(),
-            BasicPublishOptions {
-                mandatory: route.mandatory,
-                ..Default::default()
-            },
-            payload,
-            properties,
-        )
-        .await
-        .map_err(|e| from_lapin(e, "publish"))?
-        .await
-        .map_err(|e| from_lapin(e, "publish"))
+) -> impl Future<Output = Result<Confirmation>> + Send + 'a {
+    let publishing = Box::pin(channel.basic_publish(
+        route.exchange.into(),
+        route.routing_key.into(),
+        BasicPublishOptions {
+            mandatory: route.mandatory,
+            ..Default::default()
+        },
+        payload,
+        properties,
+    ));
+    async move {
+        publishing
+            .await
+            .map_err(|e| from_lapin(e, "publish"))?
+            .await
+            .map_err(|e| from_lapin(e, "publish"))
+    }
 }
 
 /// Publishes on `channel` and waits for the broker's confirm. A message that came back
 /// unroutable is taken for this one: `channel` is lent to this publish alone, or
-/// carries only publishes that cannot come back.
-pub(crate) async fn publish_confirmed(
-    channel: &Channel,
-    route: &Route<'_>,
-    payload: &[u8],
+/// carries only publishes that cannot come back. Not an `async fn`, for the reason
+/// [`publish_and_confirm`] gives.
+pub(crate) fn publish_confirmed<'a>(
+    channel: &'a Channel,
+    route: &'a Route<'a>,
+    payload: &'a [u8],
     properties: BasicProperties,
-) -> Result<()> {
-    match publish_and_confirm(channel, route, payload, properties).await? {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(unroutable(route, &returned.reply_text)),
-        Confirmation::Nack(_) => Err(refused()),
+) -> impl Future<Output = Result<()>> + Send + 'a {
+    let confirming = publish_and_confirm(channel, route, payload, properties);
+    async move {
+        match confirming.await? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(unroutable(route, &returned.reply_text)),
+            Confirmation::Nack(_) => Err(refused()),
+        }
     }
 }
 
@@ -402,7 +415,7 @@ impl Link {
             routing_key: queue,
             mandatory: true,
         };
-        self.publish(&route, &envelope.payload, &to_properties(envelope))
+        self.publish(&route, &envelope.payload, || to_properties(envelope))
             .await
     }
 
@@ -415,6 +428,13 @@ impl Link {
                 return Ok(current.clone());
             }
         }
+        // Boxed: reconnecting is seldom, and its future (a connection's opening) would
+        // make every operation's future its size.
+        Box::pin(self.reconnect()).await
+    }
+
+    /// Opens a new session in place of the dead one, as [`session`](Self::session) says.
+    async fn reconnect(&self) -> Result<Arc<Session>> {
         let _one_at_a_time = self.reconnecting.lock().await;
         let dead = {
             let current = self.current.read().unwrap();
@@ -457,17 +477,19 @@ impl Link {
 
     /// Publishes with a confirm. A publish the connection dropped under is sent again
     /// on the next connection (at least once, never vanished), until `reconnect_timeout`.
+    /// `properties` makes the message's properties for each send: made again for a
+    /// send again rather than copied ahead for one that is seldom needed.
     pub(crate) async fn publish(
         &self,
         route: &Route<'_>,
         payload: &[u8],
-        properties: &BasicProperties,
+        properties: impl Fn() -> BasicProperties,
     ) -> Result<()> {
         let deadline = Instant::now() + self.config.reconnect_timeout;
         loop {
             let session = self.session().await?;
             let published = session
-                .publish(route, &self.config.exchange, payload, properties.clone())
+                .publish(route, &self.config.exchange, payload, &properties)
                 .await;
             match published {
                 Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {

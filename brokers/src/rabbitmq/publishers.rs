@@ -56,7 +56,9 @@ impl Publishers {
         };
         let channel = match idle {
             Some(channel) => channel,
-            None => open_confirming(connection).await?,
+            // Boxed: opening is seldom, and its future would make every lending's
+            // (every publish's) its size.
+            None => Box::pin(open_confirming(connection)).await?,
         };
         Ok(Lent {
             channel: Some(channel),

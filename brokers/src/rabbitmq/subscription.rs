@@ -177,10 +177,13 @@ impl RabbitSubscription {
                             reply.headers.insert(header::REPLY_ERROR.to_string(), error);
                         }
                     }
-                    let mut properties = to_properties(&reply).with_delivery_mode(1);
-                    if let Some(c) = correlation {
-                        properties = properties.with_correlation_id(c.clone());
-                    }
+                    let properties = || {
+                        let properties = to_properties(&reply).with_delivery_mode(1);
+                        match &correlation {
+                            Some(c) => properties.with_correlation_id(c.clone()),
+                            None => properties,
+                        }
+                    };
                     // Not mandatory: a requester that gave up is no error of the server.
                     let route = Route {
                         exchange: "",
@@ -188,7 +191,7 @@ impl RabbitSubscription {
                         mandatory: false,
                     };
                     self.link
-                        .publish(&route, &reply.payload, &properties)
+                        .publish(&route, &reply.payload, properties)
                         .await?;
                 }
             }
