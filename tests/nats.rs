@@ -24,6 +24,23 @@ fn router_config(url: &str) -> RouterConfig {
     .unwrap()
 }
 
+/// The server's durable consumer of `group` on `channel`'s stream, read with the plain
+/// client to see what the server holds.
+async fn jetstream_consumer(
+    channel: &str,
+    group: &str,
+) -> async_nats::jetstream::consumer::PullConsumer {
+    let js =
+        async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+    let stream = format!("ANYBROKER_{}", channel.replace('.', "_"));
+    js.get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer(group)
+        .await
+        .unwrap()
+}
+
 /// Publishing the same envelope id twice within the duplicate window stores it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_same_id_twice_is_stored_once() {
@@ -348,16 +365,7 @@ async fn nats_closing_members_do_not_inflate_attempts() {
 
     let calls = std::mem::take(&mut *calls.lock().unwrap());
     let total_calls: usize = calls.values().map(Vec::len).sum();
-    let js =
-        async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
-    let name = format!("ANYBROKER_{}", ch.name().replace('.', "_"));
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(&name)
-        .await
-        .unwrap()
-        .get_consumer("default")
-        .await
-        .unwrap();
+    let mut consumer = jetstream_consumer(ch.name(), "default").await;
     let deliveries = consumer.info().await.unwrap().delivered.consumer_sequence;
     println!(
         "{N} messages, {total_calls} handler calls, {deliveries} server deliveries, slowest close {slowest_close:?}"
@@ -428,16 +436,7 @@ async fn nats_window_of_one_has_the_next_message_on_its_way() {
     for seq in 0..2 {
         router.publish(ch, &Numbered { seq }).await.unwrap();
     }
-    let js =
-        async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
-    let name = format!("ANYBROKER_{}", ch.name().replace('.', "_"));
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(&name)
-        .await
-        .unwrap()
-        .get_consumer("default")
-        .await
-        .unwrap();
+    let consumer = jetstream_consumer(ch.name(), "default").await;
     wait_until_async(
         "the second message sent while the first is handled",
         Duration::from_secs(10),
