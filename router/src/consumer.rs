@@ -214,22 +214,21 @@ impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
     ) -> impl Future<Output = Finished> + Send + 'a {
         let busy = Busy::start(&site.busy);
         let tag = delivery.tag;
-        let envelope = delivery.envelope;
-        let key = envelope.key.clone();
-        let attempt = envelope.attempt;
+        let key = delivery.envelope.key.clone();
+        let attempt = delivery.envelope.attempt;
         // For the event of a failure, after the handler took the envelope.
-        let id = envelope.id.clone();
+        let id = delivery.envelope.id.clone();
         let copy = site.handled.as_ref().is_some_and(|h| !h.claim(&id));
         let (span, started, begun) = if copy {
             site.report_copy(&id);
             (tracing::Span::none(), None, Begun::Copy)
         } else {
-            let span = site.handling_span(&envelope);
+            let span = site.handling_span(&delivery.envelope);
             let started = site.metrics.started();
             let begun = {
                 let _entered = span.enter();
                 match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    self.begin(envelope, site.broker.clone())
+                    self.begin(delivery.envelope, site.broker.clone())
                 })) {
                     Ok(Ok(handling)) => Begun::Handling(handling),
                     Ok(Err(undecodable)) => Begun::Over(Ok(HandleResult::Undecodable(undecodable))),
@@ -306,9 +305,7 @@ where
             let reply = (self.respond)(request, context)
                 .await
                 .map_err(|e| e.to_string())?;
-            serde_json::to_vec(&reply)
-                .map(bytes::Bytes::from)
-                .map_err(|e| format!("reply cannot be encoded: {e}"))
+            crate::codec::encode(&reply).map_err(|e| format!("reply cannot be encoded: {e}"))
         })
         .catch_unwind()
         .instrument(span)

@@ -10,7 +10,6 @@ use anybroker_brokers::{
     Backlog, Broker, BrokerKind, Capabilities, ChannelSpec, DeadLetterAction, DeadLetterSelector,
     Envelope, Error, ErrorKind, Headers, OpenChannel, Result, RetryPolicy, SubscribeOptions,
 };
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, OnceCell};
@@ -1275,7 +1274,7 @@ fn build_envelope<M: Serialize>(
     key: Option<Arc<str>>,
     headers: Headers,
 ) -> Result<Envelope> {
-    let payload = serde_json::to_vec(message).map_err(|e| {
+    let payload = crate::codec::encode(message).map_err(|e| {
         Error::new(
             ErrorKind::Encode,
             format!("cannot encode {} as JSON", std::any::type_name::<M>()),
@@ -1284,7 +1283,7 @@ fn build_envelope<M: Serialize>(
         .with_source(e)
     })?;
     // Fields set in place: a builder call would move the whole envelope again.
-    let mut envelope = Envelope::new(channel.clone(), Bytes::from(payload));
+    let mut envelope = Envelope::new(channel.clone(), payload);
     envelope.headers = headers;
     envelope.key = key;
     Ok(envelope)

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::connection::Connection;
 use super::subscription::MemorySubscription;
-use super::topic::{Group, Timed, Topic};
+use super::topic::{keep_apart, Group, Timed, Topic};
 use crate::core::{
     Backlog, DeadLetterAction, DeadLetterSelector,
     BackendChannel, Capabilities, NewGroupStart, Envelope, Error, ErrorKind, Result, SubscribeOptions,
@@ -117,7 +117,8 @@ impl BackendChannel for MemoryChannel {
         Ok(())
     }
 
-    async fn publish_delayed(&self, envelope: Envelope, delay: Duration) -> Result<()> {
+    async fn publish_delayed(&self, mut envelope: Envelope, delay: Duration) -> Result<()> {
+        keep_apart(&mut envelope);
         {
             let mut state = self.topic.lock();
             let seq = state.next_seq();

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::connection::Connection;
-use super::topic::{Timed, Topic};
+use super::topic::{keep_apart, Timed, Topic};
 use crate::core::{Delivery, DeliveryTag, Error, Result, Settlement, Subscription};
 
 pub(crate) struct MemorySubscription {
@@ -133,6 +133,7 @@ impl Subscription for MemorySubscription {
                         if let Some(key) = &envelope.key {
                             freed |= group.release_key(key);
                         }
+                        keep_apart(&mut envelope);
                         state
                             .dead
                             .push_back(envelope.into_dead_letter(&dead_letter));

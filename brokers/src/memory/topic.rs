@@ -10,6 +10,14 @@ use tokio::time::Instant;
 
 use crate::core::{Delivery, DeliveryTag, Envelope};
 
+/// Gives `envelope` a payload of its own before it is kept long (a dead letter until
+/// it is replayed, a delayed message until it is due): its payload may be a slice of a
+/// buffer other payloads share (the router encodes into such buffers, clients read
+/// into them), which it would otherwise keep whole.
+pub(crate) fn keep_apart(envelope: &mut Envelope) {
+    envelope.payload = bytes::Bytes::copy_from_slice(&envelope.payload);
+}
+
 /// One channel: its log, its groups, delayed messages and dead letters.
 pub(crate) struct Topic {
     pub(crate) state: Mutex<TopicState>,
@@ -309,5 +317,23 @@ impl Group {
             self.ready.push_front(f.envelope);
         }
         tags.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_apart_a_payload_is_its_own_and_reads_the_same() {
+        let shared = bytes::Bytes::from_static(b"{\"seq\":1}{\"seq\":2}");
+        let mut envelope = Envelope::new("c", shared.slice(0..9));
+        keep_apart(&mut envelope);
+        assert_eq!(&envelope.payload[..], b"{\"seq\":1}");
+        let buffer = shared.as_ptr_range();
+        assert!(
+            !buffer.contains(&envelope.payload.as_ptr()),
+            "the payload still points into the shared buffer"
+        );
     }
 }
