@@ -1,5 +1,6 @@
 //! Payload <-> the channel's type: JSON, the one codec, for every way a payload is
-//! read (handlers, responders, replies, dead letters, the test recorder).
+//! written (publishes, requests, replies) and read (handlers, responders, replies,
+//! dead letters, the test recorder).
 
 use std::cell::RefCell;
 
@@ -34,7 +35,7 @@ thread_local! {
 /// with the payloads encoded before and after it: the buffer is freed (or written over
 /// from its start) only once all of them are dropped, so a payload kept long keeps up
 /// to [`PAYLOAD_CHUNK`] bytes; a store that keeps payloads long (the embedded broker's
-/// dead letters) keeps a copy of its own.
+/// dead letters and delayed messages) keeps a copy of its own.
 pub(crate) fn encode<M: Serialize + ?Sized>(message: &M) -> serde_json::Result<Bytes> {
     ENCODING.with(|encoding| {
         // Taken only when the message's own `Serialize` is not encoding another one on
