@@ -9,6 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use anybroker_brokers::{
     DeadLetter, DeadLetterReason, Delivery, DeliveryTag, Envelope, RetryPolicy, Settlement,
@@ -24,7 +25,7 @@ use crate::channel::Message;
 use crate::handled_ids::HandledIds;
 use crate::handler::{HandlerError, MessageContext, MessageHandler};
 use crate::health::{BrokerStatus, RunningConsumer};
-use crate::message_metrics::HandlingMetrics;
+use crate::message_metrics::{CallStarted, HandlingMetrics};
 
 /// What running a handler on one envelope came to.
 pub(crate) enum HandleResult {
@@ -181,10 +182,26 @@ pub(crate) struct TypedHandler<M, H> {
 enum Begun<F> {
     /// A copy of a message the group already handled (a moving channel): acked.
     Copy,
-    /// The handler's future, to be polled.
-    Handling(F),
-    /// Over before the handler had a future: undecodable, or a panic.
-    Over(Result<HandleResult, String>),
+    /// Handling started (and counted in the metrics): the handler's future to poll,
+    /// or what it came to before the handler had one (undecodable, or a panic).
+    Started(CallStarted, Result<F, Result<HandleResult, String>>),
+}
+
+/// Polls the handler's future inside `span` (the handler's logs nest in it), catching a
+/// panic at each poll.
+fn caught<'a, F: Future<Output = Result<(), HandlerError>>>(
+    mut handling: Pin<&'a mut F>,
+    span: &'a tracing::Span,
+) -> impl Future<Output = Result<HandleResult, String>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let _entered = span.enter();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(()))) => Poll::Ready(Ok(HandleResult::Handled)),
+            Ok(Poll::Ready(Err(e))) => Poll::Ready(Ok(HandleResult::Failed(e))),
+            Err(panic) => Poll::Ready(Err(panic_text(panic))),
+        }
+    })
 }
 
 impl<M: Message, H: MessageHandler<M>> TypedHandler<M, H> {
@@ -219,53 +236,36 @@ impl<M: Message, H: MessageHandler<M>> DeliveryHandler for TypedHandler<M, H> {
         // For the event of a failure, after the handler took the envelope.
         let id = delivery.envelope.id.clone();
         let copy = site.handled.as_ref().is_some_and(|h| !h.claim(&id));
-        let (span, started, begun) = if copy {
+        let (span, begun) = if copy {
             site.report_copy(&id);
-            (tracing::Span::none(), None, Begun::Copy)
+            (tracing::Span::none(), Begun::Copy)
         } else {
             let span = site.handling_span(&delivery.envelope);
             let started = site.metrics.started();
-            let begun = {
+            let handling = {
                 let _entered = span.enter();
                 match std::panic::catch_unwind(AssertUnwindSafe(|| {
                     self.begin(delivery.envelope, site.broker.clone())
                 })) {
-                    Ok(Ok(handling)) => Begun::Handling(handling),
-                    Ok(Err(undecodable)) => Begun::Over(Ok(HandleResult::Undecodable(undecodable))),
-                    Err(panic) => Begun::Over(Err(panic_text(panic))),
+                    Ok(Ok(handling)) => Ok(handling),
+                    Ok(Err(undecodable)) => Err(Ok(HandleResult::Undecodable(undecodable))),
+                    Err(panic) => Err(Err(panic_text(panic))),
                 }
             };
-            (span, Some(started), begun)
+            (span, Begun::Started(started, handling))
         };
         async move {
             let _busy = busy;
-            let result = match begun {
+            let (started, result) = match begun {
                 Begun::Copy => return (tag, key, Settlement::Ack),
-                Begun::Over(result) => result,
-                Begun::Handling(handling) => {
-                    let mut handling = std::pin::pin!(handling);
-                    // The handler's logs nest in the span; a panic is caught at each poll.
-                    std::future::poll_fn(|cx| {
-                        let _entered = span.enter();
-                        std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx)))
-                            .map_or_else(
-                                |panic| std::task::Poll::Ready(Err(panic_text(panic))),
-                                |poll| {
-                                    poll.map(|r| {
-                                        Ok(r.map_or_else(HandleResult::Failed, |()| {
-                                            HandleResult::Handled
-                                        }))
-                                    })
-                                },
-                            )
-                    })
-                    .await
+                Begun::Started(started, Err(over)) => (started, over),
+                Begun::Started(started, Ok(handling)) => {
+                    let handling = std::pin::pin!(handling);
+                    (started, caught(handling, &span).await)
                 }
             };
             let settlement = settlement_for(result, attempt, &site.policy);
-            if let Some(started) = started {
-                site.metrics.finished(started, &settlement);
-            }
+            site.metrics.finished(started, &settlement);
             if !matches!(settlement, Settlement::Ack) {
                 site.report(&span, &id, attempt, &settlement);
                 if let Some(handled) = &site.handled {

@@ -169,14 +169,13 @@ impl BackendChannel for RabbitMqChannel {
         Box::pin(async move {
             // A header name AMQP cannot carry fails its message alone.
             let mut results: Vec<Result<()>> = envelopes.iter().map(check_header_names).collect();
-            let properties: Vec<_> = envelopes
+            let checked: Vec<&Envelope> = envelopes
                 .iter()
                 .zip(&results)
                 .filter(|(_, checked)| checked.is_ok())
-                .map(|(envelope, _)| (&envelope.payload[..], to_properties(envelope)))
+                .map(|(envelope, _)| envelope)
                 .collect();
-            let messages: Vec<_> = properties.iter().map(|(payload, p)| (*payload, p)).collect();
-            let mut published = self.link.publish_batch(&self.route(), &messages).await.into_iter();
+            let mut published = self.link.publish_batch(&self.route(), &checked).await.into_iter();
             for result in results.iter_mut().filter(|r| r.is_ok()) {
                 if let Some(answer) = published.next() {
                     *result = answer;

@@ -215,12 +215,12 @@ pub(crate) fn publish_confirmed<'a>(
 async fn publish_all_confirmed(
     channel: &Channel,
     route: &Route<'_>,
-    messages: &[(&[u8], &BasicProperties)],
+    messages: &[&Envelope],
 ) -> Vec<Result<()>> {
     // Polled in order at first, so they are sent in order; none waits for the one
     // before it to be written.
-    let answers = futures::future::join_all(messages.iter().map(|(payload, properties)| {
-        publish_and_confirm(channel, route, payload, (*properties).clone())
+    let answers = futures::future::join_all(messages.iter().map(|envelope| {
+        publish_and_confirm(channel, route, &envelope.payload, to_properties(envelope))
     }))
     .await;
     let mut came_back: Vec<(Option<String>, ShortString)> = answers
@@ -233,12 +233,13 @@ async fn publish_all_confirmed(
     let results = answers
         .into_iter()
         .zip(messages)
-        .map(|(answer, (_, properties))| match answer? {
+        .map(|(answer, envelope)| match answer? {
             Confirmation::Nack(_) => Err(refused()),
             Confirmation::Ack(_) | Confirmation::NotRequested if came_back.is_empty() => Ok(()),
             Confirmation::Ack(_) | Confirmation::NotRequested => {
-                let id = sent_id(properties);
-                match came_back.iter().position(|(returned, _)| *returned == id) {
+                // The id it was sent with: `to_properties` puts the envelope's there.
+                let id = Some(&*envelope.id);
+                match came_back.iter().position(|(returned, _)| returned.as_deref() == id) {
                     Some(i) => Err(unroutable(route, &came_back.swap_remove(i).1)),
                     None => Ok(()),
                 }
@@ -503,11 +504,12 @@ impl Link {
 
     /// Publishes `messages` all in flight at once on one channel, with a confirm each:
     /// one result per message, in their order. Those the connection dropped under are
-    /// sent again on the next connection, as [`publish`](Self::publish) does.
+    /// sent again on the next connection, as [`publish`](Self::publish) does (their
+    /// properties made again for it).
     pub(crate) async fn publish_batch(
         &self,
         route: &Route<'_>,
-        messages: &[(&[u8], &BasicProperties)],
+        messages: &[&Envelope],
     ) -> Vec<Result<()>> {
         let deadline = Instant::now() + self.config.reconnect_timeout;
         let mut results: Vec<Result<()>> = messages.iter().map(|_| Ok(())).collect();
