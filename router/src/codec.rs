@@ -17,7 +17,7 @@ const PAYLOAD_CHUNK: usize = 8 * 1024;
 /// Largest scratch buffer a thread keeps between messages.
 const SCRATCH_KEPT: usize = 64 * 1024;
 
-/// A thread's encoding buffers: JSON is written into `scratch` (serde_json's fastest
+/// A thread's encoding buffers: JSON is written into `scratch` (a `Vec`, the fastest
 /// writer, reused), then copied into `payloads`, which the payload is a slice of.
 struct Encoding {
     scratch: Vec<u8>,
@@ -45,7 +45,7 @@ pub(crate) fn encode<M: Serialize + ?Sized>(message: &M) -> serde_json::Result<B
         };
         let Encoding { scratch, payloads } = &mut *encoding;
         scratch.clear();
-        serde_json::to_writer(&mut *scratch, message)?;
+        crate::json_writer::write(scratch, message)?;
         // Starts again at the buffer's beginning when no payload of it is alive any
         // more, else in a new chunk, when the rest is too small.
         payloads.reserve(scratch.len());

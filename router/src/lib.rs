@@ -17,6 +17,7 @@ mod dead_letter;
 mod handled_ids;
 mod handler;
 mod health;
+mod json_writer;
 mod leftovers;
 mod message_metrics;
 mod moving;

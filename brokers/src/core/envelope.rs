@@ -193,9 +193,12 @@ impl Envelope {
 
 /// Microseconds since the Unix epoch, as backends carry publish and due times.
 pub fn unix_micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros() as u64
+    // Seconds and microseconds apart: `as_micros` works in u128.
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    since
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(since.subsec_micros()))
 }
 
 /// Milliseconds since the Unix epoch, as used in time headers.

@@ -32,11 +32,20 @@ const PREFIX_BITS: u32 = 42;
 const PREFIX_SYMBOLS: usize = PREFIX_BITS as usize / 6;
 const COUNTER_BITS: u32 = 36;
 
+/// What a thread puts in its ids: its prefix, written out once, and the counter of its
+/// last id.
+#[derive(Clone, Copy)]
+struct Source {
+    prefix: [u8; PREFIX_SYMBOLS],
+    counter: u64,
+}
+
 thread_local! {
-    /// This thread's prefix and the counter of its last id.
-    static SOURCE: Cell<(u64, u64)> = Cell::new({
+    static SOURCE: Cell<Source> = Cell::new({
         let (prefix, counter) = random_pair();
-        (prefix >> (64 - PREFIX_BITS), counter >> (64 - COUNTER_BITS))
+        let mut text = [0; PREFIX_SYMBOLS];
+        render(&mut text, prefix >> (64 - PREFIX_BITS));
+        Source { prefix: text, counter: counter >> (64 - COUNTER_BITS) }
     });
 }
 
@@ -237,19 +246,19 @@ pub fn new_message_id() -> MessageId {
 
 /// A new unique message id carrying `time` (to the microsecond).
 pub fn message_id_at(time: SystemTime) -> MessageId {
-    let (prefix, counter) = SOURCE.with(|source| {
-        let (prefix, last) = source.get();
-        let counter = (last + 1) & ((1 << COUNTER_BITS) - 1);
-        source.set((prefix, counter));
-        (prefix, counter)
+    let source = SOURCE.with(|source| {
+        let mut next = source.get();
+        next.counter = (next.counter + 1) & ((1 << COUNTER_BITS) - 1);
+        source.set(next);
+        next
     });
     let mut text = [0u8; MESSAGE_ID_LEN];
     let (time_part, rest) = text.split_at_mut(TIME_SYMBOLS);
     let (prefix_part, counter_part) = rest.split_at_mut(PREFIX_SYMBOLS);
     // Each field in a u64 of its own: a u128 shift costs several instructions a symbol.
     render(time_part, unix_micros(time));
-    render(prefix_part, prefix);
-    render(counter_part, counter);
+    prefix_part.copy_from_slice(&source.prefix);
+    render(counter_part, source.counter);
     // `render` writes only ALPHABET's symbols, which are ASCII, into every byte.
     MessageId::inline(text)
 }
