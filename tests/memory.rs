@@ -316,6 +316,39 @@ async fn memory_settling_another_members_delivery_is_refused() {
     assert!(holder.settle(vec![(tag, Settlement::Ack)]).await.is_err());
 }
 
+/// The embedded broker takes a publish at once, with no future made, while its log has
+/// room; once the broker is shut down it takes none at once, and `publish` says why.
+#[tokio::test]
+async fn memory_publishes_at_once_until_shut_down() {
+    use anybroker_brokers::{ChannelSpec, ErrorKind};
+    let memory = anybroker::MemoryBroker::default();
+    let broker = anybroker::Broker::from(memory.clone());
+    let ch = unique_channel::<Numbered>("at-once");
+    let channel = broker
+        .open_channel("memory", &ChannelSpec::new(ch.name(), "default"))
+        .await
+        .unwrap();
+    channel
+        .provision(&anybroker_brokers::SubscribeOptions::new("default"))
+        .await
+        .unwrap();
+    let envelope = |seq| {
+        let payload = serde_json::to_vec(&Numbered { seq }).unwrap();
+        anybroker::Envelope::new(ch.name(), payload)
+    };
+    assert!(channel.publish_at_once(envelope(1)).is_none());
+    assert_eq!(memory.backlog(ch.name()), 1);
+
+    broker.shutdown().await.unwrap();
+    let back = channel
+        .publish_at_once(envelope(2))
+        .expect("a shut-down broker took a publish");
+    assert_eq!(&back.payload[..], br#"{"seq":2}"#);
+    let error = channel.publish(back).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Closed, "{error}");
+    assert_eq!(memory.backlog(ch.name()), 1);
+}
+
 /// A group provisioned with no member holds the channel's messages up to
 /// `max_backlog`: publishers then wait up to `publish_timeout` and fail with `Timeout`,
 /// never forever; once a member of the group runs, it gets every message that was

@@ -120,6 +120,17 @@ impl OpenChannel {
         self.call("publish", self.channel.publish(envelope))
     }
 
+    /// Publishes now if the backend can without a wait (see
+    /// [`BackendChannel::publish_at_once`](crate::BackendChannel::publish_at_once)):
+    /// `None`. Otherwise, and when the broker was shut down, gives the envelope back
+    /// for [`publish`](Self::publish), which waits or says why.
+    pub fn publish_at_once(&self, envelope: Envelope) -> Option<Envelope> {
+        if self.broker.is_closed() {
+            return Some(envelope);
+        }
+        self.channel.publish_at_once(envelope)
+    }
+
     /// Publishes `envelopes`, one result per envelope in their order (see
     /// [`BackendChannel::publish_batch`](crate::BackendChannel::publish_batch)).
     pub async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<()>> {

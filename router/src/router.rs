@@ -798,8 +798,11 @@ impl MessageRouter {
             return Box::pin(self.publish_with(channel, message, PublishOptions::new())).await;
         }
         let route = self.inner.route(channel.name()).await?;
-        let envelope = build_envelope(route.name(), message, None, Headers::new())?;
-        let result = route.publish(envelope).await;
+        let envelope = build_envelope(route.name(), message)?;
+        let result = match route.publish_at_once(envelope) {
+            None => Ok(()),
+            Some(envelope) => route.publish(envelope).await,
+        };
         route.published(&result);
         result
     }
@@ -823,7 +826,7 @@ impl MessageRouter {
         let mut results: Vec<Result<()>> = Vec::with_capacity(messages.len());
         let mut envelopes = Vec::with_capacity(messages.len());
         for message in messages {
-            match build_envelope(route.name(), message, None, Headers::new()) {
+            match build_envelope(route.name(), message) {
                 Ok(envelope) => {
                     self.observe_publish(&envelope);
                     envelopes.push(envelope);
@@ -860,7 +863,9 @@ impl MessageRouter {
         options: PublishOptions,
     ) -> Result<()> {
         let route = self.inner.route(channel.name()).await?;
-        let mut envelope = build_envelope(route.name(), message, options.key, options.headers)?;
+        let mut envelope = build_envelope(route.name(), message)?;
+        envelope.key = options.key;
+        envelope.headers = options.headers;
         if let Some(id) = options.id {
             check_message_id(&id, channel.name())?;
             envelope.id = id.into();
@@ -890,7 +895,7 @@ impl MessageRouter {
     ) -> Result<()> {
         let name = self.inner.config.broker_of_kind(kind, channel.name())?;
         let route = self.inner.route_via(name, channel.name()).await?;
-        let envelope = build_envelope(route.name(), message, None, Headers::new())?;
+        let envelope = build_envelope(route.name(), message)?;
         self.observe_publish(&envelope);
         send(&route, envelope, None).await
     }
@@ -913,7 +918,7 @@ impl MessageRouter {
         timeout: Duration,
     ) -> Result<R> {
         let route = self.inner.route(channel.name()).await?;
-        let envelope = build_envelope(route.name(), message, None, Headers::new())?;
+        let envelope = build_envelope(route.name(), message)?;
         let reply = route.request(envelope, timeout).await?;
         if let Some(error) = reply.headers.get(anybroker_brokers::header::REPLY_ERROR) {
             return Err(
@@ -1268,12 +1273,10 @@ impl MessageRouter {
     }
 }
 
-fn build_envelope<M: Serialize>(
-    channel: &Arc<str>,
-    message: &M,
-    key: Option<Arc<str>>,
-    headers: Headers,
-) -> Result<Envelope> {
+/// `message` in a new envelope on `channel`: a fresh id, published now, no key or
+/// headers. A caller with a key or headers sets them in place (a builder call would
+/// move the whole envelope again).
+fn build_envelope<M: Serialize>(channel: &Arc<str>, message: &M) -> Result<Envelope> {
     let payload = crate::codec::encode(message).map_err(|e| {
         Error::new(
             ErrorKind::Encode,
@@ -1282,11 +1285,7 @@ fn build_envelope<M: Serialize>(
         .with_channel(&**channel)
         .with_source(e)
     })?;
-    // Fields set in place: a builder call would move the whole envelope again.
-    let mut envelope = Envelope::new(channel.clone(), payload);
-    envelope.headers = headers;
-    envelope.key = key;
-    Ok(envelope)
+    Ok(Envelope::new(channel.clone(), payload))
 }
 
 /// Longest id every backend carries: an AMQP short string.
@@ -1534,7 +1533,10 @@ async fn publish_or_delay(
 ) -> Result<()> {
     let result = match delay {
         Some(d) => route.publish_delayed(envelope, d).await,
-        None => route.publish(envelope).await,
+        None => match route.publish_at_once(envelope) {
+            None => Ok(()),
+            Some(envelope) => route.publish(envelope).await,
+        },
     };
     route.published(&result);
     result

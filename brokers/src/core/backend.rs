@@ -128,6 +128,14 @@ pub trait BackendChannel: Send + Sync + 'static {
     /// Publishes and returns once the broker accepted the message.
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send;
 
+    /// Publishes `envelope` now if the broker takes it without any wait (the embedded
+    /// broker, with room in its log): `None`. Otherwise gives it back, untouched, for
+    /// [`publish`](Self::publish). The router tries this first, so a publish that
+    /// needs no wait is not made a future of. Default: gives it back.
+    fn publish_at_once(&self, envelope: Envelope) -> Option<Envelope> {
+        Some(envelope)
+    }
+
     /// Publishes `envelopes` and returns once the broker answered for each, with one
     /// result per envelope in their order. A backend whose broker takes many messages
     /// in one request does so (Redis: one pipeline). Default: every publish at once,
@@ -309,6 +317,10 @@ macro_rules! channel_enum {
                 envelope: $crate::Envelope,
             ) -> impl std::future::Future<Output = $crate::Result<()>> + Send {
                 match self { $( $name::$variant(c) => $future::$variant(c.publish(envelope)), )+ }
+            }
+
+            fn publish_at_once(&self, envelope: $crate::Envelope) -> Option<$crate::Envelope> {
+                match self { $( $name::$variant(c) => c.publish_at_once(envelope), )+ }
             }
 
             fn publish_batch(

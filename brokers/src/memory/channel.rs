@@ -90,6 +90,10 @@ impl BackendChannel for MemoryChannel {
         CAPABILITIES
     }
 
+    fn publish_at_once(&self, envelope: Envelope) -> Option<Envelope> {
+        self.topic.try_append(envelope, self.connection.max_backlog)
+    }
+
     async fn publish(&self, envelope: Envelope) -> Result<()> {
         // The slow path boxed: the wait (timer, notification) is rare, and inline it
         // would make every publish future, every backend's through the registry, its
