@@ -67,7 +67,7 @@ impl Writer<'_> {
     /// A string, quoted; escaped by serde_json when it needs escaping.
     fn string(&mut self, text: &str) -> Result {
         if needs_escape(text.as_bytes()) {
-            return serde_json::to_writer(&mut *self.out, text).map_err(|_| StartOver);
+            return escaped(self.out, text);
         }
         self.out.reserve(text.len() + 2);
         self.out.push(b'"');
@@ -91,6 +91,14 @@ impl Writer<'_> {
         self.out.push(b':');
         Ok(())
     }
+}
+
+/// A string that needs escaping, written by serde_json: apart, so the common path
+/// stays small.
+#[cold]
+#[inline(never)]
+fn escaped(out: &mut Vec<u8>, text: &str) -> Result {
+    serde_json::to_writer(out, text).map_err(|_| StartOver)
 }
 
 /// Whether JSON needs an escape for any of `bytes`: a control character, `"` or `\`.

@@ -797,7 +797,11 @@ impl MessageRouter {
         if self.inner.observers.is_some() || tracing::span_enabled!(tracing::Level::INFO) {
             return Box::pin(self.publish_with(channel, message, PublishOptions::new())).await;
         }
-        let route = self.inner.route(channel.name()).await?;
+        // The cached route looked up without a future of `route`'s made.
+        let route = match self.inner.cached_route(channel.name()) {
+            Some(route) => route,
+            None => self.inner.route(channel.name()).await?,
+        };
         let envelope = build_envelope(route.name(), message)?;
         let result = match route.publish_at_once(envelope) {
             None => Ok(()),
