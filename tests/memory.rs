@@ -349,6 +349,55 @@ async fn memory_publishes_at_once_until_shut_down() {
     assert_eq!(memory.backlog(ch.name()), 1);
 }
 
+/// A publish wakes receives only when some wait: every waiting one (here one in each
+/// of two groups) gets the message, and receives given up before (timed out) leave
+/// nothing behind that would keep a later one from waking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_publish_wakes_every_waiting_receive() {
+    use anybroker_brokers::{ChannelSpec, SubscribeOptions};
+    let broker = anybroker::Broker::from(anybroker::MemoryBroker::default());
+    let ch = unique_channel::<Numbered>("wakes");
+    let channel = broker
+        .open_channel("memory", &ChannelSpec::new(ch.name(), "default"))
+        .await
+        .unwrap();
+    let first = channel
+        .subscribe(SubscribeOptions::new("first"))
+        .await
+        .unwrap();
+    let second = channel
+        .subscribe(SubscribeOptions::new("second"))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let given_up = tokio::time::timeout(Duration::from_millis(1), first.recv(1)).await;
+        assert!(
+            given_up.is_err(),
+            "a receive found a message before any publish"
+        );
+    }
+    let receive = |member: Box<dyn anybroker_brokers::Subscription>| {
+        tokio::spawn(async move {
+            let got = member.recv(1).await.unwrap();
+            (member, got)
+        })
+    };
+    let (first, second) = (receive(first), receive(second));
+    let payload = serde_json::to_vec(&Numbered { seq: 7 }).unwrap();
+    channel
+        .publish(anybroker::Envelope::new(ch.name(), payload))
+        .await
+        .unwrap();
+    for task in [first, second] {
+        let (_member, got) = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("a waiting receive was not woken")
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].envelope.payload[..], br#"{"seq":7}"#);
+    }
+}
+
 /// A group provisioned with no member holds the channel's messages up to
 /// `max_backlog`: publishers then wait up to `publish_timeout` and fail with `Timeout`,
 /// never forever; once a member of the group runs, it gets every message that was

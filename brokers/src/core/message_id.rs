@@ -263,11 +263,26 @@ pub fn message_id_at(time: SystemTime) -> MessageId {
     MessageId::inline(text)
 }
 
+/// Every two symbols, indexed by the 12 bits they stand for: a lookup writes two.
+const PAIRS: [[u8; 2]; 4096] = {
+    let mut pairs = [[0; 2]; 4096];
+    let mut bits = 0;
+    while bits < 4096 {
+        pairs[bits] = [ALPHABET[bits >> 6], ALPHABET[bits & 63]];
+        bits += 1;
+    }
+    pairs
+};
+
 /// Writes the low `6 * out.len()` bits of `bits` as symbols, most significant first.
 fn render(out: &mut [u8], mut bits: u64) {
-    for symbol in out.iter_mut().rev() {
-        *symbol = ALPHABET[(bits & 63) as usize];
-        bits >>= 6;
+    let mut pairs = out.rchunks_exact_mut(2);
+    for pair in &mut pairs {
+        pair.copy_from_slice(&PAIRS[(bits & 4095) as usize]);
+        bits >>= 12;
+    }
+    if let [first] = pairs.into_remainder() {
+        *first = ALPHABET[(bits & 63) as usize];
     }
 }
 
@@ -322,6 +337,21 @@ const NOT_A_SYMBOL: u8 = u8::MAX;
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn fields_are_written_six_bits_a_symbol_most_significant_first() {
+        for bits in [0, 1, 63, 64, 4095, 4096, u64::MAX, 0x0123_4567_89AB_CDEF] {
+            for len in 1..=10 {
+                let mut out = vec![0; len];
+                render(&mut out, bits);
+                let expected: Vec<u8> = (0..len)
+                    .rev()
+                    .map(|place| ALPHABET[((bits >> (6 * place)) & 63) as usize])
+                    .collect();
+                assert_eq!(out, expected, "{bits:#x} in {len} symbols");
+            }
+        }
+    }
 
     #[test]
     fn the_symbol_table_inverts_the_alphabet() {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::connection::Connection;
-use super::topic::{keep_apart, Timed, Topic};
+use super::topic::{keep_apart, Timed, Topic, WaitingReceiver};
 use crate::core::{Delivery, DeliveryTag, Error, Result, Settlement, Subscription};
 
 pub(crate) struct MemorySubscription {
@@ -66,6 +66,9 @@ impl Subscription for MemorySubscription {
                 // group's cursor moved the trim point), so check either way.
                 let freed = state.held() < before;
                 let deadline = out.is_empty().then(|| state.next_deadline(&self.group));
+                if deadline.is_some() {
+                    state.receivers_waiting += 1;
+                }
                 drop(state);
                 if freed {
                     self.topic.room.notify_waiters();
@@ -75,6 +78,7 @@ impl Subscription for MemorySubscription {
                     Some(deadline) => deadline,
                 }
             };
+            let _waiting = WaitingReceiver(&self.topic);
             match deadline {
                 Some(deadline) => {
                     tokio::select! {

@@ -48,14 +48,18 @@ impl Topic {
     /// Appends `envelope` to the log and wakes the consumers, unless the log is at
     /// `max_backlog`: then the envelope comes back, for the caller to wait for room.
     pub(crate) fn try_append(&self, envelope: Envelope, max_backlog: usize) -> Option<Envelope> {
-        {
+        let receiver_waits = {
             let mut state = self.lock();
             if state.is_full(max_backlog) {
                 return Some(envelope);
             }
             state.log.push_back(envelope);
+            state.receivers_waiting > 0
+        };
+        // No one to wake while every member is busy: the next receive finds it.
+        if receiver_waits {
+            self.notify.notify_waiters();
         }
-        self.notify.notify_waiters();
         None
     }
 
@@ -108,6 +112,20 @@ pub(crate) struct TopicState {
     pub(crate) delayed: BinaryHeap<Reverse<Timed>>,
     pub(crate) dead: VecDeque<Envelope>,
     pub(crate) seq: u64,
+    /// Receives that found nothing and wait on `notify` (see [`WaitingReceiver`]): a
+    /// publish wakes them, and only if there are some. Counted under the lock that a
+    /// receive checks the log under, so a publish either sees the count or is seen.
+    pub(crate) receivers_waiting: usize,
+}
+
+/// A receive counted in [`TopicState::receivers_waiting`] while it waits, and
+/// uncounted when the wait ends or the receive is dropped.
+pub(crate) struct WaitingReceiver<'t>(pub(crate) &'t Topic);
+
+impl Drop for WaitingReceiver<'_> {
+    fn drop(&mut self) {
+        self.0.lock().receivers_waiting -= 1;
+    }
 }
 
 pub(crate) struct InFlight {
