@@ -124,6 +124,7 @@ impl OpenChannel {
     /// [`BackendChannel::publish_at_once`](crate::BackendChannel::publish_at_once)):
     /// `None`. Otherwise, and when the broker was shut down, gives the envelope back
     /// for [`publish`](Self::publish), which waits or says why.
+    #[inline]
     pub fn publish_at_once(&self, envelope: Envelope) -> Option<Envelope> {
         if self.broker.is_closed() {
             return Some(envelope);

@@ -193,6 +193,7 @@ impl<'w, 'v> Compound<'w, 'v> {
     }
 
     /// The comma before every element but the first.
+    #[inline(always)]
     fn separate(&mut self) -> Result {
         if self.closed {
             // It said it had no elements, and has one: serde_json's bytes for that
@@ -217,6 +218,7 @@ impl<'w, 'v> Compound<'w, 'v> {
         value.serialize(&mut *self.writer)
     }
 
+    #[inline(always)]
     fn finish(self) -> Result {
         if !self.closed {
             self.writer.out.push(self.close);

@@ -319,6 +319,7 @@ macro_rules! channel_enum {
                 match self { $( $name::$variant(c) => $future::$variant(c.publish(envelope)), )+ }
             }
 
+            #[inline]
             fn publish_at_once(&self, envelope: $crate::Envelope) -> Option<$crate::Envelope> {
                 match self { $( $name::$variant(c) => c.publish_at_once(envelope), )+ }
             }

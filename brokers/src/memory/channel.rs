@@ -90,6 +90,7 @@ impl BackendChannel for MemoryChannel {
         CAPABILITIES
     }
 
+    #[inline]
     fn publish_at_once(&self, envelope: Envelope) -> Option<Envelope> {
         self.topic.try_append(envelope, self.connection.max_backlog)
     }
