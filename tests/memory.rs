@@ -276,18 +276,35 @@ async fn memory_backlog_is_unbounded_before_a_consumer_exists() {
     assert_eq!(*seen.lock().unwrap(), (0..N).collect::<Vec<_>>());
 }
 
+/// A fresh channel opened straight on `broker`, below the router.
+async fn opened_below_the_router(
+    broker: &anybroker::Broker,
+    prefix: &str,
+) -> anybroker_brokers::OpenChannel {
+    let ch = unique_channel::<Numbered>(prefix);
+    broker
+        .open_channel(
+            "memory",
+            &anybroker_brokers::ChannelSpec::new(ch.name(), "default"),
+        )
+        .await
+        .unwrap()
+}
+
+/// `Numbered { seq }` in an envelope on `channel`.
+fn numbered(channel: &anybroker_brokers::OpenChannel, seq: u64) -> anybroker::Envelope {
+    let payload = serde_json::to_vec(&Numbered { seq }).unwrap();
+    anybroker::Envelope::new(channel.name().clone(), payload)
+}
+
 /// A member settling a delivery another member of its group holds is refused, as on
 /// every other backend, and the holder still settles it: the embedded broker keeps a
 /// group's deliveries in one table, so it checks whose each one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_settling_another_members_delivery_is_refused() {
-    use anybroker_brokers::{ChannelSpec, Settlement, SubscribeOptions};
+    use anybroker_brokers::{Settlement, SubscribeOptions};
     let broker = anybroker::Broker::from(anybroker::MemoryBroker::default());
-    let ch = unique_channel::<Numbered>("foreign-settle");
-    let channel = broker
-        .open_channel("memory", &ChannelSpec::new(ch.name(), "default"))
-        .await
-        .unwrap();
+    let channel = opened_below_the_router(&broker, "foreign-settle").await;
     let holder = channel
         .subscribe(SubscribeOptions::new("default"))
         .await
@@ -296,11 +313,7 @@ async fn memory_settling_another_members_delivery_is_refused() {
         .subscribe(SubscribeOptions::new("default"))
         .await
         .unwrap();
-    let payload = serde_json::to_vec(&Numbered { seq: 1 }).unwrap();
-    channel
-        .publish(anybroker::Envelope::new(ch.name(), payload))
-        .await
-        .unwrap();
+    channel.publish(numbered(&channel, 1)).await.unwrap();
     let held = holder.recv(1).await.unwrap();
     assert_eq!(held.len(), 1);
     let tag = held[0].tag;
@@ -320,33 +333,25 @@ async fn memory_settling_another_members_delivery_is_refused() {
 /// room; once the broker is shut down it takes none at once, and `publish` says why.
 #[tokio::test]
 async fn memory_publishes_at_once_until_shut_down() {
-    use anybroker_brokers::{ChannelSpec, ErrorKind};
+    use anybroker_brokers::ErrorKind;
     let memory = anybroker::MemoryBroker::default();
     let broker = anybroker::Broker::from(memory.clone());
-    let ch = unique_channel::<Numbered>("at-once");
-    let channel = broker
-        .open_channel("memory", &ChannelSpec::new(ch.name(), "default"))
-        .await
-        .unwrap();
+    let channel = opened_below_the_router(&broker, "at-once").await;
     channel
         .provision(&anybroker_brokers::SubscribeOptions::new("default"))
         .await
         .unwrap();
-    let envelope = |seq| {
-        let payload = serde_json::to_vec(&Numbered { seq }).unwrap();
-        anybroker::Envelope::new(ch.name(), payload)
-    };
-    assert!(channel.publish_at_once(envelope(1)).is_none());
-    assert_eq!(memory.backlog(ch.name()), 1);
+    assert!(channel.publish_at_once(numbered(&channel, 1)).is_none());
+    assert_eq!(memory.backlog(channel.name()), 1);
 
     broker.shutdown().await.unwrap();
     let back = channel
-        .publish_at_once(envelope(2))
+        .publish_at_once(numbered(&channel, 2))
         .expect("a shut-down broker took a publish");
     assert_eq!(&back.payload[..], br#"{"seq":2}"#);
     let error = channel.publish(back).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Closed, "{error}");
-    assert_eq!(memory.backlog(ch.name()), 1);
+    assert_eq!(memory.backlog(channel.name()), 1);
 }
 
 /// A publish wakes receives only when some wait: every waiting one (here one in each
@@ -354,13 +359,9 @@ async fn memory_publishes_at_once_until_shut_down() {
 /// nothing behind that would keep a later one from waking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_publish_wakes_every_waiting_receive() {
-    use anybroker_brokers::{ChannelSpec, SubscribeOptions};
+    use anybroker_brokers::SubscribeOptions;
     let broker = anybroker::Broker::from(anybroker::MemoryBroker::default());
-    let ch = unique_channel::<Numbered>("wakes");
-    let channel = broker
-        .open_channel("memory", &ChannelSpec::new(ch.name(), "default"))
-        .await
-        .unwrap();
+    let channel = opened_below_the_router(&broker, "wakes").await;
     let first = channel
         .subscribe(SubscribeOptions::new("first"))
         .await
@@ -383,11 +384,7 @@ async fn memory_publish_wakes_every_waiting_receive() {
         })
     };
     let (first, second) = (receive(first), receive(second));
-    let payload = serde_json::to_vec(&Numbered { seq: 7 }).unwrap();
-    channel
-        .publish(anybroker::Envelope::new(ch.name(), payload))
-        .await
-        .unwrap();
+    channel.publish(numbered(&channel, 7)).await.unwrap();
     for task in [first, second] {
         let (_member, got) = tokio::time::timeout(Duration::from_secs(10), task)
             .await
