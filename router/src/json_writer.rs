@@ -99,8 +99,8 @@ impl Writer<'_> {
 fn append(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = bytes.len();
     let end = out.len() + len;
-    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let word = |at| word_at(bytes, at);
+    let half = |at| half_at(bytes, at);
     match len {
         4..=8 => {
             // The last four bytes shifted to their place: where they overlap the first
@@ -118,6 +118,16 @@ fn append(out: &mut Vec<u8>, bytes: &[u8]) {
     out.truncate(end);
 }
 
+/// The eight bytes of `bytes` from `at`, as one word.
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The four bytes of `bytes` from `at`, as one word.
+fn half_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
 /// A string that needs escaping, written by serde_json: apart, so the common path
 /// stays small.
 #[cold]
@@ -133,8 +143,8 @@ fn needs_escape(bytes: &[u8]) -> bool {
     if len < 4 {
         return bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
     }
-    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let word = |at| word_at(bytes, at);
+    let half = |at| half_at(bytes, at);
     if len <= 8 {
         // The first four bytes and the last four, overlapping when fewer than 8.
         return word_needs_escape(u64::from(half(0)) | u64::from(half(len - 4)) << 32);
