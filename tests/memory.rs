@@ -291,6 +291,17 @@ async fn opened_below_the_router(
         .unwrap()
 }
 
+/// A member of `group` on `channel`.
+async fn member(
+    channel: &anybroker_brokers::OpenChannel,
+    group: &str,
+) -> Box<dyn anybroker_brokers::Subscription> {
+    channel
+        .subscribe(anybroker_brokers::SubscribeOptions::new(group))
+        .await
+        .unwrap()
+}
+
 /// `Numbered { seq }` in an envelope on `channel`.
 fn numbered(channel: &anybroker_brokers::OpenChannel, seq: u64) -> anybroker::Envelope {
     let payload = serde_json::to_vec(&Numbered { seq }).unwrap();
@@ -302,17 +313,11 @@ fn numbered(channel: &anybroker_brokers::OpenChannel, seq: u64) -> anybroker::En
 /// group's deliveries in one table, so it checks whose each one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_settling_another_members_delivery_is_refused() {
-    use anybroker_brokers::{Settlement, SubscribeOptions};
+    use anybroker_brokers::Settlement;
     let broker = anybroker::Broker::from(anybroker::MemoryBroker::default());
     let channel = opened_below_the_router(&broker, "foreign-settle").await;
-    let holder = channel
-        .subscribe(SubscribeOptions::new("default"))
-        .await
-        .unwrap();
-    let other = channel
-        .subscribe(SubscribeOptions::new("default"))
-        .await
-        .unwrap();
+    let holder = member(&channel, "default").await;
+    let other = member(&channel, "default").await;
     channel.publish(numbered(&channel, 1)).await.unwrap();
     let held = holder.recv(1).await.unwrap();
     assert_eq!(held.len(), 1);
@@ -359,17 +364,10 @@ async fn memory_publishes_at_once_until_shut_down() {
 /// nothing behind that would keep a later one from waking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_publish_wakes_every_waiting_receive() {
-    use anybroker_brokers::SubscribeOptions;
     let broker = anybroker::Broker::from(anybroker::MemoryBroker::default());
     let channel = opened_below_the_router(&broker, "wakes").await;
-    let first = channel
-        .subscribe(SubscribeOptions::new("first"))
-        .await
-        .unwrap();
-    let second = channel
-        .subscribe(SubscribeOptions::new("second"))
-        .await
-        .unwrap();
+    let first = member(&channel, "first").await;
+    let second = member(&channel, "second").await;
     for _ in 0..10 {
         let given_up = tokio::time::timeout(Duration::from_millis(1), first.recv(1)).await;
         assert!(

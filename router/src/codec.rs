@@ -41,6 +41,9 @@ pub(crate) fn encode<M: Serialize + ?Sized>(message: &M) -> serde_json::Result<B
         // Taken only when the message's own `Serialize` is not encoding another one on
         // this thread (a payload that encodes itself).
         let Ok(mut encoding) = encoding.try_borrow_mut() else {
+            // serde_json itself, whose bytes the writer matches: a second call of the
+            // writer here kept it from being inlined into the path every publish takes
+            // (publish +1.1% instructions).
             return serde_json::to_vec(message).map(Bytes::from);
         };
         let Encoding { scratch, payloads } = &mut *encoding;

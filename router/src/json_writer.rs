@@ -63,7 +63,7 @@ struct Writer<'v> {
     out: &'v mut Vec<u8>,
 }
 
-impl Writer<'_> {
+impl<'v> Writer<'v> {
     /// A string, quoted; escaped by serde_json when it needs escaping.
     fn string(&mut self, text: &str) -> Result {
         if needs_escape(text.as_bytes()) {
@@ -92,6 +92,25 @@ impl Writer<'_> {
         self.out.push(b':');
         Ok(())
     }
+
+    /// An enum variant's tuple or struct content: `{"variant":[...]}` or
+    /// `{"variant":{...}}`.
+    fn variant_compound<'w>(
+        &'w mut self,
+        variant: &str,
+        len: usize,
+        brackets: [u8; 2],
+    ) -> Result<Compound<'w, 'v>> {
+        self.begin_variant(variant)?;
+        Ok(Compound::open(self, Some(len), brackets).in_variant())
+    }
+}
+
+/// A value that serializes itself through its `Display`, as its text.
+fn displayed<T: Display + ?Sized>(value: &T) -> Result<String> {
+    let mut text = String::new();
+    write!(text, "{value}").map_err(|_| StartOver)?;
+    Ok(text)
 }
 
 /// Appends `bytes`; up to 16 of them as one or two whole words, then cut to length,
@@ -356,8 +375,7 @@ impl<'w, 'v> ser::Serializer for &'w mut Writer<'v> {
         variant: &'static str,
         len: usize,
     ) -> Result<Compound<'w, 'v>> {
-        self.begin_variant(variant)?;
-        Ok(Compound::open(self, Some(len), *b"[]").in_variant())
+        self.variant_compound(variant, len, *b"[]")
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Compound<'w, 'v>> {
         Ok(Compound::open(self, len, *b"{}"))
@@ -375,13 +393,10 @@ impl<'w, 'v> ser::Serializer for &'w mut Writer<'v> {
         variant: &'static str,
         len: usize,
     ) -> Result<Compound<'w, 'v>> {
-        self.begin_variant(variant)?;
-        Ok(Compound::open(self, Some(len), *b"{}").in_variant())
+        self.variant_compound(variant, len, *b"{}")
     }
     fn collect_str<T: Display + ?Sized>(self, value: &T) -> Result {
-        let mut text = String::new();
-        write!(text, "{value}").map_err(|_| StartOver)?;
-        self.string(&text)
+        self.string(&displayed(value)?)
     }
 }
 
@@ -579,9 +594,7 @@ impl ser::Serializer for MapKey<'_, '_> {
         Err(StartOver)
     }
     fn collect_str<T: Display + ?Sized>(self, value: &T) -> Result {
-        let mut text = String::new();
-        write!(text, "{value}").map_err(|_| StartOver)?;
-        self.writer.string(&text)
+        self.writer.string(&displayed(value)?)
     }
 }
 

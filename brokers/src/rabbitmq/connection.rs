@@ -10,8 +10,8 @@
 //! exchange, which parks what no queue takes, and replies) are all in flight together
 //! on one channel.
 
-use std::future::Future;
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -159,10 +159,9 @@ fn is_unroutable(e: &Error) -> bool {
 
 /// Publishes on `channel` and waits for the broker's answer, whatever it is. The
 /// message is sent at the first poll, so several polled in turn are in flight together.
-/// Sends a publish and waits for the broker's answer. Not an `async fn`: the
-/// properties go into lapin's publish future as it is made, and that future is boxed
-/// there (~1.5 KB), so the future returned, and every one that awaits it, holds a
-/// pointer rather than the publish.
+/// Not an `async fn`: the properties go into lapin's publish future as it is made, and
+/// that future is boxed there (~1.5 KB), so the future returned, and every one that
+/// awaits it, holds a pointer rather than the publish.
 fn publish_and_confirm<'a>(
     channel: &'a Channel,
     route: &Route<'_>,
