@@ -99,7 +99,7 @@ struct Args {
 }
 
 /// The scenarios, each a measured phase over `n` messages.
-const SCENARIOS: [(&str, &str); 6] = [
+const SCENARIOS: [(&str, &str); 7] = [
     (
         "publish",
         "publish one message (no consumer running; a group keeps it)",
@@ -107,6 +107,10 @@ const SCENARIOS: [(&str, &str); 6] = [
     (
         "consume",
         "handle one message already queued: decode the AlarmToLog, acknowledge",
+    ),
+    (
+        "consume_inline",
+        "consume, decoding into a struct that holds its strings in place (no heap data)",
     ),
     ("end_to_end", "publish, then handle, one message"),
     ("keyed", "end_to_end with an ordering key (20 keys)"),
@@ -121,6 +125,54 @@ const SCENARIOS: [(&str, &str); 6] = [
 ];
 
 const CHANNEL: Channel<AlarmToLog> = BrokerChannel::AlarmToLog;
+
+/// The same channel, read as an [`AlarmInline`].
+const INLINE_CHANNEL: Channel<AlarmInline> = Channel::new("alarm.to.log");
+
+/// An AlarmToLog read into a type that owns no heap data: what consuming costs apart
+/// from the payload's own allocations (its two strings).
+#[derive(Serialize, Deserialize)]
+struct AlarmInline {
+    message: InlineText,
+    extra: Option<InlineText>,
+}
+
+/// Text of up to 64 bytes, held in place.
+struct InlineText {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl Serialize for InlineText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(&self.bytes[..usize::from(self.len)]);
+        serializer.serialize_str(text.map_err(serde::ser::Error::custom)?)
+    }
+}
+
+impl<'de> Deserialize<'de> for InlineText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = InlineText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("text of up to 64 bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<InlineText, E> {
+                let mut bytes = [0; 64];
+                bytes
+                    .get_mut(..text.len())
+                    .ok_or_else(|| E::invalid_length(text.len(), &self))?
+                    .copy_from_slice(text.as_bytes());
+                Ok(InlineText {
+                    len: text.len() as u8,
+                    bytes,
+                })
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
 
 fn config() -> RouterConfig {
     RouterConfig::from_toml_str(
@@ -170,11 +222,14 @@ impl Handled {
     }
 }
 
-/// A handler that decodes the AlarmToLog (the router does), keeps it from being
+/// A handler that decodes the message (the router does), keeps it from being
 /// optimised away, and counts; with `fail_first`, the first attempt fails.
-fn handler(handled: &Handled, fail_first: bool) -> impl anybroker::MessageHandler<AlarmToLog> {
+fn handler<M: anybroker::Message>(
+    handled: &Handled,
+    fail_first: bool,
+) -> impl anybroker::MessageHandler<M> {
     let handled = handled.clone();
-    handler_fn(move |alarm: AlarmToLog, cx: MessageContext| {
+    handler_fn(move |alarm: M, cx: MessageContext| {
         std::hint::black_box(&alarm);
         let result = if fail_first && cx.attempt() == 1 {
             Err(HandlerError::retryable("first attempt"))
@@ -220,33 +275,8 @@ fn child(name: &str, n: usize) {
             });
             rt.block_on(router.shutdown()).unwrap();
         }
-        "consume" => {
-            let broker = MemoryBroker::new(&unbounded());
-            let publisher = rt
-                .block_on(
-                    MessageRouter::builder(config())
-                        .with_broker("memory", broker.clone())
-                        .start(),
-                )
-                .unwrap();
-            rt.block_on(async {
-                for m in &messages {
-                    publisher.publish(CHANNEL, m).await.unwrap();
-                }
-            });
-            let consumer = measured_phase(&rt, async {
-                let consumer = MessageRouter::builder(config())
-                    .with_broker("memory", broker.clone())
-                    .handle(CHANNEL, handler(&handled, false))
-                    .start()
-                    .await
-                    .unwrap();
-                handled.wait().await;
-                consumer
-            });
-            rt.block_on(consumer.shutdown()).unwrap();
-            rt.block_on(publisher.shutdown()).unwrap();
-        }
+        "consume" => consume(&rt, &messages, CHANNEL, &handled),
+        "consume_inline" => consume(&rt, &messages, INLINE_CHANNEL, &handled),
         "end_to_end" | "keyed" | "retry" => {
             let router = rt
                 .block_on(
@@ -292,6 +322,40 @@ fn child(name: &str, n: usize) {
         ALLOCATIONS.load(Ordering::SeqCst),
         ALLOCATED_BYTES.load(Ordering::SeqCst)
     );
+}
+
+/// Queues `messages`, then measures a consumer handling them from `channel`.
+fn consume<M: anybroker::Message>(
+    rt: &tokio::runtime::Runtime,
+    messages: &[AlarmToLog],
+    channel: Channel<M>,
+    handled: &Handled,
+) {
+    let broker = MemoryBroker::new(&unbounded());
+    let publisher = rt
+        .block_on(
+            MessageRouter::builder(config())
+                .with_broker("memory", broker.clone())
+                .start(),
+        )
+        .unwrap();
+    rt.block_on(async {
+        for m in messages {
+            publisher.publish(CHANNEL, m).await.unwrap();
+        }
+    });
+    let consumer = measured_phase(rt, async {
+        let consumer = MessageRouter::builder(config())
+            .with_broker("memory", broker.clone())
+            .handle(channel, handler(handled, false))
+            .start()
+            .await
+            .unwrap();
+        handled.wait().await;
+        consumer
+    });
+    rt.block_on(consumer.shutdown()).unwrap();
+    rt.block_on(publisher.shutdown()).unwrap();
 }
 
 /// One run's counts: instructions, allocations, bytes allocated.
@@ -376,7 +440,7 @@ fn main() {
         args.lengths[0], args.lengths[1]
     );
     println!(
-        "{:<11} {:>13} {:>12} {:>10}  against the baseline",
+        "{:<14} {:>13} {:>12} {:>10}  against the baseline",
         "scenario", "instructions", "allocations", "bytes"
     );
     let mut measured = BTreeMap::new();
@@ -387,9 +451,16 @@ fn main() {
             continue;
         }
         let f = measure(name, &args.lengths);
-        let verdict = match baseline.as_ref().and_then(|b| b.scenarios.get(name)) {
+        let verdict = match baseline.as_ref().map(|b| b.scenarios.get(name)) {
             None => String::new(),
-            Some(base) => {
+            // A scenario the baseline lacks is not gated: checking fails until it is.
+            Some(None) => {
+                failures.push(format!(
+                    "{name}: not in the baseline; write it with --write"
+                ));
+                "FAIL (not in the baseline)".to_string()
+            }
+            Some(Some(base)) => {
                 let rise = f.instructions / base.instructions - 1.0;
                 let mut v = format!(
                     "{:+.1}% instructions, {:+.2} allocations",
@@ -426,7 +497,7 @@ fn main() {
             }
         };
         println!(
-            "{:<11} {:>13.0} {:>12.2} {:>10.0}  {verdict}",
+            "{:<14} {:>13.0} {:>12.2} {:>10.0}  {verdict}",
             name, f.instructions, f.allocations, f.bytes
         );
         legend.push(format!("  {name}: {what}"));

@@ -97,13 +97,20 @@ pub(crate) fn decode<M: DeserializeOwned>(envelope: &Envelope) -> Result<M, Deco
     if !is_json(&envelope.content_type) {
         return Err(DecodeError::ContentType(envelope.content_type.to_string()));
     }
-    // Checked as UTF-8 once, the payload is read as a `str`: serde_json then checks no
-    // string again (from bytes it checks each). It accepts the same payloads either
-    // way; one that is not UTF-8 is read as bytes for serde_json's error, which says
-    // where.
-    match std::str::from_utf8(&envelope.payload) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(&envelope.payload),
+    // Checked as UTF-8 once, the payload is read as a `str`: no string in it is then
+    // checked again. An ASCII payload (nearly every one) is checked eight bytes at a
+    // time, with less work than `from_utf8`'s. Any payload reads the same either way;
+    // one that is not UTF-8 is read as bytes for serde_json's error, which says where.
+    let payload = &envelope.payload[..];
+    let text = if payload.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(payload) })
+    } else {
+        std::str::from_utf8(payload)
+    };
+    match text {
+        Ok(text) => crate::json_reader::read(text),
+        Err(_) => serde_json::from_slice(payload),
     }
     .map_err(DecodeError::Json)
 }

@@ -11,10 +11,12 @@
 //! such as `RawValue`) makes [`write`] start over with serde_json, so the bytes, and
 //! the error, are always serde_json's.
 
-use std::fmt::{self, Display, Write as _};
+use std::fmt::{Display, Write as _};
 
 use serde::ser::{self, Serialize};
 use serde_json::ser::{CompactFormatter, Formatter};
+
+use crate::json_text::{half_at, needs_escape, word_at, StartOver, SERDE_JSON_PRIVATE};
 
 /// Appends `message` as JSON to `out`: the bytes, or the error, of
 /// `serde_json::to_writer(out, message)`. On an error `out` is as it was.
@@ -36,28 +38,7 @@ pub(crate) fn write<M: Serialize + ?Sized>(
     }
 }
 
-/// The one error: this writer leaves the message to serde_json.
-#[derive(Debug)]
-struct StartOver;
-
-impl Display for StartOver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("left to serde_json")
-    }
-}
-
-impl std::error::Error for StartOver {}
-
-impl ser::Error for StartOver {
-    fn custom<T: Display>(_: T) -> Self {
-        StartOver
-    }
-}
-
 type Result<T = ()> = std::result::Result<T, StartOver>;
-
-/// serde_json's prefix for the structs it gives a meaning of its own.
-const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 
 struct Writer<'v> {
     out: &'v mut Vec<u8>,
@@ -137,55 +118,12 @@ fn append(out: &mut Vec<u8>, bytes: &[u8]) {
     out.truncate(end);
 }
 
-/// The eight bytes of `bytes` from `at`, as one word.
-fn word_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// The four bytes of `bytes` from `at`, as one word.
-fn half_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
 /// A string that needs escaping, written by serde_json: apart, so the common path
 /// stays small.
 #[cold]
 #[inline(never)]
 fn escaped(out: &mut Vec<u8>, text: &str) -> Result {
     serde_json::to_writer(out, text).map_err(|_| StartOver)
-}
-
-/// Whether JSON needs an escape for any of `bytes`: a control character, `"` or `\`.
-/// Eight bytes at a time, as one word, without a branch per byte.
-fn needs_escape(bytes: &[u8]) -> bool {
-    let len = bytes.len();
-    if len < 4 {
-        return bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
-    }
-    let word = |at| word_at(bytes, at);
-    let half = |at| half_at(bytes, at);
-    if len <= 8 {
-        // The first four bytes and the last four, overlapping when fewer than 8.
-        return word_needs_escape(u64::from(half(0)) | u64::from(half(len - 4)) << 32);
-    }
-    let mut any = false;
-    let mut at = 0;
-    while at + 8 < len {
-        any |= word_needs_escape(word(at));
-        at += 8;
-    }
-    // The last eight, overlapping the words before.
-    any | word_needs_escape(word(len - 8))
-}
-
-/// Whether any of the eight bytes of `word` is below 0x20, `"` or `\`: each test sets
-/// a byte's high bit only if some byte matches, never for a byte of 0x80 or above.
-fn word_needs_escape(word: u64) -> bool {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = ONES << 7;
-    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w;
-    let equal = |w: u64, b: u8| below(w ^ (ONES * u64::from(b)), 1);
-    (below(word, 0x20) | equal(word, b'"') | equal(word, b'\\')) & HIGH != 0
 }
 
 /// An array or object being written: whether its first element is still to come.

@@ -17,6 +17,8 @@ mod dead_letter;
 mod handled_ids;
 mod handler;
 mod health;
+mod json_reader;
+mod json_text;
 mod json_writer;
 mod leftovers;
 mod message_metrics;
