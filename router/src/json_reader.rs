@@ -1,15 +1,16 @@
 //! Reads a payload's JSON into its type: the value, or the error, that
-//! `serde_json::from_str` gives, with less work on the common shapes. A string with no
-//! escape (nearly every one, keys included) is found eight bytes at a time and handed
-//! over borrowed, where serde_json looks each byte up in a table; objects, arrays,
-//! integers and literals are read with no position tracking.
+//! `serde_json::from_str` gives, with less work on the common shapes. A string's end
+//! is found eight bytes at a time, and a string with no escape (nearly every one, keys
+//! included) is handed over borrowed, where serde_json looks each byte up in a table;
+//! objects, arrays, numbers and literals are read without tracking lines and columns.
 //!
-//! Anything this reader does not read exactly as serde_json does (an escape, a float,
-//! a 19-digit integer, bytes, a number read as a map key, serde_json's private types
-//! such as `RawValue`, any syntax error or an error from the type's own
-//! `Deserialize`) makes [`read`] start over with serde_json, whose value or error is
-//! then the result. So what this reader gives is only ever what serde_json gives;
-//! a type's `Deserialize` runs twice on a payload that starts over.
+//! Anything this reader does not read exactly as serde_json does (a control character
+//! in a string, an escaped UTF-16 surrogate, an integer of 19 digits or more, a float
+//! of more than 15 digits or beyond 10^±22, bytes, a map key read as a number,
+//! serde_json's private types such as `RawValue`, any syntax error or an error from the
+//! type's own `Deserialize`) makes [`read`] start over with serde_json, whose value or
+//! error is then the result. So what this reader gives is only ever what serde_json
+//! gives; a type's `Deserialize` runs twice on a payload that starts over.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -20,11 +21,7 @@ use crate::json_text::{first_special, StartOver, SERDE_JSON_PRIVATE};
 
 /// `text` as an `M`: the value, or the error, of `serde_json::from_str(text)`.
 pub(crate) fn read<'de, M: Deserialize<'de>>(text: &'de str) -> serde_json::Result<M> {
-    let mut reader = Reader {
-        text,
-        at: 0,
-        depth: 0,
-    };
+    let mut reader = Reader::new(text);
     match M::deserialize(&mut reader).and_then(|message| reader.end().map(|()| message)) {
         Ok(message) => Ok(message),
         Err(StartOver) => serde_json::from_str(text),
@@ -42,13 +39,27 @@ struct Reader<'de> {
     at: usize,
     /// Arrays and objects open around `at`.
     depth: u32,
+    /// The last string read that had escapes, unescaped (such a string cannot be
+    /// borrowed from the text).
+    unescaped: String,
+    /// Whether the last string read had escapes, so that it is in `unescaped`. (A
+    /// flag rather than a third result, so that a string read comes back in two
+    /// registers.)
+    escaped: bool,
 }
 
-/// An integer as serde_json hands it to a visitor.
-enum Integer {
+/// A number as serde_json hands it to a visitor.
+enum Number {
     Unsigned(u64),
     Negative(i64),
+    Float(f64),
 }
+
+/// The powers of ten that are exact as `f64`s.
+const POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
 impl<'de> Reader<'de> {
     /// The next byte that is not JSON whitespace, not taken.
@@ -81,7 +92,18 @@ impl<'de> Reader<'de> {
         }
     }
 
-    /// A string with no escape, whose `"` was peeked, borrowed from the text.
+    fn new(text: &'de str) -> Self {
+        Reader {
+            text,
+            at: 0,
+            depth: 0,
+            unescaped: String::new(),
+            escaped: false,
+        }
+    }
+
+    /// A string whose `"` was peeked, as it stands in the text; when it has escapes,
+    /// also unescaped into `unescaped`, with `escaped` set.
     fn string(&mut self) -> Result<&'de str> {
         let start = self.at + 1;
         let rest = &self.text.as_bytes()[start..];
@@ -90,14 +112,84 @@ impl<'de> Reader<'de> {
                 self.at = start + len + 1;
                 Ok(&self.text[start..start + len])
             }
-            // An escape or a control character: serde_json's to read, or refuse.
+            Some(len) if rest[len] == b'\\' => {
+                self.unescape(start, start + len)?;
+                self.escaped = true;
+                Ok(&self.text[start..self.at - 1])
+            }
+            // A control character, or no end: serde_json refuses it.
             _ => Err(StartOver),
         }
     }
 
-    /// An integer of up to 18 digits (so it cannot overflow), whose first byte was
-    /// peeked. `-0` is left to serde_json, which reads it as the float -0.0.
-    fn integer(&mut self) -> Result<Integer> {
+    /// The string from `start` unescaped into `self.unescaped`, its first escape at
+    /// `at`, as serde_json unescapes it. An escaped UTF-16 surrogate (half of a pair,
+    /// or a lone one, which serde_json refuses) is left to serde_json.
+    #[cold]
+    #[inline(never)]
+    fn unescape(&mut self, start: usize, mut at: usize) -> Result<()> {
+        let text = self.text;
+        let bytes = text.as_bytes();
+        let out = &mut self.unescaped;
+        out.clear();
+        out.push_str(&text[start..at]);
+        loop {
+            // `at` is at a backslash.
+            let unescaped = match bytes.get(at + 1) {
+                Some(b'"') => '"',
+                Some(b'\\') => '\\',
+                Some(b'/') => '/',
+                Some(b'b') => '\u{8}',
+                Some(b'f') => '\u{c}',
+                Some(b'n') => '\n',
+                Some(b'r') => '\r',
+                Some(b't') => '\t',
+                Some(b'u') => {
+                    let hex = text.get(at + 2..at + 6).ok_or(StartOver)?;
+                    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(StartOver);
+                    }
+                    let code = u32::from_str_radix(hex, 16).map_err(|_| StartOver)?;
+                    at += 4;
+                    char::from_u32(code).ok_or(StartOver)?
+                }
+                _ => return Err(StartOver),
+            };
+            out.push(unescaped);
+            at += 2;
+            let run = first_special(&bytes[at..]).ok_or(StartOver)?;
+            out.push_str(&text[at..at + run]);
+            at += run;
+            match bytes[at] {
+                b'"' => {
+                    self.at = at + 1;
+                    return Ok(());
+                }
+                b'\\' => {}
+                _ => return Err(StartOver),
+            }
+        }
+    }
+
+    /// A string whose `"` was peeked, for `visitor`: borrowed when it can be, as
+    /// serde_json hands it over.
+    fn visit_string<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value> {
+        let text = self.string()?;
+        if std::mem::take(&mut self.escaped) {
+            visitor.visit_str(&self.unescaped)
+        } else {
+            visitor.visit_borrowed_str(text)
+        }
+    }
+
+    /// A number whose first byte was peeked: an integer of up to 18 digits (so it
+    /// cannot overflow), or a float of up to 15 digits and a power of ten up to 22
+    /// either way. For such a float, serde_json's two ways of making one (a
+    /// multiplication or division by the power of ten, or, with its feature
+    /// `float_roundtrip`, a correctly rounded parse) agree: both numbers are exact
+    /// as `f64`s, so the one operation is correctly rounded. Other numbers are left to
+    /// serde_json.
+    fn number_value(&mut self) -> Result<Number> {
         if !numbers_are_plain() {
             return Err(StartOver);
         }
@@ -105,32 +197,89 @@ impl<'de> Reader<'de> {
         let negative = bytes[self.at] == b'-';
         let first = self.at + usize::from(negative);
         let mut at = first;
-        let mut value: u64 = 0;
-        while let Some(digit @ b'0'..=b'9') = bytes.get(at) {
-            value = value.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
-            at += 1;
-        }
-        let digits = at - first;
-        let leading_zero = digits > 1 && bytes[first] == b'0';
-        let float = matches!(bytes.get(at), Some(b'.' | b'e' | b'E'));
-        if digits == 0 || digits > 18 || leading_zero || float || (negative && value == 0) {
+        let mut significand: u64 = 0;
+        let mut digits = |at: &mut usize| {
+            let start = *at;
+            while let Some(digit @ b'0'..=b'9') = bytes.get(*at) {
+                significand = significand
+                    .wrapping_mul(10)
+                    .wrapping_add(u64::from(digit - b'0'));
+                *at += 1;
+            }
+            *at - start
+        };
+        let whole = digits(&mut at);
+        if whole == 0 || (whole > 1 && bytes[first] == b'0') {
             return Err(StartOver);
         }
-        self.at = at;
-        Ok(if negative {
-            Integer::Negative(-(value as i64))
+        let (mut fraction, mut power) = (0, 0i32);
+        if bytes.get(at) == Some(&b'.') {
+            at += 1;
+            fraction = digits(&mut at);
+            if fraction == 0 {
+                return Err(StartOver);
+            }
+            power = -(fraction as i32);
+        }
+        let exponent = matches!(bytes.get(at), Some(b'e' | b'E'));
+        if exponent {
+            at += 1;
+            let sign = match bytes.get(at) {
+                Some(&sign @ (b'+' | b'-')) => {
+                    at += 1;
+                    if sign == b'-' {
+                        -1
+                    } else {
+                        1
+                    }
+                }
+                _ => 1,
+            };
+            let start = at;
+            let mut e = 0i32;
+            while let (Some(digit @ b'0'..=b'9'), true) = (bytes.get(at), at - start < 3) {
+                e = e * 10 + i32::from(digit - b'0');
+                at += 1;
+            }
+            if at == start || bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                return Err(StartOver);
+            }
+            power += sign * e;
+        }
+        let number = if fraction == 0 && !exponent {
+            match (negative, whole > 18) {
+                (_, true) => return Err(StartOver),
+                (false, false) => Number::Unsigned(significand),
+                // serde_json reads `-0` as the float -0.0.
+                (true, false) if significand == 0 => Number::Float(-0.0),
+                (true, false) => Number::Negative(-(significand as i64)),
+            }
         } else {
-            Integer::Unsigned(value)
-        })
+            if whole + fraction > 15 || power.unsigned_abs() as usize >= POWERS_OF_TEN.len() {
+                return Err(StartOver);
+            }
+            let ten_to = POWERS_OF_TEN[power.unsigned_abs() as usize];
+            let magnitude = if power >= 0 {
+                significand as f64 * ten_to
+            } else {
+                significand as f64 / ten_to
+            };
+            Number::Float(if negative { -magnitude } else { magnitude })
+        };
+        self.at = at;
+        Ok(number)
     }
 
-    /// An integer for `visitor`, or a refusal of what is not one (serde_json checks
-    /// the type itself before a visitor sees it).
-    fn number<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value> {
+    /// A number for `visitor`, or a refusal of what is not one (serde_json checks
+    /// the type itself before a visitor sees it). `floats`: whether a float is read
+    /// here (not for an `f32`, which serde_json may parse at single precision).
+    fn number<V: Visitor<'de>>(&mut self, visitor: V, floats: bool) -> Result<V::Value> {
         match self.peek()? {
-            b'-' | b'0'..=b'9' => match self.integer()? {
-                Integer::Unsigned(n) => visitor.visit_u64(n),
-                Integer::Negative(n) => visitor.visit_i64(n),
+            b'-' | b'0'..=b'9' => match self.number_value()? {
+                Number::Unsigned(n) => visitor.visit_u64(n),
+                Number::Negative(n) => visitor.visit_i64(n),
+                Number::Float(f) if floats => visitor.visit_f64(f),
+                Number::Float(_) => Err(StartOver),
             },
             _ => Err(StartOver),
         }
@@ -225,11 +374,11 @@ macro_rules! start_over {
     };
 }
 
-/// Methods that read an integer.
+/// Methods that read a number.
 macro_rules! numbers {
     ($($method:ident)*) => {
         $(fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-            self.number(visitor)
+            self.number(visitor, true)
         })*
     };
 }
@@ -241,7 +390,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.peek()? {
-            b'"' => visitor.visit_borrowed_str(self.string()?),
+            b'"' => self.visit_string(visitor),
             b'{' => self.object(visitor),
             b'[' => self.array(visitor),
             b't' => {
@@ -256,14 +405,18 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
                 self.literal("null")?;
                 visitor.visit_unit()
             }
-            _ => self.number(visitor),
+            _ => self.number(visitor, true),
         }
     }
 
     numbers! {
         deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
-        deserialize_f32 deserialize_f64
+        deserialize_f64
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.number(visitor, false)
     }
 
     start_over! {
@@ -282,7 +435,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.peek()? {
-            b'"' => visitor.visit_borrowed_str(self.string()?),
+            b'"' => self.visit_string(visitor),
             _ => Err(StartOver),
         }
     }
@@ -458,7 +611,7 @@ impl<'de> de::Deserializer<'de> for MapKey<'_, 'de> {
     type Error = StartOver;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_borrowed_str(self.0.string()?)
+        self.0.visit_string(visitor)
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -479,6 +632,7 @@ impl<'de> de::Deserializer<'de> for MapKey<'_, 'de> {
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         self.0.string()?;
+        self.0.escaped = false;
         visitor.visit_unit()
     }
 
@@ -598,11 +752,7 @@ mod tests {
     where
         T: for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
     {
-        let mut reader = Reader {
-            text,
-            at: 0,
-            depth: 0,
-        };
+        let mut reader = Reader::new(text);
         let here = T::deserialize(&mut reader)
             .and_then(|value| reader.end().map(|()| value))
             .unwrap_or_else(|_| panic!("{text:?} was left to serde_json"));
@@ -616,11 +766,7 @@ mod tests {
     where
         T: for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
     {
-        let mut reader = Reader {
-            text,
-            at: 0,
-            depth: 0,
-        };
+        let mut reader = Reader::new(text);
         let here = T::deserialize(&mut reader).and_then(|value| reader.end().map(|()| value));
         assert!(here.is_err(), "{text:?} was read here");
         same_as_serde_json::<T>(text);
@@ -732,6 +878,33 @@ mod tests {
         read_here::<Option<Unit>>("null");
         read_here::<BTreeMap<String, Vec<u64>>>(r#"{"a":[0,1,999999999999999999],"b":[]}"#);
         read_here::<(i64, i64, i64)>("[-1,-999999999999999999,0]");
+        for text in [
+            "1.5",
+            "-0.0",
+            "-0",
+            "0.0",
+            "1e5",
+            "1E+05",
+            "2.5e-3",
+            "0.1",
+            "-0.3",
+            "123456.789012345",
+            "1e22",
+            "1e-22",
+            "4.35",
+            "17.99",
+            "999999999999999e7",
+            "3",
+        ] {
+            assert_eq!(
+                read_here::<f64>(text).to_bits(),
+                serde_json::from_str::<f64>(text).unwrap().to_bits(),
+                "{text}"
+            );
+            read_here::<Value>(text);
+        }
+        read_here::<f32>("5");
+        read_here::<Vec<f64>>("[0.5,-1.25e2,3]");
         read_here::<Value>(r#"{"a":[1,-2,"x",true,false,null,{},[]],"b":{"c":{"d":[[1]]}}}"#);
         read_here::<serde::de::IgnoredAny>(r#"{"a":[1,"x",{"b":null}]}"#);
     }
@@ -915,19 +1088,71 @@ mod tests {
 
     #[test]
     fn what_this_reader_leaves_gets_serde_json_value_or_error() {
-        // Escapes and control characters, in values and in keys.
-        started_over::<Alarm>(r#"{"message":"line\nbreak","extra":null}"#);
-        started_over::<Alarm>(r#"{"message":"quote \" inside","extra":null}"#);
-        started_over::<Alarm>(r#"{"message":"\u00e9","extra":null}"#);
-        started_over::<Alarm>(r#"{"mess\u0061ge":"key escaped","extra":null}"#);
+        // Control characters, escapes serde_json refuses, and escaped surrogates.
         started_over::<Alarm>("{\"message\":\"raw\ttab\",\"extra\":null}");
-        started_over::<Alarm>(r#"{"message":"bad \q escape","extra":null}"#);
-        // Numbers that are not short integers.
-        started_over::<f64>("1.5");
-        started_over::<f64>("1e3");
-        started_over::<Value>("-0");
+        for escape in [
+            r"\q",
+            r"\u12",
+            r"\u12G4",
+            r"\u+123",
+            r"\ud800",
+            r"\udfff",
+            r"\ud83d\ude80",
+            r"\",
+            r"\u",
+            "\\\n",
+        ] {
+            started_over::<Alarm>(&format!(
+                r#"{{"message":"bad {escape} escape","extra":null}}"#
+            ));
+            started_over::<Value>(&format!(r#"{{"key {escape}":1}}"#));
+        }
+        started_over::<String>("\"escaped \\n, then a raw\ttab\"");
+        started_over::<String>(r#""unterminated \n"#);
+        started_over::<String>(r#""unterminated \n "#);
+        // A borrowed string borrows from the text only where it has no escape, as with
+        // serde_json.
+        assert_eq!(read::<&str>(r#""plain""#).unwrap(), "plain");
+        let escaped = r#""escaped \n""#;
+        assert_eq!(
+            read::<&str>(escaped).unwrap_err().to_string(),
+            serde_json::from_str::<&str>(escaped)
+                .unwrap_err()
+                .to_string()
+        );
+        // Numbers serde_json alone reads exactly as it does, or refuses.
+        for text in [
+            "1.2345678901234567",
+            "1234567890123456.5",
+            "1e23",
+            "1e-23",
+            "1e400",
+            "1e1000",
+            "1e0001",
+            "0.0000000000000001",
+            "1.",
+            ".5",
+            "1.e5",
+            "1e",
+            "1e+",
+            "1e-",
+            "01.5",
+            "-.5",
+            "-",
+            "--1",
+            "1.5.5",
+            "1e5e5",
+            "5e-324",
+            "1e308",
+            "1e23",
+        ] {
+            started_over::<f64>(text);
+            started_over::<Value>(text);
+        }
+        started_over::<f32>("1.5");
         started_over::<i64>("-0");
-        started_over::<f64>("-0");
+        started_over::<u64>("1.0");
+        started_over::<u64>("1e2");
         started_over::<u64>("18446744073709551615");
         started_over::<u64>("18446744073709551616");
         started_over::<i64>("-9223372036854775808");
@@ -1043,6 +1268,7 @@ mod tests {
             2 => json!((n as i64) >> (n % 64)),
             3 => json!(n >> (n % 64)),
             4 if n % 4 == 0 => json!(f64::from_bits(n) % 1e12),
+            4 if n % 4 == 1 => json!((n % 2_000_000) as f64 / 1000.0 - 1000.0),
             4 | 5 => Value::String(
                 (0..n % 24)
                     .map(|i| {
@@ -1062,6 +1288,72 @@ mod tests {
     }
 
     #[test]
+    fn escaped_strings_read_as_serde_json_reads_them() {
+        read_here::<Alarm>(r#"{"message":"line\nbreak","extra":"quote \" inside"}"#);
+        read_here::<Alarm>(r#"{"mess\u0061ge":"key escaped","extra":"\u00e9\u00E9\/\\"}"#);
+        read_here::<Alarm>(r#"{"message":"\b\f\n\r\t\u0000\u001F\uFFFF\u20AC","extra":null}"#);
+        read_here::<Shape>(r#""\u0044ot""#);
+        read_here::<Shape>(r#"{"Circl\u0065":3}"#);
+        read_here::<BTreeMap<String, String>>(r#"{"a\"b":"c\\d","":"\"","\\":""}"#);
+        // Every ASCII character, and a few others, at each place of strings of a few
+        // lengths: serde_json escapes what needs it, and this reader reads it back.
+        let others = ['é', '€', '🚀', '\u{7f}', '\u{80}'];
+        for c in (0..128u8).map(char::from).chain(others) {
+            for len in [1, 7, 8, 9, 17] {
+                for at in 0..len {
+                    let text: String = (0..len).map(|i| if i == at { c } else { 'a' }).collect();
+                    let json = serde_json::to_string(&text).unwrap();
+                    assert_eq!(read_here::<String>(&json), text);
+                    read_here::<BTreeMap<String, u8>>(&format!("{{{json}:1}}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_decimals_read_as_serde_json_and_correctly_rounded() {
+        let mut state = 0x1234_5678_9ABC_DEF1_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut read_without_starting_over = 0;
+        for _ in 0..20_000 {
+            let digits = 1 + next() % 15;
+            let significand = next() % 10u64.pow(digits as u32);
+            let point = (next() % (digits + 1)) as usize;
+            let mut text = format!("{significand:0width$}", width = digits as usize);
+            if point < text.len() && next() % 2 == 0 {
+                text.insert(point.max(1), '.');
+            }
+            if next() % 3 == 0 {
+                let e = (next() % 50) as i32 - 25;
+                text = format!("{text}{}{e}", ["e", "E"][(next() % 2) as usize]);
+            }
+            if next() % 2 == 0 {
+                text.insert(0, '-');
+            }
+            same_as_serde_json::<f64>(&text);
+            let mut reader = Reader::new(&text);
+            if let Ok(read) = f64::deserialize(&mut reader).and_then(|f| reader.end().map(|()| f)) {
+                // What this reader reads is the correctly rounded value.
+                assert_eq!(
+                    read.to_bits(),
+                    text.parse::<f64>().unwrap().to_bits(),
+                    "{text}"
+                );
+                read_without_starting_over += 1;
+            }
+        }
+        assert!(
+            read_without_starting_over > 10_000,
+            "{read_without_starting_over}"
+        );
+    }
+
+    #[test]
     fn random_values_read_as_serde_json_reads_them() {
         let mut state = 0x9E37_79B9_7F4A_7C15;
         let mut read_without_starting_over = 0;
@@ -1072,11 +1364,7 @@ mod tests {
                 serde_json::to_string_pretty(&value).unwrap(),
             ] {
                 same_as_serde_json::<Value>(&text);
-                let mut reader = Reader {
-                    text: &text,
-                    at: 0,
-                    depth: 0,
-                };
+                let mut reader = Reader::new(&text);
                 if Value::deserialize(&mut reader).is_ok() {
                     read_without_starting_over += 1;
                 }
