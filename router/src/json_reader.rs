@@ -374,6 +374,15 @@ macro_rules! start_over {
     };
 }
 
+/// Methods that read as another method of the same deserializer reads.
+macro_rules! same_as {
+    ($target:ident: $($method:ident)*) => {
+        $(fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            self.$target(visitor)
+        })*
+    };
+}
+
 /// Methods that read a number.
 macro_rules! numbers {
     ($($method:ident)*) => {
@@ -440,17 +449,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         }
     }
 
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_str(visitor)
-    }
-
-    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_str(visitor)
-    }
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_str(visitor)
-    }
+    same_as! { deserialize_str: deserialize_string deserialize_char deserialize_identifier }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.peek()? {
@@ -614,20 +613,8 @@ impl<'de> de::Deserializer<'de> for MapKey<'_, 'de> {
         self.0.visit_string(visitor)
     }
 
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_any(visitor)
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_any(visitor)
-    }
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_any(visitor)
-    }
-
-    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_any(visitor)
+    same_as! {
+        deserialize_any: deserialize_str deserialize_string deserialize_identifier deserialize_char
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -742,9 +729,10 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     use serde::Deserialize;
-    use serde_json::{json, Value};
+    use serde_json::Value;
 
     use super::*;
+    use crate::json_text::random::{self, Stream};
 
     /// `text` read by this reader, without starting over: the value serde_json reads.
     #[track_caller]
@@ -1251,42 +1239,6 @@ mod tests {
         }
     }
 
-    /// A random JSON value of up to `depth` levels, from a xorshift stream: integers,
-    /// floats, strings with and without escapes, non-ASCII text.
-    fn random_value(state: &mut u64, depth: u32) -> Value {
-        let mut next = || {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            *state
-        };
-        let pick = next() % if depth == 0 { 6 } else { 8 };
-        let n = next();
-        match pick {
-            0 => Value::Null,
-            1 => Value::Bool(n % 2 == 0),
-            2 => json!((n as i64) >> (n % 64)),
-            3 => json!(n >> (n % 64)),
-            4 if n % 4 == 0 => json!(f64::from_bits(n) % 1e12),
-            4 if n % 4 == 1 => json!((n % 2_000_000) as f64 / 1000.0 - 1000.0),
-            4 | 5 => Value::String(
-                (0..n % 24)
-                    .map(|i| {
-                        let c = (n >> (i % 8 * 8)) % if n % 3 == 0 { 0x300 } else { 0x80 };
-                        char::from_u32(c.max(0x20) as u32 + u32::from(c % 29 == 0) * 0x1f00)
-                            .unwrap_or('?')
-                    })
-                    .collect(),
-            ),
-            6 => Value::Array((0..n % 5).map(|_| random_value(state, depth - 1)).collect()),
-            _ => Value::Object(
-                (0..n % 5)
-                    .map(|i| (format!("k{i}"), random_value(state, depth - 1)))
-                    .collect(),
-            ),
-        }
-    }
-
     #[test]
     fn escaped_strings_read_as_serde_json_reads_them() {
         read_here::<Alarm>(r#"{"message":"line\nbreak","extra":"quote \" inside"}"#);
@@ -1312,13 +1264,8 @@ mod tests {
 
     #[test]
     fn short_decimals_read_as_serde_json_and_correctly_rounded() {
-        let mut state = 0x1234_5678_9ABC_DEF1_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut stream = Stream(0x1234_5678_9ABC_DEF1);
+        let mut next = || stream.next();
         let mut read_without_starting_over = 0;
         for _ in 0..20_000 {
             let digits = 1 + next() % 15;
@@ -1355,10 +1302,10 @@ mod tests {
 
     #[test]
     fn random_values_read_as_serde_json_reads_them() {
-        let mut state = 0x9E37_79B9_7F4A_7C15;
+        let mut stream = Stream(0x9E37_79B9_7F4A_7C15);
         let mut read_without_starting_over = 0;
         for _ in 0..3000 {
-            let value = random_value(&mut state, 4);
+            let value = random::value(&mut stream, 4);
             for text in [
                 serde_json::to_string(&value).unwrap(),
                 serde_json::to_string_pretty(&value).unwrap(),
@@ -1379,17 +1326,12 @@ mod tests {
 
     #[test]
     fn broken_json_is_refused_or_read_as_serde_json_does() {
-        let mut state = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut mutations = Stream(0x2545_F491_4F6C_DD1D);
+        let mut next = || mutations.next();
         let alphabet = b"{}[]:,\"\\ -0123456789.eEtrufalsn\x01\x7f";
-        let mut values_state = 7;
+        let mut values = Stream(7);
         for _ in 0..400 {
-            let value = random_value(&mut values_state, 3);
+            let value = random::value(&mut values, 3);
             let text = serde_json::to_string(&value).unwrap();
             for _ in 0..25 {
                 let mut bytes = text.clone().into_bytes();

@@ -103,6 +103,61 @@ fn special_bits(word: u64) -> u64 {
     (below(word, 0x20) | equal(word, b'"') | equal(word, b'\\')) & HIGH
 }
 
+/// Random JSON for the writer's and the reader's tests.
+#[cfg(test)]
+pub(crate) mod random {
+    use serde_json::{json, Value};
+
+    /// A xorshift stream.
+    pub(crate) struct Stream(pub(crate) u64);
+
+    impl Stream {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// A random JSON value of up to `depth` levels: signed and unsigned integers,
+    /// floats (any, and short decimals), strings of ASCII and other text with and
+    /// without characters that need escaping, keys with and without them.
+    pub(crate) fn value(stream: &mut Stream, depth: u32) -> Value {
+        let pick = stream.next() % if depth == 0 { 6 } else { 8 };
+        let n = stream.next();
+        match pick {
+            0 => Value::Null,
+            1 => Value::Bool(n.is_multiple_of(2)),
+            2 => json!((n as i64) >> (n % 64)),
+            3 => json!(n >> (n % 64)),
+            4 if n.is_multiple_of(4) => json!(f64::from_bits(n) % 1e12),
+            4 if n % 4 == 1 => json!((n % 2_000_000) as f64 / 1000.0 - 1000.0),
+            4 | 5 => Value::String(
+                (0..n % 24)
+                    .map(|i| {
+                        let c = (n >> (i % 8 * 8)) % if n.is_multiple_of(3) { 0x300 } else { 0x80 };
+                        char::from_u32(c as u32).unwrap_or('?')
+                    })
+                    .collect(),
+            ),
+            6 => Value::Array((0..n % 5).map(|_| value(stream, depth - 1)).collect()),
+            _ => Value::Object(
+                (0..n % 5)
+                    .map(|i| {
+                        let key = if n.is_multiple_of(2) {
+                            format!("k{i}")
+                        } else {
+                            format!("k{i}\u{7}\"")
+                        };
+                        (key, value(stream, depth - 1))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

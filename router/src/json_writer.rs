@@ -545,6 +545,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::json_text::random::{self, Stream};
 
     /// Written by this writer, without starting over: the same bytes as serde_json.
     #[track_caller]
@@ -866,40 +867,11 @@ mod tests {
         assert!(out.is_empty(), "nothing of a failed payload is kept");
     }
 
-    /// A random JSON value of up to `depth` levels, from a xorshift stream.
-    fn random_value(state: &mut u64, depth: u32) -> Value {
-        let mut next = || {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            *state
-        };
-        let pick = next() % if depth == 0 { 5 } else { 7 };
-        let n = next();
-        match pick {
-            0 => Value::Null,
-            1 => Value::Bool(n % 2 == 0),
-            2 => json!((n as i64) >> (n % 64)),
-            3 => json!(f64::from_bits(n) % 1e12),
-            4 => Value::String(
-                (0..n % 24)
-                    .map(|i| char::from_u32(((n >> (i % 8 * 8)) % 0x300) as u32).unwrap_or('?'))
-                    .collect(),
-            ),
-            5 => Value::Array((0..n % 5).map(|_| random_value(state, depth - 1)).collect()),
-            _ => Value::Object(
-                (0..n % 5)
-                    .map(|i| (format!("k{i}\u{7}"), random_value(state, depth - 1)))
-                    .collect(),
-            ),
-        }
-    }
-
     #[test]
     fn random_values_are_written_as_serde_json_writes_them() {
-        let mut state = 0x9E37_79B9_7F4A_7C15;
+        let mut stream = Stream(0x9E37_79B9_7F4A_7C15);
         for _ in 0..2000 {
-            written_here(&random_value(&mut state, 4));
+            written_here(&random::value(&mut stream, 4));
         }
     }
 }
