@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::header::HeaderName;
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderValue};
 
 use std::borrow::Cow;
 
@@ -95,7 +95,11 @@ pub(crate) fn to_headers(
     if let Some(k) = &envelope.key {
         h.insert(KEY_NAME, &*one_line(k));
     }
-    if content_type_header || &*envelope.content_type != crate::CONTENT_TYPE_JSON {
+    if &*envelope.content_type == crate::CONTENT_TYPE_JSON {
+        if content_type_header {
+            h.insert(CONTENT_TYPE_NAME, json_content_type());
+        }
+    } else {
         h.insert(CONTENT_TYPE_NAME, &*one_line(&envelope.content_type));
     }
     if envelope.attempt != 1 {
@@ -108,9 +112,18 @@ pub(crate) fn to_headers(
     Ok(h)
 }
 
+/// The JSON content type as a header value, made (and checked by the client) once; a
+/// publish clones it.
+fn json_content_type() -> HeaderValue {
+    static JSON: std::sync::LazyLock<HeaderValue> =
+        std::sync::LazyLock::new(|| HeaderValue::from(crate::CONTENT_TYPE_JSON));
+    JSON.clone()
+}
+
 /// `value` as one line: line breaks become spaces (the client panics on them).
 pub(crate) fn one_line(value: &str) -> Cow<'_, str> {
-    if value.contains(['\r', '\n']) {
+    // Byte by byte: `contains` with a set of chars decodes each char first.
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
         Cow::Owned(value.replace(['\r', '\n'], " "))
     } else {
         Cow::Borrowed(value)
@@ -457,6 +470,10 @@ mod tests {
             Some("first line second line")
         );
         assert_eq!(h.get(KEY).map(|v| v.as_str()), Some("k  1"));
+        assert_eq!(
+            h.get(CONTENT_TYPE).map(|v| v.as_str()),
+            Some(crate::CONTENT_TYPE_JSON)
+        );
         // `content_type_header = false`: JSON says nothing, another type still does.
         let quiet = |e: &Envelope| to_headers(e, IdHeaders::Core, false).unwrap();
         assert!(quiet(&e).get(CONTENT_TYPE).is_none());
