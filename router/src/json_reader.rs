@@ -734,16 +734,21 @@ mod tests {
     use super::*;
     use crate::json_text::random::{self, Stream};
 
+    /// `text` as a `T` read by this reader alone (the first half of [`read`]):
+    /// `StartOver` for what it leaves to serde_json.
+    fn read_alone<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T> {
+        let mut reader = Reader::new(text);
+        T::deserialize(&mut reader).and_then(|value| reader.end().map(|()| value))
+    }
+
     /// `text` read by this reader, without starting over: the value serde_json reads.
     #[track_caller]
     fn read_here<T>(text: &str) -> T
     where
         T: for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
     {
-        let mut reader = Reader::new(text);
-        let here = T::deserialize(&mut reader)
-            .and_then(|value| reader.end().map(|()| value))
-            .unwrap_or_else(|_| panic!("{text:?} was left to serde_json"));
+        let here =
+            read_alone::<T>(text).unwrap_or_else(|_| panic!("{text:?} was left to serde_json"));
         assert_eq!(here, serde_json::from_str::<T>(text).unwrap(), "{text:?}");
         here
     }
@@ -754,9 +759,7 @@ mod tests {
     where
         T: for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
     {
-        let mut reader = Reader::new(text);
-        let here = T::deserialize(&mut reader).and_then(|value| reader.end().map(|()| value));
-        assert!(here.is_err(), "{text:?} was read here");
+        assert!(read_alone::<T>(text).is_err(), "{text:?} was read here");
         same_as_serde_json::<T>(text);
     }
 
@@ -1283,8 +1286,7 @@ mod tests {
                 text.insert(0, '-');
             }
             same_as_serde_json::<f64>(&text);
-            let mut reader = Reader::new(&text);
-            if let Ok(read) = f64::deserialize(&mut reader).and_then(|f| reader.end().map(|()| f)) {
+            if let Ok(read) = read_alone::<f64>(&text) {
                 // What this reader reads is the correctly rounded value.
                 assert_eq!(
                     read.to_bits(),
@@ -1311,8 +1313,7 @@ mod tests {
                 serde_json::to_string_pretty(&value).unwrap(),
             ] {
                 same_as_serde_json::<Value>(&text);
-                let mut reader = Reader::new(&text);
-                if Value::deserialize(&mut reader).is_ok() {
+                if read_alone::<Value>(&text).is_ok() {
                     read_without_starting_over += 1;
                 }
             }
