@@ -334,6 +334,88 @@ async fn memory_settling_another_members_delivery_is_refused() {
     assert!(holder.settle(vec![(tag, Settlement::Ack)]).await.is_err());
 }
 
+/// The embedded broker hands out what is ready without a wait, into the caller's
+/// vector, and settles at once: acked messages are gone, a retry comes back with its
+/// next attempt, released ones come back first and in order, and a tag that is not the
+/// member's is refused. Closed, it hands out nothing.
+#[tokio::test]
+async fn memory_hands_out_ready_deliveries_and_settles_at_once() {
+    use anybroker_brokers::Settlement;
+    let broker = anybroker::Broker::from(anybroker::MemoryBroker::default());
+    let channel = opened_below_the_router(&broker, "ready").await;
+    let holder = member(&channel, "default").await;
+    let other = member(&channel, "default").await;
+    for seq in 1..=5 {
+        channel.publish(numbered(&channel, seq)).await.unwrap();
+    }
+    let seqs = |deliveries: &[anybroker_brokers::Delivery]| -> Vec<(u64, u32)> {
+        deliveries
+            .iter()
+            .map(|d| {
+                let n: Numbered = serde_json::from_slice(&d.envelope.payload).unwrap();
+                (n.seq, d.envelope.attempt)
+            })
+            .collect()
+    };
+
+    let mut ready = Vec::new();
+    assert_eq!(holder.recv_ready(3, &mut ready).unwrap(), 3);
+    assert_eq!(
+        holder.recv_ready(10, &mut ready).unwrap(),
+        2,
+        "appended to the first three"
+    );
+    assert_eq!(seqs(&ready), [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]);
+    assert_eq!(
+        holder.recv_ready(10, &mut ready).unwrap(),
+        0,
+        "nothing is left"
+    );
+    assert_eq!(ready.len(), 5);
+
+    let foreign = vec![(ready[0].tag, Settlement::Ack)];
+    let refused = other
+        .settle_at_once(&mut foreign.clone())
+        .expect("settled at once");
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("not from this subscription"),
+        "another member's delivery was settled"
+    );
+
+    let mut settlements: Vec<_> = ready.iter().map(|d| (d.tag, Settlement::Release)).collect();
+    settlements[0].1 = Settlement::Ack;
+    settlements[1].1 = Settlement::Retry {
+        delay: Duration::ZERO,
+        error: "failed once".into(),
+    };
+    let room = settlements.capacity();
+    holder
+        .settle_at_once(&mut settlements)
+        .expect("settled at once")
+        .unwrap();
+    assert!(settlements.is_empty(), "the settlements were taken out");
+    assert_eq!(settlements.capacity(), room, "and their room kept");
+
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while again.len() < 4 && tokio::time::Instant::now() < deadline {
+        let got = tokio::time::timeout(Duration::from_secs(1), holder.recv(10)).await;
+        if let Ok(got) = got {
+            again.extend(got.unwrap());
+        }
+    }
+    assert_eq!(seqs(&again), [(3, 1), (4, 1), (5, 1), (2, 2)]);
+
+    holder.close().await.unwrap();
+    channel.publish(numbered(&channel, 6)).await.unwrap();
+    let mut after_close = Vec::new();
+    assert_eq!(holder.recv_ready(10, &mut after_close).unwrap(), 0);
+    assert!(after_close.is_empty());
+}
+
 /// The embedded broker takes a publish at once, with no future made, while its log has
 /// room; once the broker is shut down it takes none at once, and `publish` says why.
 #[tokio::test]

@@ -270,11 +270,26 @@ impl Subscription for Member {
             .map_err(|e| self.place.context(e, "recv"))
     }
 
+    fn recv_ready(&self, max: usize, into: &mut Vec<Delivery>) -> Result<usize> {
+        self.subscription
+            .recv_ready(max, into)
+            .map_err(|e| self.place.context(e, "recv"))
+    }
+
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         self.subscription
             .settle(settlements)
             .await
             .map_err(|e| self.place.context(e, "settle"))
+    }
+
+    fn settle_at_once(
+        &self,
+        settlements: &mut Vec<(DeliveryTag, Settlement)>,
+    ) -> Option<Result<()>> {
+        self.subscription
+            .settle_at_once(settlements)
+            .map(|r| r.map_err(|e| self.place.context(e, "settle")))
     }
 
     async fn close(&self) -> Result<()> {

@@ -121,10 +121,69 @@ pub trait Subscription: Send + Sync {
     /// once the subscription is closed.
     async fn recv(&self, max: usize) -> Result<Vec<Delivery>>;
 
+    /// Hands out the deliveries that are ready now, without any wait: appends up to
+    /// `max` of them to `into` and returns how many. 0 says none is ready now (or the
+    /// subscription is closed), and [`recv`](Self::recv) waits for them. The consumer
+    /// tries this first, so a batch that needs no wait costs neither a future nor a
+    /// vector of its own. An error appends nothing. Default: 0, every batch comes
+    /// from `recv`.
+    fn recv_ready(&self, max: usize, into: &mut Vec<Delivery>) -> Result<usize> {
+        let _ = (max, into);
+        Ok(0)
+    }
+
     /// Settles deliveries. Each tag must be settled once.
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()>;
+
+    /// Settles `settlements` now if the backend does so without any wait (the
+    /// embedded broker): takes them all out of the vector, which keeps its room for
+    /// the next ones, and returns the result. Otherwise leaves them, untouched, for
+    /// [`settle`](Self::settle) and returns `None`. Default: leaves them.
+    fn settle_at_once(
+        &self,
+        settlements: &mut Vec<(DeliveryTag, Settlement)>,
+    ) -> Option<Result<()>> {
+        let _ = settlements;
+        None
+    }
 
     /// Stops delivering: a pending `recv` returns empty; unsettled deliveries are
     /// released to the group.
     async fn close(&self) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscription with only the required methods.
+    struct RequiredOnly;
+
+    #[async_trait]
+    impl Subscription for RequiredOnly {
+        async fn recv(&self, _max: usize) -> Result<Vec<Delivery>> {
+            Ok(Vec::new())
+        }
+        async fn settle(&self, _settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
+            Ok(())
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A backend that does not hand out or settle without a wait leaves the caller's
+    /// vectors as they were, so the consumer goes on to `recv` and `settle` with
+    /// nothing lost.
+    #[test]
+    fn without_the_at_once_methods_nothing_is_taken() {
+        let tag = DeliveryTag(1, 2);
+        let envelope = Envelope::new("orders", b"{}".to_vec());
+        let mut ready = vec![Delivery::new(envelope, tag)];
+        assert_eq!(RequiredOnly.recv_ready(10, &mut ready).unwrap(), 0);
+        assert_eq!(ready.len(), 1);
+        let mut settlements = vec![(tag, Settlement::Ack)];
+        assert!(RequiredOnly.settle_at_once(&mut settlements).is_none());
+        assert_eq!(settlements, [(tag, Settlement::Ack)]);
+    }
 }

@@ -31,67 +31,44 @@ impl MemorySubscription {
         }
     }
 
-    fn release_all(&self) {
-        let released = {
-            let mut state = self.topic.lock();
-            state
-                .groups
-                .get_mut(&self.group)
-                .map(|g| g.release_member(self.member))
-                .unwrap_or(0)
+    /// Takes up to `max` deliveries ready for this member into `out` and returns how
+    /// many. When none is ready it returns, as `Err`, the earliest time something
+    /// timed becomes due, and `waiting` counts this member among the receivers that
+    /// wait for a publish (until its [`WaitingReceiver`] is dropped).
+    fn take(
+        &self,
+        max: usize,
+        out: &mut Vec<Delivery>,
+        waiting: bool,
+    ) -> std::result::Result<usize, Option<Instant>> {
+        let now = Instant::now();
+        let mut state = self.topic.lock();
+        let before = state.held();
+        let taken = state.take(&self.group, self.member, max, now, out);
+        // Taking can free room even when it hands nothing out (another group's
+        // cursor moved the trim point), so check either way.
+        let freed = state.held() < before;
+        let result = if taken > 0 {
+            Ok(taken)
+        } else {
+            if waiting {
+                state.receivers_waiting += 1;
+            }
+            Err(state.next_deadline(&self.group))
         };
-        if released > 0 {
-            self.topic.notify.notify_waiters();
+        drop(state);
+        if freed {
+            self.topic.room.notify_waiters();
         }
-    }
-}
-
-#[async_trait]
-impl Subscription for MemorySubscription {
-    async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
-        let max = max.max(1);
-        loop {
-            let notified = self.topic.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.closed.load(Ordering::Acquire) || self.connection.is_closed() {
-                return Ok(Vec::new());
-            }
-            let now = Instant::now();
-            let deadline = {
-                let mut state = self.topic.lock();
-                let before = state.held();
-                let out = state.take(&self.group, self.member, max, now);
-                // Taking can free room even when it hands nothing out (another
-                // group's cursor moved the trim point), so check either way.
-                let freed = state.held() < before;
-                let deadline = out.is_empty().then(|| state.next_deadline(&self.group));
-                if deadline.is_some() {
-                    state.receivers_waiting += 1;
-                }
-                drop(state);
-                if freed {
-                    self.topic.room.notify_waiters();
-                }
-                match deadline {
-                    None => return Ok(out),
-                    Some(deadline) => deadline,
-                }
-            };
-            let _waiting = WaitingReceiver(&self.topic);
-            match deadline {
-                Some(deadline) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(deadline) => {}
-                    }
-                }
-                None => notified.await,
-            }
-        }
+        result
     }
 
-    async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.connection.is_closed()
+    }
+
+    /// Settles at once: the embedded broker's settling never waits.
+    fn settle_now(&self, settlements: impl Iterator<Item = (DeliveryTag, Settlement)>) -> Result<()> {
         let mut wake = false;
         // A parked message became ready: it no longer counts towards the backlog bound.
         let mut freed = false;
@@ -167,6 +144,65 @@ impl Subscription for MemorySubscription {
             .with_operation("settle"));
         }
         Ok(())
+    }
+
+    fn release_all(&self) {
+        let released = {
+            let mut state = self.topic.lock();
+            state
+                .groups
+                .get_mut(&self.group)
+                .map(|g| g.release_member(self.member))
+                .unwrap_or(0)
+        };
+        if released > 0 {
+            self.topic.notify.notify_waiters();
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
+        let max = max.max(1);
+        loop {
+            let notified = self.topic.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::new();
+            let deadline = match self.take(max, &mut out, true) {
+                Ok(_) => return Ok(out),
+                Err(deadline) => deadline,
+            };
+            let _waiting = WaitingReceiver(&self.topic);
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn recv_ready(&self, max: usize, into: &mut Vec<Delivery>) -> Result<usize> {
+        if max == 0 || self.is_closed() {
+            return Ok(0);
+        }
+        Ok(self.take(max, into, false).unwrap_or(0))
+    }
+
+    async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
+        self.settle_now(settlements.into_iter())
+    }
+
+    fn settle_at_once(&self, settlements: &mut Vec<(DeliveryTag, Settlement)>) -> Option<Result<()>> {
+        Some(self.settle_now(settlements.drain(..)))
     }
 
     async fn close(&self) -> Result<()> {

@@ -215,14 +215,15 @@ impl TopicState {
         }
     }
 
-    /// Takes up to `max` deliveries for `member` of `group`.
+    /// Takes up to `max` deliveries for `member` of `group` into `out`; returns how many.
     pub(crate) fn take(
         &mut self,
         group_name: &str,
         member: u64,
         max: usize,
         now: Instant,
-    ) -> Vec<Delivery> {
+        out: &mut Vec<Delivery>,
+    ) -> usize {
         self.promote_due(now);
         let only_group = self.groups.len() == 1;
         let group = self.groups.get_mut(group_name).expect("group exists");
@@ -233,7 +234,9 @@ impl TopicState {
         // Room for all it can hand out, so the batch never grows (each growth copies
         // every delivery taken so far).
         let in_log = (self.base + self.log.len() as u64).saturating_sub(group.cursor) as usize;
-        let mut out = Vec::with_capacity(max.min(group.ready.len() + in_log));
+        out.reserve(max.min(group.ready.len() + in_log));
+        let start = out.len();
+        let max = start + max;
         // Ready messages already hold their key.
         while out.len() < max {
             let Some(envelope) = group.ready.pop_front() else {
@@ -266,7 +269,7 @@ impl TopicState {
         if taken_from_log {
             self.trim();
         }
-        out
+        out.len() - start
     }
 
     /// Drops log entries every group has taken.
