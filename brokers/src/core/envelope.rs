@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{message_id_at, message_id_carries, MessageId};
+use super::{message_id_at, message_id_carries_micros, MessageId};
 
 /// String headers carried with a message.
 pub type Headers = BTreeMap<String, String>;
@@ -169,7 +169,8 @@ impl Envelope {
     /// `None` when the id carries it (every id anybroker makes), so a backend sends
     /// the id alone. Only an id the application chose needs the time beside it.
     pub fn published_micros_to_send(&self) -> Option<u64> {
-        (!message_id_carries(&self.id, self.published_at)).then(|| unix_micros(self.published_at))
+        let micros = unix_micros(self.published_at);
+        (!message_id_carries_micros(&self.id, micros)).then_some(micros)
     }
 
     /// Turns a dead letter back into a fresh message for its channel: the reason

@@ -42,7 +42,8 @@ pub use foreign::{is_content_type_header, is_json};
 #[allow(unused_imports)]
 pub(crate) use in_flight::InFlightTable;
 pub use message_id::{
-    message_id_at, message_id_carries, message_id_time, new_message_id, MessageId, MESSAGE_ID_LEN,
+    message_id_at, message_id_carries, message_id_carries_micros, message_id_time, new_message_id,
+    MessageId, MESSAGE_ID_LEN,
 };
 #[allow(unused_imports)]
 pub(crate) use presence::presence_clock;

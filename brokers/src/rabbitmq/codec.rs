@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::core::{message_id_time, publisher_id, Envelope, MessageId};
+use crate::core::{
+    message_id_carries_micros, message_id_time, publisher_id, unix_micros, Envelope, MessageId,
+};
 
 const KEY: &str = "x-anybroker-key";
 /// Microseconds since the Unix epoch; sent only when the message id does not carry
@@ -39,20 +41,21 @@ const APP_ID: &str = "app_id";
 /// a publish; here it would panic.
 pub(crate) fn to_properties(envelope: &Envelope) -> BasicProperties {
     let mut h = FieldTable::default();
+    let published_micros = unix_micros(envelope.published_at);
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         // Seconds, as the AMQP property is read by other clients; anybroker's own
         // readers take the finer time the id (or the header below) carries.
-        .with_timestamp(envelope.published_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        .with_timestamp(published_micros / 1_000_000);
     // An id or content type too long for its property (one read from another broker)
     // travels in a header instead.
-    match ShortString::try_new(envelope.id.to_string()) {
+    match ShortString::try_new(String::from(envelope.id.as_str())) {
         Ok(id) => properties = properties.with_message_id(id),
         Err(_) => {
             h.insert(LONG_ID.into(), text(&envelope.id));
         }
     }
-    match ShortString::try_new(envelope.content_type.to_string()) {
+    match ShortString::try_new(String::from(&*envelope.content_type)) {
         Ok(ct) => properties = properties.with_content_type(ct),
         Err(_) => {
             h.insert(LONG_CONTENT_TYPE.into(), text(&envelope.content_type));
@@ -61,8 +64,9 @@ pub(crate) fn to_properties(envelope: &Envelope) -> BasicProperties {
     if let Some(k) = &envelope.key {
         h.insert(KEY.into(), text(k));
     }
-    if let Some(micros) = envelope.published_micros_to_send() {
-        h.insert(PUBLISHED_AT.into(), AMQPValue::LongLongInt(micros as i64));
+    // `published_micros_to_send`, with the time read once for both.
+    if !message_id_carries_micros(&envelope.id, published_micros) {
+        h.insert(PUBLISHED_AT.into(), AMQPValue::LongLongInt(published_micros as i64));
     }
     if envelope.attempt != 1 {
         h.insert(ATTEMPT.into(), AMQPValue::LongUInt(envelope.attempt));

@@ -93,6 +93,37 @@ impl Session {
         })
     }
 
+    /// Whether a publish on `route` goes on the shared channel: it cannot come back
+    /// unroutable (not mandatory, or to the channels' `exchange` while it parks what
+    /// no queue takes).
+    fn pipelines(&self, route: &Route<'_>, exchange: &str) -> bool {
+        !route.mandatory || (self.exchange_parks && route.exchange == exchange)
+    }
+
+    /// Publishes on the shared channel and waits for the confirm: what
+    /// [`publish_confirmed`] does, with lapin's publish future held in this one rather
+    /// than boxed, for a caller whose own future is boxed already (one allocation a
+    /// publish, not two). Only for a route the shared channel takes ([`Link::pipelined_now`]).
+    pub(crate) async fn publish_pipelined(
+        &self,
+        route: &Route<'_>,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let options = BasicPublishOptions {
+            mandatory: route.mandatory,
+            ..Default::default()
+        };
+        let confirmation = self
+            .pipelined
+            .basic_publish(route.exchange.into(), route.routing_key.into(), options, payload, properties)
+            .await
+            .map_err(|e| from_lapin(e, "publish"))?
+            .await
+            .map_err(|e| from_lapin(e, "publish"))?;
+        answer(route, confirmation)
+    }
+
     fn is_alive(&self) -> bool {
         self.connection.status().connected() && self.pipelined.status().connected()
     }
@@ -109,7 +140,7 @@ impl Session {
         payload: &[u8],
         properties: impl FnOnce() -> BasicProperties,
     ) -> Result<()> {
-        if !route.mandatory || (self.exchange_parks && route.exchange == exchange) {
+        if self.pipelines(route, exchange) {
             return publish_confirmed(&self.pipelined, route, payload, properties()).await;
         }
         let lent = self.publishers.lend(&self.connection).await?;
@@ -198,12 +229,16 @@ pub(crate) fn publish_confirmed<'a>(
     properties: BasicProperties,
 ) -> impl Future<Output = Result<()>> + Send + 'a {
     let confirming = publish_and_confirm(channel, route, payload, properties);
-    async move {
-        match confirming.await? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(unroutable(route, &returned.reply_text)),
-            Confirmation::Nack(_) => Err(refused()),
-        }
+    async move { answer(route, confirming.await?) }
+}
+
+/// What the broker's answer to a publish on `channel` means for it, the channel being
+/// lent to it or carrying only publishes that cannot come back.
+fn answer(route: &Route<'_>, confirmation: Confirmation) -> Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(unroutable(route, &returned.reply_text)),
+        Confirmation::Nack(_) => Err(refused()),
     }
 }
 
@@ -473,6 +508,15 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// The current session if its shared channel takes a publish on `route`: a
+    /// publish that needs no wait for a channel. Whether the session is alive is not
+    /// asked (two locks in lapin): on a dead one the publish fails `Unreachable`, and
+    /// the caller goes on to [`publish`](Self::publish), which reconnects.
+    pub(crate) fn pipelined_now(&self, route: &Route<'_>) -> Option<Arc<Session>> {
+        let current = self.current.read().unwrap();
+        current.pipelines(route, &self.config.exchange).then(|| current.clone())
     }
 
     /// Publishes with a confirm. A publish the connection dropped under is sent again
