@@ -9,7 +9,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 use super::codec::{check_header_names, from_delivery, to_properties};
-use super::connection::{publish_confirmed, Link, Route};
+use super::connection::{confirmed, publish_confirmed, Link, Route};
 use super::error::from_lapin;
 use super::subscription::{QueueRole, RabbitSubscription};
 use super::names::Names;
@@ -162,10 +162,17 @@ impl BackendChannel for RabbitMqChannel {
             check_header_names(&envelope)?;
             let route = self.route();
             if let Some(session) = self.link.pipelined_now(&route) {
-                let published = session
-                    .publish_pipelined(&route, &envelope.payload, to_properties(&envelope))
+                let sent = session
+                    .pipelined()
+                    .basic_publish(
+                        route.exchange.into(),
+                        route.routing_key.into(),
+                        route.options(),
+                        &envelope.payload,
+                        to_properties(&envelope),
+                    )
                     .await;
-                match published {
+                match confirmed(&route, sent).await {
                     Err(e) if e.kind() == crate::ErrorKind::Unreachable => {
                         tracing::debug!(broker = "rabbitmq", error = %e, "publish interrupted; sending again after reconnect");
                     }

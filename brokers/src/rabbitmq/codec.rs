@@ -8,6 +8,7 @@ use lapin::BasicProperties;
 
 use crate::core::{
     message_id_carries_micros, message_id_time, publisher_id, unix_micros, Envelope, MessageId,
+    CONTENT_TYPE_JSON,
 };
 
 const KEY: &str = "x-anybroker-key";
@@ -42,23 +43,29 @@ const APP_ID: &str = "app_id";
 pub(crate) fn to_properties(envelope: &Envelope) -> BasicProperties {
     let mut h = FieldTable::default();
     let published_micros = unix_micros(envelope.published_at);
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
-        // Seconds, as the AMQP property is read by other clients; anybroker's own
-        // readers take the finer time the id (or the header below) carries.
-        .with_timestamp(published_micros / 1_000_000);
     // An id or content type too long for its property (one read from another broker)
     // travels in a header instead.
+    let mut properties = if *envelope.content_type == *CONTENT_TYPE_JSON {
+        // Most messages: their fixed properties are made once and cloned, two builder
+        // calls fewer (each moves all the properties, some 300 bytes, in and out).
+        json_persistent().clone()
+    } else {
+        let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+        match ShortString::try_new(String::from(&*envelope.content_type)) {
+            Ok(ct) => properties.with_content_type(ct),
+            Err(_) => {
+                h.insert(LONG_CONTENT_TYPE.into(), text(&envelope.content_type));
+                properties
+            }
+        }
+    }
+    // Seconds, as the AMQP property is read by other clients; anybroker's own readers
+    // take the finer time the id (or the header below) carries.
+    .with_timestamp(published_micros / 1_000_000);
     match ShortString::try_new(String::from(envelope.id.as_str())) {
         Ok(id) => properties = properties.with_message_id(id),
         Err(_) => {
             h.insert(LONG_ID.into(), text(&envelope.id));
-        }
-    }
-    match ShortString::try_new(String::from(&*envelope.content_type)) {
-        Ok(ct) => properties = properties.with_content_type(ct),
-        Err(_) => {
-            h.insert(LONG_CONTENT_TYPE.into(), text(&envelope.content_type));
         }
     }
     if let Some(k) = &envelope.key {
@@ -95,6 +102,16 @@ pub(crate) fn to_properties(envelope: &Envelope) -> BasicProperties {
     } else {
         properties.with_headers(h)
     }
+}
+
+/// The properties every persistent JSON message starts from.
+fn json_persistent() -> &'static BasicProperties {
+    static PROPERTIES: std::sync::LazyLock<BasicProperties> = std::sync::LazyLock::new(|| {
+        BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(CONTENT_TYPE_JSON.into())
+    });
+    &PROPERTIES
 }
 
 /// Refuses an envelope with a header name AMQP cannot carry (over 255 bytes).
@@ -305,6 +322,30 @@ mod tests {
         assert_eq!((back.id, back.key, back.attempt), (e.id, None, 1));
         assert!(back.headers.is_empty());
         assert_eq!(unix_micros(back.published_at), unix_micros(e.published_at));
+    }
+
+    /// What other AMQP clients read: every message persistent, with its content type,
+    /// id and publish time (seconds) as properties, whether its content type is the
+    /// usual JSON, another, or one too long for its property.
+    #[test]
+    fn every_message_is_persistent_and_says_its_content_type_id_and_time() {
+        let json = Envelope::new("a.b", &b"{}"[..]);
+        let text = Envelope::new("a.b", &b"hi"[..]).with_content_type("text/plain");
+        let long_type = format!("application/{}", "x".repeat(300));
+        let long = Envelope::new("a.b", &b"hi"[..]).with_content_type(long_type.as_str());
+        for e in [&json, &text, &long] {
+            let p = to_properties(e);
+            assert_eq!(p.delivery_mode(), &Some(PERSISTENT), "{}", e.content_type);
+            assert_eq!(p.message_id().as_ref().map(|id| id.as_str()), Some(&*e.id));
+            let seconds = e.published_at.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            assert_eq!(p.timestamp(), &Some(seconds));
+            let back = from_delivery(&Arc::from("a.b"), &p, e.payload.to_vec());
+            assert_eq!(back.content_type, e.content_type);
+        }
+        let content_type = |e: &Envelope| to_properties(e).content_type().as_ref().map(|c| c.to_string());
+        assert_eq!(content_type(&json).as_deref(), Some(CONTENT_TYPE_JSON));
+        assert_eq!(content_type(&text).as_deref(), Some("text/plain"));
+        assert_eq!(content_type(&long), None, "too long for the property: a header");
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub(crate) struct Route<'a> {
     pub(crate) mandatory: bool,
 }
 
+impl Route<'_> {
+    /// The publish's options: mandatory or not.
+    pub(crate) fn options(&self) -> BasicPublishOptions {
+        BasicPublishOptions {
+            mandatory: self.mandatory,
+            ..Default::default()
+        }
+    }
+}
+
 /// One live connection.
 pub(crate) struct Session {
     pub(crate) connection: Connection,
@@ -100,28 +110,9 @@ impl Session {
         !route.mandatory || (self.exchange_parks && route.exchange == exchange)
     }
 
-    /// Publishes on the shared channel and waits for the confirm: what
-    /// [`publish_confirmed`] does, with lapin's publish future held in this one rather
-    /// than boxed, for a caller whose own future is boxed already (one allocation a
-    /// publish, not two). Only for a route the shared channel takes ([`Link::pipelined_now`]).
-    pub(crate) async fn publish_pipelined(
-        &self,
-        route: &Route<'_>,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> Result<()> {
-        let options = BasicPublishOptions {
-            mandatory: route.mandatory,
-            ..Default::default()
-        };
-        let confirmation = self
-            .pipelined
-            .basic_publish(route.exchange.into(), route.routing_key.into(), options, payload, properties)
-            .await
-            .map_err(|e| from_lapin(e, "publish"))?
-            .await
-            .map_err(|e| from_lapin(e, "publish"))?;
-        answer(route, confirmation)
+    /// The channel the publishes that cannot come back share ([`Link::pipelined_now`]).
+    pub(crate) fn pipelined(&self) -> &Channel {
+        &self.pipelined
     }
 
     fn is_alive(&self) -> bool {
@@ -202,10 +193,7 @@ fn publish_and_confirm<'a>(
     let publishing = Box::pin(channel.basic_publish(
         route.exchange.into(),
         route.routing_key.into(),
-        BasicPublishOptions {
-            mandatory: route.mandatory,
-            ..Default::default()
-        },
+        route.options(),
         payload,
         properties,
     ));
@@ -230,6 +218,20 @@ pub(crate) fn publish_confirmed<'a>(
 ) -> impl Future<Output = Result<()>> + Send + 'a {
     let confirming = publish_and_confirm(channel, route, payload, properties);
     async move { answer(route, confirming.await?) }
+}
+
+/// Waits for the confirm of a publish lapin sent (`sent`), and says what it means as
+/// [`answer`] does. With [`Session::pipelined`], for a caller that holds lapin's
+/// publish future in its own (boxed) one rather than in a box of its own.
+pub(crate) async fn confirmed(
+    route: &Route<'_>,
+    sent: std::result::Result<lapin::PublisherConfirm, lapin::Error>,
+) -> Result<()> {
+    let confirmation = sent
+        .map_err(|e| from_lapin(e, "publish"))?
+        .await
+        .map_err(|e| from_lapin(e, "publish"))?;
+    answer(route, confirmation)
 }
 
 /// What the broker's answer to a publish on `channel` means for it, the channel being
