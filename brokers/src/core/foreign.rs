@@ -55,6 +55,10 @@ impl Envelope {
     /// reading the usual content type allocates nothing. Spring writes header values
     /// JSON-quoted (`"application/json"`): the quotes are dropped.
     pub fn set_content_type_from_wire(&mut self, value: &str) {
+        // The usual value, before the trimming (which decodes characters at both ends).
+        if value == CONTENT_TYPE_JSON {
+            return;
+        }
         let value = value.trim();
         let value = value
             .strip_prefix('"')
