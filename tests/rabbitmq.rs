@@ -349,3 +349,117 @@ async fn concurrent_requests_each_hear_whether_they_are_served() {
     assert!(wrong.is_empty(), "wrong answers: {wrong:?}");
     router.shutdown().await.unwrap();
 }
+
+/// Acks of a batch go to the broker as one ack of many where that acks nothing else:
+/// a delivery released among the acked ones and one still unsettled below acked ones
+/// come back to the group when the member closes, and none of the acked ones does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_many_cover_no_delivery_left_unacked() {
+    use anybroker_brokers::{Delivery, Settlement, SubscribeOptions};
+    use common::Numbered;
+    let ch = common::unique_channel::<Numbered>("rabbit-acks");
+    let exchange = format!("{}.x", ch.name());
+    let config = RouterConfig::from_toml_str(&format!(
+        "[brokers.rabbitmq]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\nexchange = \"{exchange}\"\n"
+    ))
+    .unwrap();
+    let broker = anybroker::Broker::connect("rabbitmq", &config.brokers["rabbitmq"])
+        .await
+        .unwrap();
+    let channel = broker
+        .open_channel("rabbitmq", &anybroker::ChannelSpec::new(ch.name(), "g"))
+        .await
+        .unwrap();
+    for seq in 1..=10 {
+        let payload = serde_json::to_vec(&Numbered { seq }).unwrap();
+        channel
+            .publish(anybroker::Envelope::new(channel.name().clone(), payload))
+            .await
+            .unwrap();
+    }
+    let seq = |d: &Delivery| {
+        serde_json::from_slice::<Numbered>(&d.envelope.payload)
+            .unwrap()
+            .seq
+    };
+    let receive_all = |member: Box<dyn anybroker_brokers::Subscription>, want: usize| async move {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while got.len() < want && tokio::time::Instant::now() < deadline {
+            let wait = std::time::Duration::from_secs(1);
+            if let Ok(batch) = tokio::time::timeout(wait, member.recv(16)).await {
+                got.extend(batch.unwrap());
+            }
+        }
+        (member, got)
+    };
+    let first = channel.subscribe(SubscribeOptions::new("g")).await.unwrap();
+    let (first, got) = receive_all(first, 10).await;
+    assert_eq!(
+        got.iter().map(seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    let settle = |seqs: &[u64], settlement: Settlement| {
+        got.iter()
+            .filter(|d| seqs.contains(&seq(d)))
+            .map(|d| (d.tag, settlement.clone()))
+            .collect::<Vec<_>>()
+    };
+    // 1, 2 and 3 go as one ack; 4 is released, so 5 and 6 go alone; 7 to 10 are
+    // unsettled.
+    let mut batch = settle(&[1, 2, 3, 5, 6], Settlement::Ack);
+    batch.extend(settle(&[4], Settlement::Release));
+    first.settle(batch).await.unwrap();
+    // 8, 9 and 10 go alone: 7, below them, is still unsettled.
+    first
+        .settle(settle(&[8, 9, 10], Settlement::Ack))
+        .await
+        .unwrap();
+    first.close().await.unwrap();
+
+    let second = channel.subscribe(SubscribeOptions::new("g")).await.unwrap();
+    let (second, again) = receive_all(second, 2).await;
+    let mut back: Vec<u64> = again.iter().map(seq).collect();
+    back.sort();
+    assert_eq!(back, [4, 7], "what came back to the group");
+    // Closed unsettled, the two go back to the queue, and they are all it holds: the
+    // acked ones stay acked.
+    second.close().await.unwrap();
+    let raw = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let raw_channel = raw.create_channel().await.unwrap();
+    let queue = format!("{}:g", ch.name());
+    let mut ready = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let declared = raw_channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        ready = declared.message_count();
+        if ready == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        ready, 2,
+        "messages in the group's queue once its members closed"
+    );
+    broker.shutdown().await.unwrap();
+    let _ = raw_channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = raw_channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    let _ = raw.close(200, "done".into()).await;
+}

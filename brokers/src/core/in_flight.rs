@@ -98,6 +98,12 @@ impl<T> InFlightTable<T> {
         self.lock().drain().map(|(_, state)| state).collect()
     }
 
+    /// The least `key` of the unsettled deliveries' states that have one.
+    #[allow(dead_code)] // read by the RabbitMQ backend only
+    pub(crate) fn least<K: Ord>(&self, key: impl Fn(&T) -> Option<K>) -> Option<K> {
+        self.lock().values().filter_map(key).min()
+    }
+
     /// Whether an unsettled delivery's state matches.
     pub(crate) fn any(&self, matches: impl Fn(&T) -> bool) -> bool {
         self.lock().values().any(matches)

@@ -1,7 +1,7 @@
 //! A member of a consumer group (or of a channel's request servers): a consumer with
 //! manual acks on the group's queue, on an AMQP channel of its own.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,15 +35,27 @@ pub(crate) enum QueueRole {
 
 struct InFlight {
     acker: Acker,
+    /// The AMQP channel it came on (which of the subscription's channels) and its
+    /// delivery tag there: what an ack of many covers.
+    on: AmqpTag,
     envelope: Envelope,
     /// Requests only: where and under which id the reply goes.
     reply_to: Option<(ShortString, Option<ShortString>)>,
+}
+
+/// A delivery's AMQP channel (counted from 1 per subscription) and delivery tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AmqpTag {
+    channel: u64,
+    tag: u64,
 }
 
 /// The AMQP channel and consumer currently delivering; replaced after a reconnect.
 struct Consuming {
     amqp: lapin::Channel,
     consumer: lapin::Consumer,
+    /// Which of the subscription's channels it is.
+    channel: u64,
 }
 
 pub(crate) struct RabbitSubscription {
@@ -53,6 +65,11 @@ pub(crate) struct RabbitSubscription {
     role: QueueRole,
     prefetch: u16,
     consuming: tokio::sync::Mutex<Option<Consuming>>,
+    /// How many AMQP channels it has consumed on.
+    channels: AtomicU64,
+    /// Deliveries whose settlement failed and which the broker still holds unacked
+    /// (until their channel closes and gives them back).
+    held: std::sync::Mutex<Vec<AmqpTag>>,
     in_flight: InFlightTable<InFlight>,
     closed: AtomicBool,
 }
@@ -71,6 +88,8 @@ impl RabbitSubscription {
             role,
             prefetch: options.prefetch.clamp(1, u16::MAX as usize) as u16,
             consuming: tokio::sync::Mutex::new(None),
+            channels: AtomicU64::new(0),
+            held: std::sync::Mutex::new(Vec::new()),
             in_flight: InFlightTable::default(),
             closed: AtomicBool::new(false),
         };
@@ -104,10 +123,15 @@ impl RabbitSubscription {
             )
             .await
             .map_err(|e| from_lapin(e, "consume"))?;
-        Ok(Consuming { amqp, consumer })
+        let channel = self.channels.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Consuming {
+            amqp,
+            consumer,
+            channel,
+        })
     }
 
-    fn deliver(&self, delivery: lapin::message::Delivery) -> Delivery {
+    fn deliver(&self, delivery: lapin::message::Delivery, channel: u64) -> Delivery {
         let envelope = from_delivery(&self.channel, &delivery.properties, delivery.data);
         let reply_to = match self.role {
             QueueRole::Requests => delivery
@@ -119,10 +143,22 @@ impl RabbitSubscription {
         };
         let tag = self.in_flight.insert(InFlight {
             acker: delivery.acker,
+            on: AmqpTag {
+                channel,
+                tag: delivery.delivery_tag,
+            },
             envelope: envelope.clone(),
             reply_to,
         });
         Delivery::new(envelope, tag)
+    }
+
+    /// Keeps `on` from being covered by an ack of many; forgets those of earlier
+    /// channels, which closed and gave theirs back.
+    fn hold(&self, on: AmqpTag) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|h| h.channel >= on.channel);
+        held.push(on);
     }
 
     /// Carries out one settlement other than a plain ack: what must be published is
@@ -206,6 +242,60 @@ impl RabbitSubscription {
     }
 }
 
+/// The acks of a batch that one ack of many (`multiple`) settles: those of one AMQP
+/// channel (the latest the batch acks on) below every delivery of that channel the
+/// broker must not take as acked yet, which are the deliveries still unsettled
+/// (`least_unsettled`: the lowest tag of a channel the table still holds) and the
+/// batch's other settlements (a retry or a dead letter is published before its ack; a
+/// release is a requeue). Deliveries come in tag order, so no tag below the highest
+/// handed out is still on its way. `None`: every ack goes alone.
+fn acks_covered(
+    batch: &[(AmqpTag, bool)],
+    least_unsettled: impl FnOnce(u64) -> Option<u64>,
+) -> Option<CoveredAcks> {
+    let channel = batch
+        .iter()
+        .filter(|(_, ack)| *ack)
+        .map(|(on, _)| on.channel)
+        .max()?;
+    let not_acked = batch
+        .iter()
+        .filter(|(on, ack)| !ack && on.channel == channel)
+        .map(|(on, _)| on.tag)
+        .min();
+    let below = [least_unsettled(channel), not_acked]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(u64::MAX);
+    let covered = |on: &AmqpTag| on.channel == channel && on.tag < below;
+    let covering: Vec<AmqpTag> = batch
+        .iter()
+        .filter(|(on, ack)| *ack && covered(on))
+        .map(|(on, _)| *on)
+        .collect();
+    // One ack alone is sent as it is.
+    if covering.len() < 2 {
+        return None;
+    }
+    let top = covering.into_iter().max_by_key(|on| on.tag)?;
+    Some(CoveredAcks { top, below })
+}
+
+/// What [`acks_covered`] found: the ack sent as `multiple` and the tag below which
+/// the acks of its channel are covered by it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CoveredAcks {
+    top: AmqpTag,
+    below: u64,
+}
+
+impl CoveredAcks {
+    fn covers(&self, on: AmqpTag) -> bool {
+        on.channel == self.top.channel && on.tag < self.below
+    }
+}
+
 #[async_trait]
 impl Subscription for RabbitSubscription {
     async fn recv(&self, max: usize) -> Result<Vec<Delivery>> {
@@ -232,10 +322,11 @@ impl Subscription for RabbitSubscription {
                 });
             }
         };
-        let mut out = batch_of(self.deliver(first), max);
+        let channel = current.channel;
+        let mut out = batch_of(self.deliver(first, channel), max);
         while out.len() < max.max(1) {
             match current.consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => out.push(self.deliver(d)),
+                Some(Some(Ok(d))) => out.push(self.deliver(d, channel)),
                 _ => break,
             }
         }
@@ -244,24 +335,56 @@ impl Subscription for RabbitSubscription {
 
     async fn settle(&self, settlements: Vec<(DeliveryTag, Settlement)>) -> Result<()> {
         let (settled, unknown) = self.in_flight.take(settlements);
+        let batch: Vec<(AmqpTag, bool)> = settled
+            .iter()
+            .map(|(f, s)| (f.on, matches!(s, Settlement::Ack)))
+            .collect();
+        let covered = acks_covered(&batch, |channel| {
+            let unsettled = self
+                .in_flight
+                .least(|f| (f.on.channel == channel).then_some(f.on.tag));
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|on| on.channel == channel)
+                .map(|on| on.tag)
+                .min();
+            unsettled.into_iter().chain(held).min()
+        });
         let mut first_error = None;
         let mut others = Vec::new();
         for (f, settlement) in settled {
-            if matches!(settlement, Settlement::Ack) {
-                if let Err(e) = f.acker.ack(BasicAckOptions::default()).await {
-                    first_error.get_or_insert(from_lapin(e, "ack"));
-                }
-            } else {
+            if !matches!(settlement, Settlement::Ack) {
                 others.push((f, settlement));
+                continue;
+            }
+            let acked = match covered {
+                // The highest acks the rest with it; they send nothing of their own.
+                Some(covered) if covered.covers(f.on) => {
+                    if f.on != covered.top {
+                        continue;
+                    }
+                    f.acker.ack(BasicAckOptions { multiple: true }).await
+                }
+                _ => f.acker.ack(BasicAckOptions::default()).await,
+            };
+            if let Err(e) = acked {
+                first_error.get_or_insert(from_lapin(e, "ack"));
             }
         }
         if !others.is_empty() {
-            let results = futures::future::join_all(
-                others.into_iter().map(|(f, s)| self.settle_one(f, s)),
-            )
+            let results = futures::future::join_all(others.into_iter().map(|(f, s)| {
+                let on = f.on;
+                self.settle_one(f, s).map(move |r| (on, r))
+            }))
             .await;
-            for r in results {
+            for (on, r) in results {
                 if let Err(e) = r {
+                    // Left unacked, for the broker to give back when the channel
+                    // closes: no later ack of many may cover it.
+                    self.hold(on);
                     first_error.get_or_insert(e);
                 }
             }
@@ -306,5 +429,91 @@ impl Drop for RabbitSubscription {
                 let _ = consuming.amqp.close(200, "dropped".into()).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(channel: u64, tag: u64) -> AmqpTag {
+        AmqpTag { channel, tag }
+    }
+
+    /// Which of `batch`'s deliveries the ack of many covers, and the one it is sent as.
+    fn covered(
+        batch: &[(AmqpTag, bool)],
+        least_unsettled: Option<u64>,
+    ) -> Option<(AmqpTag, Vec<AmqpTag>)> {
+        let covered = acks_covered(batch, |_| least_unsettled)?;
+        let all = batch
+            .iter()
+            .filter(|(on, ack)| *ack && covered.covers(*on))
+            .map(|(on, _)| *on)
+            .collect();
+        Some((covered.top, all))
+    }
+
+    #[test]
+    fn acks_with_nothing_unsettled_below_them_go_as_one() {
+        let batch = [(on(1, 1), true), (on(1, 3), true), (on(1, 2), true)];
+        assert_eq!(
+            covered(&batch, None),
+            Some((on(1, 3), vec![on(1, 1), on(1, 3), on(1, 2)]))
+        );
+        // Deliveries still unsettled above them are not touched.
+        assert_eq!(covered(&batch, Some(4)).unwrap().0, on(1, 3));
+    }
+
+    #[test]
+    fn an_unsettled_delivery_stops_the_ack_of_many_below_it() {
+        let batch = [(on(1, 1), true), (on(1, 2), true), (on(1, 4), true), (on(1, 5), true)];
+        assert_eq!(
+            covered(&batch, Some(3)),
+            Some((on(1, 2), vec![on(1, 1), on(1, 2)]))
+        );
+        assert_eq!(covered(&batch, Some(1)), None, "nothing below the first");
+        assert_eq!(covered(&batch, Some(2)), None, "one ack alone goes alone");
+    }
+
+    #[test]
+    fn the_batchs_other_settlements_are_never_covered() {
+        // A retry at 2 is published before its ack, a release at 5 is a requeue.
+        let batch = [
+            (on(1, 1), true),
+            (on(1, 3), true),
+            (on(1, 2), false),
+            (on(1, 4), true),
+        ];
+        assert_eq!(covered(&batch, None), None);
+        let batch = [
+            (on(1, 1), true),
+            (on(1, 2), true),
+            (on(1, 3), true),
+            (on(1, 5), false),
+            (on(1, 6), true),
+        ];
+        assert_eq!(
+            covered(&batch, None),
+            Some((on(1, 3), vec![on(1, 1), on(1, 2), on(1, 3)]))
+        );
+    }
+
+    #[test]
+    fn only_the_latest_channels_acks_are_covered() {
+        // After a reconnect tags start again: channel 1's go alone.
+        let batch = [
+            (on(1, 7), true),
+            (on(1, 8), true),
+            (on(2, 1), true),
+            (on(2, 2), true),
+        ];
+        assert_eq!(
+            covered(&batch, None),
+            Some((on(2, 2), vec![on(2, 1), on(2, 2)]))
+        );
+        let retry_on_old = [(on(1, 1), false), (on(2, 5), true), (on(2, 6), true)];
+        assert_eq!(covered(&retry_on_old, None).unwrap().0, on(2, 6));
+        assert_eq!(covered(&[(on(1, 1), false)], None), None, "no ack at all");
     }
 }
