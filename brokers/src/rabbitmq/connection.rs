@@ -480,8 +480,12 @@ impl Link {
             }
             current.clone()
         };
-        // Close what is left of the old connection so its channels stop.
-        let _ = dead.connection.close(200, "reconnecting".into()).await;
+        // Close what is left of the old connection so its channels stop. At most for
+        // `connect_timeout`: a close sent while lapin is ending the connection itself
+        // (the server going down) may never be answered, and waiting for it here would
+        // hold up every reconnect, a consumer's too, for good.
+        let closing = dead.connection.close(200, "reconnecting".into());
+        let _ = tokio::time::timeout(self.config.connect_timeout, closing).await;
         let deadline = Instant::now() + self.config.reconnect_timeout;
         let mut backoff = Duration::from_millis(100);
         loop {
