@@ -311,22 +311,8 @@ mod rabbitmq {
             .collect();
         assert_eq!(ids, ["early-1", "early-2", "early-3"]);
         router.shutdown().await.unwrap();
-        let parked = c
-            .queue_declare(
-                format!("{exchange}.unroutable").as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            parked.message_count(),
-            1,
-            "the other channel's message is still parked"
-        );
+        let parked = common::rabbitmq_queue_length(&c, &format!("{exchange}.unroutable")).await;
+        assert_eq!(parked, 1, "the other channel's message is still parked");
 
         // An exchange declared without an alternate exchange (as before): the router
         // starts on it and works.

@@ -433,18 +433,7 @@ async fn acks_of_many_cover_no_delivery_left_unacked() {
     let mut ready = 0;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
-        let declared = raw_channel
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        ready = declared.message_count();
+        ready = common::rabbitmq_queue_length(&raw_channel, &queue).await;
         if ready == 2 {
             break;
         }

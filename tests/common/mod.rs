@@ -580,6 +580,23 @@ pub struct OwnRabbitMq {
     dist_port: u16,
 }
 
+/// How many ready messages RabbitMQ holds in `queue`, asked without declaring it.
+#[allow(dead_code)]
+pub async fn rabbitmq_queue_length(channel: &lapin::Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+}
+
 #[allow(dead_code)]
 impl OwnRabbitMq {
     pub fn start() -> Self {

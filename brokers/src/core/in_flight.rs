@@ -99,7 +99,7 @@ impl<T> InFlightTable<T> {
     }
 
     /// The least `key` of the unsettled deliveries' states that have one.
-    #[allow(dead_code)] // read by the RabbitMQ backend only
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))] // read by RabbitMQ only
     pub(crate) fn least<K: Ord>(&self, key: impl Fn(&T) -> Option<K>) -> Option<K> {
         self.lock().values().filter_map(key).min()
     }

@@ -9,7 +9,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 use super::codec::{check_header_names, from_delivery, to_properties};
-use super::connection::{confirmed, publish_confirmed, Link, Route};
+use super::connection::{publish_confirmed, Link, Route};
 use super::error::from_lapin;
 use super::subscription::{QueueRole, RabbitSubscription};
 use super::names::Names;
@@ -153,34 +153,13 @@ impl BackendChannel for RabbitMqChannel {
     }
 
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
-        // Boxed whole: the future (a publish, its confirm, a wait to send it again
-        // after a reconnect) is ~2 KB, and every backend's publish future through the
-        // registry would be that size (see docs/backends.md). The usual publish, on a
-        // live connection's shared channel, holds lapin's future in this box rather
-        // than in one of its own: one allocation a publish.
+        // Boxed whole: the link's future (a publish, its confirm, a wait to send it
+        // again after a reconnect) is ~2 KB, and every backend's publish future through
+        // the registry would be that size (see docs/backends.md).
         Box::pin(async move {
             check_header_names(&envelope)?;
-            let route = self.route();
-            if let Some(session) = self.link.pipelined_now(&route) {
-                let sent = session
-                    .pipelined()
-                    .basic_publish(
-                        route.exchange.into(),
-                        route.routing_key.into(),
-                        route.options(),
-                        &envelope.payload,
-                        to_properties(&envelope),
-                    )
-                    .await;
-                match confirmed(&route, sent).await {
-                    Err(e) if e.kind() == crate::ErrorKind::Unreachable => {
-                        tracing::debug!(broker = "rabbitmq", error = %e, "publish interrupted; sending again after reconnect");
-                    }
-                    other => return other,
-                }
-            }
             self.link
-                .publish(&route, &envelope.payload, || to_properties(&envelope))
+                .publish(&self.route(), &envelope.payload, || to_properties(&envelope))
                 .await
         })
     }

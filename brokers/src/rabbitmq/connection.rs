@@ -110,11 +110,6 @@ impl Session {
         !route.mandatory || (self.exchange_parks && route.exchange == exchange)
     }
 
-    /// The channel the publishes that cannot come back share ([`Link::pipelined_now`]).
-    pub(crate) fn pipelined(&self) -> &Channel {
-        &self.pipelined
-    }
-
     fn is_alive(&self) -> bool {
         self.connection.status().connected() && self.pipelined.status().connected()
     }
@@ -221,9 +216,9 @@ pub(crate) fn publish_confirmed<'a>(
 }
 
 /// Waits for the confirm of a publish lapin sent (`sent`), and says what it means as
-/// [`answer`] does. With [`Session::pipelined`], for a caller that holds lapin's
-/// publish future in its own (boxed) one rather than in a box of its own.
-pub(crate) async fn confirmed(
+/// [`answer`] does: for [`Link::publish`], which holds lapin's publish future in its
+/// own rather than in a box of its own.
+async fn confirmed(
     route: &Route<'_>,
     sent: std::result::Result<lapin::PublisherConfirm, lapin::Error>,
 ) -> Result<()> {
@@ -519,8 +514,8 @@ impl Link {
     /// The current session if its shared channel takes a publish on `route`: a
     /// publish that needs no wait for a channel. Whether the session is alive is not
     /// asked (two locks in lapin): on a dead one the publish fails `Unreachable`, and
-    /// the caller goes on to [`publish`](Self::publish), which reconnects.
-    pub(crate) fn pipelined_now(&self, route: &Route<'_>) -> Option<Arc<Session>> {
+    /// [`publish`](Self::publish) reconnects and sends it again.
+    fn pipelined_now(&self, route: &Route<'_>) -> Option<Arc<Session>> {
         let current = self.current.read().unwrap();
         current.pipelines(route, &self.config.exchange).then(|| current.clone())
     }
@@ -529,12 +524,34 @@ impl Link {
     /// on the next connection (at least once, never vanished), until `reconnect_timeout`.
     /// `properties` makes the message's properties for each send: made again for a
     /// send again rather than copied ahead for one that is seldom needed.
+    ///
+    /// The usual publish, on a live session's shared channel, awaits lapin's publish
+    /// future in place: a caller that boxes this future (a channel's `publish`) makes
+    /// one allocation a publish, not two. Its future is ~2 KB.
     pub(crate) async fn publish(
         &self,
         route: &Route<'_>,
         payload: &[u8],
         properties: impl Fn() -> BasicProperties,
     ) -> Result<()> {
+        if let Some(session) = self.pipelined_now(route) {
+            let sent = session
+                .pipelined
+                .basic_publish(
+                    route.exchange.into(),
+                    route.routing_key.into(),
+                    route.options(),
+                    payload,
+                    properties(),
+                )
+                .await;
+            match confirmed(route, sent).await {
+                Err(e) if e.kind() == ErrorKind::Unreachable => {
+                    tracing::debug!(broker = "rabbitmq", error = %e, "publish interrupted; sending again after reconnect");
+                }
+                other => return other,
+            }
+        }
         let deadline = Instant::now() + self.config.reconnect_timeout;
         loop {
             let session = self.session().await?;

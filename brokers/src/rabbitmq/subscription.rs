@@ -268,17 +268,18 @@ fn acks_covered(
         .flatten()
         .min()
         .unwrap_or(u64::MAX);
-    let covered = |on: &AmqpTag| on.channel == channel && on.tag < below;
-    let covering: Vec<AmqpTag> = batch
+    // The acks below it, counted, and the highest of them.
+    let (count, top) = batch
         .iter()
-        .filter(|(on, ack)| *ack && covered(on))
-        .map(|(on, _)| *on)
-        .collect();
+        .filter(|(on, ack)| *ack && on.channel == channel && on.tag < below)
+        .fold((0, None::<AmqpTag>), |(count, top), (on, _)| {
+            (count + 1, Some(top.filter(|t| t.tag > on.tag).unwrap_or(*on)))
+        });
     // One ack alone is sent as it is.
-    if covering.len() < 2 {
+    if count < 2 {
         return None;
     }
-    let top = covering.into_iter().max_by_key(|on| on.tag)?;
+    let top = top?;
     Some(CoveredAcks { top, below })
 }
 
